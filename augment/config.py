@@ -1,0 +1,182 @@
+"""RunConfig: every option of ``augment run``, settable from YAML and overridden by flags.
+
+Each field's help text lives here once; the CLI's ``--help`` and docs/config.md use it.
+Precedence: defaults < ``--config run.yaml`` < command-line flags.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .engines.gatys import DEFAULT_STYLE_LAYERS, GatysOptions, Init, Optimizer
+from .engines.vgg import CONV_LAYERS, Pooling
+from .errors import ConfigError
+from .images import DEFAULT_MAX_PIXELS, FORMAT_EXT
+
+
+class WeightsFlavour(str, Enum):
+    AUTO = "auto"
+    TORCHVISION = "torchvision"
+    CAFFE = "caffe"
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # Inputs and outputs
+    manifest: str | None = _opt(None, "CSV manifest (path,label[,split]) or an ImageFolder directory.")
+    styles: str | None = _opt(None, "Folder of style images (optional styles.yaml beside them).")
+    out: str = _opt("augmented", "Output folder; created if missing.")
+    per_image: int = _opt(1, "Stylized variants per source image (distinct styles while the bank lasts).")
+    limit: int | None = _opt(None, "Only the first N usable rows: a quick trial.")
+    format: str = _opt("png", "Output image format: png, jpg or webp.")
+    quality: int = _opt(95, "JPEG/WebP quality (1-100).")
+    max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "Refuse images larger than this many pixels (decompression bombs).")
+    # The method
+    size: int = _opt(512, "Long side of the output in pixels; aspect ratio kept.")
+    iterations: int = _opt(300, "Optimiser iterations per image (one VGG19 forward+backward each).")
+    content_weight: float = _opt(10.0, "α, weight of the content loss.")
+    style_weight: float = _opt(40.0, "β, weight of the style loss.")
+    tv_weight: float = _opt(1.0, "λ_TV, weight of the total-variation regulariser.")
+    tv_beta: float = _opt(1.25, "Exponent inside the total-variation sum.")
+    content_layer: str = _opt("conv4_2", "VGG19 layer for the content loss.")
+    style_layers: tuple[str, ...] = _opt(DEFAULT_STYLE_LAYERS, "VGG19 layers for the style loss (equal weights).")
+    pooling: Pooling = _opt(Pooling.MAX, "Pooling in VGG19: max or avg.")
+    optimizer: Optimizer = _opt(Optimizer.LBFGS, "lbfgs (as the seed) or adam.")
+    learning_rate: float | None = _opt(None, "Step size; default 1.0 for lbfgs, 0.02 for adam.")
+    init: Init = _opt(Init.CONTENT, "Start from the content image or from noise.")
+    seed: int = _opt(0, "Random seed: style sampling and noise init.")
+    # Weights and device
+    weights: str | None = _opt(None, "VGG19 weights: a state-dict path, or 'random' for smoke tests. Default: the torch hub cache, then a download.")
+    weights_flavour: WeightsFlavour = _opt(WeightsFlavour.AUTO, "Preprocessing of --weights PATH: auto, torchvision or caffe.")
+    download: bool = _opt(True, "Allow downloading weights when none are cached.")
+    device: str = _opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N.")
+    # Messages (do not change pixels)
+    quiet: bool = _opt(False, "No progress bar; warnings and errors only.")
+    log_level: str = _opt("info", "debug, info, warning or error.")
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        try:
+            set_("pooling", Pooling(self.pooling))
+            set_("optimizer", Optimizer(self.optimizer))
+            set_("init", Init(self.init))
+            set_("weights_flavour", WeightsFlavour(self.weights_flavour))
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        if isinstance(self.style_layers, str):
+            set_("style_layers", tuple(s.strip() for s in self.style_layers.split(",") if s.strip()))
+        set_("style_layers", tuple(self.style_layers))
+        for layer in (self.content_layer, *self.style_layers):
+            if layer not in CONV_LAYERS:
+                hint = difflib.get_close_matches(layer, CONV_LAYERS, n=1)
+                raise ConfigError(f"unknown layer {layer!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        if self.format not in FORMAT_EXT:
+            raise ConfigError(f"unknown format {self.format!r}; use one of {', '.join(FORMAT_EXT)}")
+        checks = [
+            (self.per_image >= 1, "per_image must be at least 1"),
+            (self.size >= 16, "size must be at least 16 pixels"),
+            (self.iterations >= 0, "iterations must be >= 0"),
+            (1 <= self.quality <= 100, "quality must be between 1 and 100"),
+            (self.limit is None or self.limit >= 1, "limit must be at least 1"),
+            (min(self.content_weight, self.style_weight, self.tv_weight) >= 0, "loss weights must be >= 0"),
+            (self.tv_beta > 0, "tv_beta must be > 0"),
+            (self.log_level.lower() in ("debug", "info", "warning", "error"), "log_level must be debug, info, warning or error"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def gatys_options(self, **overrides: float) -> GatysOptions:
+        """The engine's options, with per-style overrides from styles.yaml applied."""
+        return GatysOptions(
+            iterations=self.iterations,
+            content_weight=overrides.get("content_weight", self.content_weight),
+            style_weight=overrides.get("style_weight", self.style_weight),
+            tv_weight=overrides.get("tv_weight", self.tv_weight),
+            tv_beta=overrides.get("tv_beta", self.tv_beta),
+            content_layer=self.content_layer,
+            style_layers=self.style_layers,
+            optimizer=self.optimizer,
+            learning_rate=self.learning_rate,
+            init=self.init,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A new plain dict (enums as their values, tuples as lists): safe to dump as JSON/YAML."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.value if isinstance(value, Enum) else list(value) if isinstance(value, tuple) else value
+        return out
+
+    def config_hash(self) -> str:
+        """Hash of every option that can change output pixels (canonical JSON)."""
+        ignored = {"quiet", "log_level", "limit", "out", "manifest", "styles", "download", "device"}
+        data = {k: v for k, v in self.to_dict().items() if k not in ignored}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, Enum):
+        return str(value.value)
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+# Help text with the default appended, for --help and docs/config.md.
+HELP = {
+    f.name: f.metadata["help"] + (f" [default: {_default_text(f.default)}]" if f.default is not None else "")
+    for f in fields(RunConfig)
+}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a run.yaml; keys may use - or _. Unknown keys are an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values")
+    values = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(values) - set(FIELD_NAMES))
+    if unknown:
+        hints = [difflib.get_close_matches(k, FIELD_NAMES, n=1) for k in unknown]
+        described = ", ".join(k + (f" (did you mean {h[0]}?)" if h else "") for k, h in zip(unknown, hints))
+        raise ConfigError(f"{path}: unknown option(s) {described}")
+    # Relative paths in a config file are relative to the file, not to where augment runs.
+    for key in ("manifest", "styles", "out"):
+        if isinstance(values.get(key), str) and not Path(values[key]).is_absolute():
+            values[key] = str(path.parent / values[key])
+    if isinstance(values.get("weights"), str) and values["weights"] != "random":
+        if not Path(values["weights"]).is_absolute():
+            values["weights"] = str(path.parent / values["weights"])
+    return values
+
+
+def build_config(config_file: str | Path | None = None, **flags: Any) -> RunConfig:
+    """defaults < YAML < flags; a flag left as None means "not given"."""
+    values = load_yaml(config_file) if config_file else {}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return RunConfig(**values)
+    except TypeError as err:
+        raise ConfigError(f"invalid option: {err}") from err
+

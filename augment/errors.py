@@ -1,0 +1,42 @@
+"""Errors that end a whole run. Each carries the exit code the CLI returns for it.
+
+A problem with one input row is never an exception: it becomes a row in failures.csv.
+"""
+
+from __future__ import annotations
+
+
+class AugmentError(Exception):
+    """A whole-run problem the user can fix; the message is one line."""
+
+    exit_code = 2
+
+
+class ConfigError(AugmentError):
+    """Bad options, bad YAML, unknown keys."""
+
+
+class ManifestError(AugmentError):
+    """The input manifest is missing, unreadable or lacks required columns."""
+
+
+class StyleBankError(AugmentError):
+    """The style folder is missing, empty or its styles.yaml is invalid."""
+
+
+class WeightsUnavailable(AugmentError):
+    """Real network weights could not be found or fetched."""
+
+
+class OutputError(AugmentError):
+    """OUT cannot be written (read-only, full disk)."""
+
+    exit_code = 3
+
+
+# Exit codes, documented in README.md and docs/cli.md.
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ABORTED = 3
+EXIT_SOFTWARE = 70  # an unexpected exception: a bug, not bad input

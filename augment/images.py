@@ -1,0 +1,127 @@
+"""Safe image decoding, resizing, tensor conversion and atomic saving (Pillow).
+
+Decoding problems are returned as ``ImageProblem`` exceptions carrying a short reason class
+(``missing``, ``undecodable``, ``too_large``) that the runner turns into failures.csv rows.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .atomic import atomic_write
+
+# A decompression bomb is refused from its header, before any pixel is decoded.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+FORMAT_EXT = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
+_PIL_FORMAT = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+
+
+class ImageProblem(Exception):
+    """One image could not be used; ``reason`` is a short class for failures.csv."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def image_extensions() -> set[str]:
+    """File extensions Pillow can decode here (lower case, with the dot)."""
+    Image.init()
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def probe(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Read only the header: (width, height). Raises ImageProblem for missing, non-image or
+    oversized files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageProblem("missing", f"file not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                size = img.size
+    except Image.DecompressionBombError as err:
+        raise ImageProblem("too_large", f"{path}: {err}") from err
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise ImageProblem("undecodable", f"{path}: not a readable image ({err})") from err
+    if size[0] * size[1] > max_pixels:
+        raise ImageProblem(
+            "too_large", f"{path}: {size[0]}x{size[1]} is over the {max_pixels:,}-pixel limit"
+        )
+    if size[0] < 1 or size[1] < 1:
+        raise ImageProblem("undecodable", f"{path}: image has no pixels")
+    return size
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB: alpha composited on white, 16-bit scaled (not
+    clipped), palette and CMYK converted."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit greyscale (PNG opens as I;16 or I): scale 0..65535 to 0..255.
+        values = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        peak = 1.0 if values.max(initial=0.0) <= 1.0 else 255.0
+        img = Image.fromarray(np.clip(np.round(values * 255.0 / peak), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode == "L" and "transparency" in img.info:
+        img = img.convert("LA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode a file to RGB with EXIF orientation applied. Raises ImageProblem."""
+    probe(path, max_pixels=max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                return to_rgb(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
+        raise ImageProblem("undecodable", f"{path}: cannot decode ({err})") from err
+
+
+def resize_long_side(img: Image.Image, size: int) -> Image.Image:
+    """Resize so the long side is ``size`` pixels, aspect ratio kept (at least 1 px a side)."""
+    w, h = img.size
+    scale = size / max(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if new == (w, h):
+        return img
+    return img.resize(new, Image.Resampling.LANCZOS)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float tensor ``[1, 3, H, W]`` in [0, 1]."""
+    array = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0).contiguous()
+
+
+def to_image(tensor: torch.Tensor) -> Image.Image:
+    """Float tensor ``[3, H, W]`` or ``[1, 3, H, W]`` in [0, 1] -> RGB PIL image (rounded)."""
+    if tensor.dim() == 4:
+        tensor = tensor[0]
+    array = tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy(), "RGB")
+
+
+def save_atomic(img: Image.Image, path: str | Path, *, fmt: str = "png", quality: int = 95) -> None:
+    """Encode ``img`` as ``fmt`` and write it atomically (see augment.atomic)."""
+    options: dict[str, object] = {"quality": quality} if fmt in ("jpg", "webp") else {}
+    with atomic_write(path) as handle:
+        img.save(handle, format=_PIL_FORMAT[fmt], **options)

@@ -1,0 +1,182 @@
+"""Input manifests (CSV or ImageFolder tree) in, output manifest and failures.csv out.
+
+Reading checks every row without decoding images: a bad row becomes a ``Failure`` and the
+others go on. Only problems with the manifest as a whole raise ``ManifestError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .atomic import atomic_write
+from .errors import ManifestError
+from .images import image_extensions
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("path", "label")
+FAILURE_COLUMNS = ("row", "path", "label", "reason", "message")
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One usable input image."""
+
+    row: int  # 1-based data row (the first row under the header is 1); listing order for folders
+    source: str  # as written in the manifest; for a folder, relative to its root (posix)
+    path: Path  # resolved location on disk
+    label: str
+    split: str = ""
+    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One input row (or one task) that produced no output, and why."""
+
+    row: int | None
+    path: str
+    label: str
+    reason: str  # short class: missing, undecodable, too_large, bad_label, outside_root, ...
+    message: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"row": "" if self.row is None else self.row, "path": self.path,
+                "label": self.label, "reason": self.reason, "message": self.message}  # fmt: skip
+
+
+@dataclass
+class InputRows:
+    rows: list[SourceRow]
+    failures: list[Failure]
+    root: Path  # the folder relative source paths are resolved against
+    extra_columns: list[str]
+
+
+def label_problem(label: str) -> str | None:
+    """Why a label cannot be a folder name under OUT/images, or None if it can.
+
+    Unicode is fine; anything that could escape the folder or confuse a file system is not.
+    """
+    if not label.strip():
+        return "empty label"
+    if label != label.strip():
+        return f"label {label!r} has leading or trailing spaces"
+    if label in (".", ".."):
+        return f"label {label!r} is not a folder name"
+    if "/" in label or "\\" in label:
+        return f"label {label!r} contains a path separator"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in label):
+        return f"label {label!r} contains a control character"
+    if len(label.encode("utf-8")) > 200:
+        return "label is longer than 200 bytes"
+    return None
+
+
+def load_input(path: str | Path) -> InputRows:
+    """Read a CSV manifest or an ImageFolder directory. Raises ManifestError."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_image_folder(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    return _load_csv(path)
+
+
+def _load_csv(path: Path) -> InputRows:
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path}: not a readable CSV manifest ({err})") from err
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ManifestError(
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns) or 'none'}"
+            " (a manifest needs path,label and may have split)"
+        )
+    root = path.parent.resolve()
+    extra_columns = [c for c in frame.columns if c not in (*REQUIRED_COLUMNS, "split")]
+    rows, failures = [], []
+    seen: set[tuple[Path, str]] = set()
+    for index, record in enumerate(frame.to_dict("records"), start=1):
+        source, label = record["path"].strip(), record["label"]
+        checked = _check_row(index, source, label, root)
+        if isinstance(checked, Failure):
+            failures.append(checked)
+            continue
+        if (checked, label) in seen:
+            log.warning("%s row %d: duplicate of an earlier row (%s, %s); done once", path.name, index, source, label)
+            continue
+        seen.add((checked, label))
+        rows.append(SourceRow(
+            row=index, source=source, path=checked, label=label,
+            split=record.get("split", "").strip(),
+            extra={c: record[c] for c in extra_columns},
+        ))  # fmt: skip
+    return InputRows(rows=rows, failures=failures, root=root, extra_columns=extra_columns)
+
+
+def _check_row(index: int, source: str, label: str, root: Path) -> Path | Failure:
+    def fail(reason: str, message: str) -> Failure:
+        return Failure(index, source, label, reason, f"row {index}: {message}")
+
+    if not source:
+        return fail("missing", "empty path")
+    problem = label_problem(label)
+    if problem:
+        return fail("bad_label", problem)
+    candidate = Path(source)
+    if not candidate.is_absolute():
+        # Lexical check first: a relative path must stay inside the manifest's folder.
+        resolved = Path(os.path.normpath(root / candidate))
+        if os.path.commonpath([resolved, root]) != str(root):
+            return fail("outside_root", f"relative path {source!r} climbs out of {root}")
+        candidate = resolved
+    if not candidate.is_file():
+        return fail("missing", f"file not found: {candidate}")
+    return candidate
+
+
+def _load_image_folder(root: Path) -> InputRows:
+    """``root/<label>/**/<image>`` as torchvision's ImageFolder reads it."""
+    root = root.resolve()
+    extensions = image_extensions()
+    rows, failures = [], []
+    index = 0
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise ManifestError(f"{root}: no class folders (expected {root}/<label>/<image>)")
+    for class_dir in class_dirs:
+        label = class_dir.name
+        files = sorted(
+            p for p in class_dir.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in extensions
+        )  # fmt: skip
+        for file in files:
+            index += 1
+            source = file.relative_to(root).as_posix()
+            problem = label_problem(label)
+            if problem:
+                failures.append(Failure(index, source, label, "bad_label", f"{source}: {problem}"))
+                continue
+            rows.append(SourceRow(row=index, source=source, path=file, label=label))
+    if not rows and not failures:
+        raise ManifestError(f"{root}: no images found under its class folders")
+    return InputRows(rows=rows, failures=failures, root=root, extra_columns=[])
+
+
+def write_csv(path: str | Path, records: list[dict[str, object]], columns: list[str]) -> None:
+    """Write rows atomically with a fixed column order (an empty file still has its header)."""
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
+        frame.to_csv(handle, index=False)
+
+
+def write_failures(path: str | Path, failures: list[Failure]) -> None:
+    write_csv(path, [f.as_dict() for f in failures], list(FAILURE_COLUMNS))

@@ -1,0 +1,76 @@
+"""Everything checked before any work: inputs, style bank, the task plan.
+
+``prepare`` is cheap (no decoding) and raises only for whole-run problems; ``validate``
+also reads each image's header so ``augment validate`` catches unreadable files up front.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .config import RunConfig
+from .errors import ConfigError
+from .images import ImageProblem, probe
+from .manifest import Failure, InputRows, SourceRow, load_input
+from .plan import Task, plan_tasks
+from .styles import Style, load_style_bank
+
+# Rough bytes per output pixel for a stylized image, for the disk estimate only.
+BYTES_PER_PIXEL = {"png": 2.0, "jpg": 0.45, "webp": 0.3}
+
+
+@dataclass
+class Prepared:
+    inputs: InputRows
+    rows: list[SourceRow]
+    failures: list[Failure]
+    styles: list[Style]
+    tasks: list[Task]
+
+
+@dataclass
+class Validation:
+    prepared: Prepared
+    class_counts: dict[str, int] = field(default_factory=dict)
+    estimated_bytes: int = 0
+
+
+def prepare(config: RunConfig) -> Prepared:
+    if not config.manifest:
+        raise ConfigError("no manifest given")
+    if not config.styles:
+        raise ConfigError("no style folder given (--styles DIR)")
+    inputs = load_input(config.manifest)
+    styles = load_style_bank(config.styles, max_pixels=config.max_pixels)
+    rows, failures = inputs.rows, inputs.failures
+    if config.limit is not None:
+        rows = [r for r in rows if r.row <= config.limit]
+        failures = [f for f in failures if f.row is None or f.row <= config.limit]
+    tasks = plan_tasks(rows, styles, per_image=config.per_image, seed=config.seed, fmt=config.format)
+    return Prepared(inputs=inputs, rows=rows, failures=list(failures), styles=styles, tasks=tasks)
+
+
+def validate(config: RunConfig) -> Validation:
+    """All of ``prepare`` plus a header read of every image; no pixels decoded, no model."""
+    prepared = prepare(config)
+    good: list[SourceRow] = []
+    pixels_per_source: dict[SourceRow, int] = {}
+    for row in prepared.rows:
+        try:
+            w, h = probe(row.path, max_pixels=config.max_pixels)
+        except ImageProblem as err:
+            prepared.failures.append(Failure(row.row, row.source, row.label, err.reason, f"row {row.row}: {err}"))
+            continue
+        good.append(row)
+        scale = config.size / max(w, h)
+        pixels_per_source[row] = max(1, round(w * scale)) * max(1, round(h * scale))
+    prepared.rows = good
+    prepared.tasks = [t for t in prepared.tasks if t.source in pixels_per_source]
+    pixels = sum(pixels_per_source[t.source] for t in prepared.tasks)
+    counts = Counter(t.source.label for t in prepared.tasks)
+    return Validation(
+        prepared=prepared,
+        class_counts=dict(sorted(counts.items())),
+        estimated_bytes=int(pixels * BYTES_PER_PIXEL[config.format]),
+    )

@@ -1,0 +1,160 @@
+"""Finding VGG19 weights: an explicit path, then the torch hub cache, then a download.
+
+Never falls back to random weights on its own: a run with random weights would write a
+dataset of noise-smoothed copies that looks plausible and is useless, so only an explicit
+``--weights random`` gives them, and every output row records which weights were used.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+
+from .config import WeightsFlavour
+from .engines.vgg import Flavour, Pooling, VGG19Features, random_state_dict
+from .errors import WeightsUnavailable
+
+log = logging.getLogger(__name__)
+
+RANDOM = "random"
+RANDOM_SEED = 0  # fixed, so "random" names one network in every run and test
+# File names of known Caffe-converted VGG19 state dicts (torchvision key names, BGR 0..255 input).
+CAFFE_FILES = ("vgg19-d01eb7cb.pth",)
+OFFLINE_ENV = "AUGMENT_OFFLINE"  # set to 1 to forbid downloads (pipelines, tests)
+DOWNLOAD_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    state_dict: dict[str, torch.Tensor]
+    flavour: Flavour
+    identity: str  # name@short-sha256, written into run.json and every manifest row
+    location: str  # a path, or "random"
+
+
+def vgg19_url() -> str:
+    from torchvision.models import VGG19_Weights
+
+    return str(VGG19_Weights.IMAGENET1K_V1.url)
+
+
+def hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def cached_vgg19() -> Path:
+    """Where torchvision keeps (or would keep) its ImageNet VGG19."""
+    return hub_checkpoint_dir() / os.path.basename(vgg19_url())
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tensors_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        digest.update(key.encode())
+        digest.update(state_dict[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def detect_flavour(path: Path, requested: WeightsFlavour) -> Flavour:
+    if requested is not WeightsFlavour.AUTO:
+        return Flavour(requested.value)
+    if path.name in CAFFE_FILES or "caffe" in path.name.lower():
+        return Flavour.CAFFE
+    return Flavour.TORCHVISION
+
+
+@functools.lru_cache(maxsize=1)
+def _random_weights() -> ResolvedWeights:
+    state = random_state_dict(RANDOM_SEED)
+    return ResolvedWeights(state, Flavour.TORCHVISION, f"random@{tensors_sha256(state)[:12]}", RANDOM)
+
+
+def _load_file(path: Path, flavour: WeightsFlavour) -> ResolvedWeights:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
+        raise WeightsUnavailable(f"cannot read weights file {path}: {err}") from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsUnavailable(f"{path}: not a state dict")
+    return ResolvedWeights(state, detect_flavour(path, flavour), f"{path.name}@{file_sha256(path)[:12]}", str(path))
+
+
+def download_vgg19(*, progress: bool = True) -> Path:
+    """Fetch torchvision's ImageNet VGG19 into the hub cache (hash checked). Returns its path."""
+    url, target = vgg19_url(), cached_vgg19()
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+        raise WeightsUnavailable(_missing_message(f"downloads are off ({OFFLINE_ENV} is set)"))
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a blocked network should fail, not hang
+    try:
+        log.info("downloading %s to %s", url, target)
+        torch.hub.load_state_dict_from_url(url, progress=progress, check_hash=True, map_location="cpu")
+    except (URLError, OSError, RuntimeError, ValueError) as err:
+        raise WeightsUnavailable(_missing_message(f"the download failed ({err})")) from err
+    finally:
+        socket.setdefaulttimeout(previous)
+    return target
+
+
+def _missing_message(why: str) -> str:
+    return (
+        f"no VGG19 weights: {cached_vgg19()} does not exist and {why}. "
+        f"Copy {os.path.basename(vgg19_url())} (from {vgg19_url()}) to {hub_checkpoint_dir()}/, "
+        "or pass --weights PATH, or run `augment weights download` where there is network "
+        "(--weights random only for smoke tests)"
+    )
+
+
+def resolve_vgg19(
+    spec: str | None,
+    *,
+    flavour: WeightsFlavour = WeightsFlavour.AUTO,
+    download: bool = True,
+) -> ResolvedWeights:
+    """``spec``: a path, "random", or None for the hub cache then a download."""
+    if spec == RANDOM:
+        return _random_weights()
+    if spec:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailable(f"weights file not found: {path}")
+        return _load_file(path, flavour)
+    cached = cached_vgg19()
+    if not cached.is_file():
+        if not download:
+            raise WeightsUnavailable(_missing_message("downloads are off (--no-download)"))
+        download_vgg19(progress=False)
+    return _load_file(cached, WeightsFlavour.TORCHVISION)
+
+
+def build_vgg19(
+    weights: ResolvedWeights,
+    layers: tuple[str, ...],
+    *,
+    pooling: Pooling = Pooling.MAX,
+    device: torch.device | str = "cpu",
+) -> VGG19Features:
+    net = VGG19Features(layers, flavour=weights.flavour, pooling=pooling)
+    try:
+        net.load_features(weights.state_dict)
+    except ValueError as err:
+        raise WeightsUnavailable(f"{weights.location}: {err}") from err
+    return net.to(device)

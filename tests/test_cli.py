@@ -1,0 +1,161 @@
+"""The CLI end to end on tiny synthetic data with the real engine on a random-weight VGG19."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from augment.cli import app
+
+from .conftest import FAST
+
+runner = CliRunner()
+
+
+def invoke(*args: str | Path) -> tuple[int, str, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def test_run_writes_images_manifest_and_run_json(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    code, _, err = invoke("run", manifest, "--styles", styles, "--per-image", "2", "--out", out, *FAST)
+    assert code == 0, err
+    rows = pd.read_csv(out / "manifest.csv", keep_default_na=False)
+    assert len(rows) == 3 * 2
+    assert sorted(rows["label"]) == ["ants"] * 4 + ["bees"] * 2
+    for row in rows.itertuples():
+        path = out / row.path
+        assert path.is_file() and path.parent.name == row.label
+        assert Image.open(path).size == (row.width, row.height) and max(row.width, row.height) == 32
+    # Each source got two distinct styles.
+    assert all(group.nunique() == 2 for _, group in rows.groupby("source")["style"])
+    assert set(rows["engine"]) == {"gatys"} and rows["weights"].str.startswith("random@").all()
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["exit_code"] == 0
+    assert run["counts"]["written"] == 6 and run["weights"] == rows["weights"][0]
+    assert (out / "failures.csv").read_text().startswith("row,path,label,reason,message")
+    assert "6 images written" in (out / "run.log").read_text() or "done: 6 images" in (out / "run.log").read_text()
+
+
+def test_broken_rows_are_recorded_and_the_rest_runs(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    (manifest.parent / "ants" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    manifest.write_text(manifest.read_text() + "ants/broken.jpg,ants\nants/gone.png,ants\nbees/b1.png,../x\n")
+    out = tmp_path / "out"
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, *FAST)
+    assert code == 1, err
+    failures = pd.read_csv(out / "failures.csv")
+    assert list(failures["reason"]) == ["undecodable", "missing", "bad_label"]
+    assert list(failures["row"]) == [4, 5, 6]
+    assert len(pd.read_csv(out / "manifest.csv")) == 3
+    assert not (out / "images" / "..").resolve().joinpath("x").exists()
+
+
+def test_two_runs_give_the_same_bytes(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    for name in ("a", "b"):
+        code, _, err = invoke("run", manifest, "--styles", styles, "--per-image", "2", "--out", tmp_path / name, *FAST)
+        assert code == 0, err
+    a, b = files_under(tmp_path / "a" / "images"), files_under(tmp_path / "b" / "images")
+    assert len(a) == 6 and {p.relative_to(tmp_path / "a") for p in a} == {p.relative_to(tmp_path / "b") for p in b}
+    for path in a:
+        assert path.read_bytes() == (tmp_path / "b" / path.relative_to(tmp_path / "a")).read_bytes()
+    drop = ["seconds"]
+    ma = pd.read_csv(tmp_path / "a" / "manifest.csv").drop(columns=drop)
+    mb = pd.read_csv(tmp_path / "b" / "manifest.csv").drop(columns=drop)
+    pd.testing.assert_frame_equal(ma, mb)
+
+
+def test_image_folder_input(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    code, _, err = invoke("run", manifest.parent, "--styles", styles, "--out", out, *FAST)
+    assert code == 0, err
+    rows = pd.read_csv(out / "manifest.csv")
+    assert sorted(rows["source"]) == ["ants/a1.png", "ants/a2.jpg", "bees/b1.png"]
+
+
+@pytest.mark.parametrize("case", ["no_manifest", "no_columns", "no_styles"])
+def test_whole_run_problems_exit_2_before_any_work(dataset: tuple[Path, Path], tmp_path: Path, case: str) -> None:
+    manifest, styles = dataset
+    if case == "no_manifest":
+        manifest = tmp_path / "missing.csv"
+    elif case == "no_columns":
+        manifest.write_text("file,class\nants/a1.png,ants\n")
+    else:
+        styles = tmp_path / "no-styles"
+    before = files_under(tmp_path)
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", tmp_path / "out", *FAST)
+    assert code == 2
+    assert err.startswith("augment: error:") and err.count("\n") == 1
+    assert files_under(tmp_path) == before
+
+
+def test_missing_weights_offline_exit_2(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", tmp_path / "out", "--size", "32")
+    assert code == 2
+    assert "no VGG19 weights" in err and "--weights PATH" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_nothing_is_written_outside_out(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    before = files_under(tmp_path)
+    code, _, _ = invoke("run", manifest, "--styles", styles, "--out", tmp_path / "out", *FAST)
+    assert code == 0
+    assert {p for p in files_under(tmp_path) - before if tmp_path / "out" not in p.parents} == set()
+
+
+def test_config_file_limit_and_json(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    config = tmp_path / "run.yaml"
+    config.write_text(f"styles: {styles}\nweights: random\nsize: 32\niterations: 1\nper_image: 2\n")
+    code, stdout, err = invoke("run", manifest, "--config", config, "--limit", "1", "--out", tmp_path / "out", "--json", "-q")
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["written"] == 2 and summary["exit_code"] == 0
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["config"]["iterations"] == 1
+
+
+def test_validate_reports_tasks_classes_and_failures(dataset: tuple[Path, Path]) -> None:
+    manifest, styles = dataset
+    code, stdout, _ = invoke("validate", manifest, "--styles", styles, "--per-image", "2")
+    assert code == 0
+    assert "6 tasks" in stdout and "ants" in stdout and "MB of output" in stdout
+    (manifest.parent / "bees" / "b1.png").write_bytes(b"nope")
+    code, stdout, _ = invoke("validate", manifest, "--styles", styles)
+    assert code == 1 and "undecodable" in stdout
+
+
+def test_weights_command_shows_the_cache(tmp_path: Path) -> None:
+    code, stdout, _ = invoke("weights")
+    assert code == 0 and "vgg19-dcbb9e9d.pth" in stdout and "not cached" in stdout
+    code, _, err = invoke("weights", "download")
+    assert code == 2 and "AUGMENT_OFFLINE" in err
+
+
+def test_python_dash_m_is_the_same_cli() -> None:
+    result = subprocess.run([sys.executable, "-m", "augment", "--version"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and result.stdout.startswith("augment ")
+    result = subprocess.run([sys.executable, "-m", "augment", "run", "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "--per-image" in result.stdout
+
+
+def test_bad_option_value_is_exit_2(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    code, _, err = invoke("run", manifest, "--styles", styles, "--size", "4", *FAST[:2])
+    assert code == 2 and "size must be at least 16" in err

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from augment.config import HELP, RunConfig, build_config, load_yaml
+from augment.errors import ConfigError
+
+
+def test_yaml_then_flags(tmp_path: Path) -> None:
+    (tmp_path / "run.yaml").write_text("size: 64\niterations: 7\nper-image: 2\nstyles: styles\n")
+    config = build_config(tmp_path / "run.yaml", iterations=9, manifest="m.csv")
+    assert (config.size, config.iterations, config.per_image) == (64, 9, 2)
+    assert config.styles == str(tmp_path / "styles")  # relative to the YAML file
+
+
+def test_unknown_yaml_key_names_the_file_and_suggests(tmp_path: Path) -> None:
+    (tmp_path / "run.yaml").write_text("iteratons: 3\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: unknown option\(s\) iteratons \(did you mean iterations\?\)"):
+        load_yaml(tmp_path / "run.yaml")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"size": 8}, "size"), ({"per_image": 0}, "per_image"), ({"format": "gif"}, "format"),
+     ({"content_layer": "conv4_9"}, "did you mean"), ({"pooling": "min"}, "min"), ({"size": "big"}, "invalid")],
+)  # fmt: skip
+def test_bad_values_are_config_errors(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(None, **changes)
+
+
+def test_style_layers_from_a_comma_list() -> None:
+    assert RunConfig(style_layers="conv1_1, conv2_1").style_layers == ("conv1_1", "conv2_1")
+
+
+def test_to_dict_is_a_copy_and_hash_tracks_pixel_options() -> None:
+    config = RunConfig()
+    data = config.to_dict()
+    data["size"] = 1
+    assert config.size == 512 and data["pooling"] == "max"
+    assert RunConfig(quiet=True).config_hash() == config.config_hash()
+    assert RunConfig(style_weight=1.0).config_hash() != config.config_hash()
+
+
+def test_help_shows_defaults() -> None:
+    assert "[default: 512]" in HELP["size"] and "[default: conv1_1,conv2_1" in HELP["style_layers"]
+
+
+def test_gatys_options_apply_style_overrides() -> None:
+    options = RunConfig(style_weight=5.0).gatys_options(style_weight=100.0)
+    assert options.style_weight == 100.0 and options.content_weight == 10.0

@@ -1,0 +1,78 @@
+"""Weights resolution; nothing here may download (conftest sets AUGMENT_OFFLINE)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.error import URLError
+
+import pytest
+import torch
+
+from augment import weights as weights_mod
+from augment.config import WeightsFlavour
+from augment.engines.vgg import Flavour, random_state_dict
+from augment.errors import WeightsUnavailable
+from augment.weights import build_vgg19, cached_vgg19, resolve_vgg19
+
+
+def test_random_is_explicit_and_identified() -> None:
+    resolved = resolve_vgg19("random")
+    assert resolved.identity.startswith("random@") and len(resolved.identity) == len("random@") + 12
+    assert resolve_vgg19("random").identity == resolved.identity
+
+
+def test_explicit_path_torchvision_and_caffe(tmp_path: Path) -> None:
+    state = random_state_dict(seed=4)
+    torch.save(state, tmp_path / "my-vgg.pth")
+    torch.save(state, tmp_path / "vgg19-d01eb7cb.pth")  # neural-style-pt's Caffe conversion
+    plain = resolve_vgg19(str(tmp_path / "my-vgg.pth"))
+    assert plain.flavour is Flavour.TORCHVISION and plain.identity.startswith("my-vgg.pth@")
+    assert resolve_vgg19(str(tmp_path / "vgg19-d01eb7cb.pth")).flavour is Flavour.CAFFE
+    forced = resolve_vgg19(str(tmp_path / "my-vgg.pth"), flavour=WeightsFlavour.CAFFE)
+    assert forced.flavour is Flavour.CAFFE
+    net = build_vgg19(plain, ("conv1_1",))
+    assert torch.equal(net.features[0].weight, state["features.0.weight"])
+
+
+def test_hub_cache_is_used_when_present() -> None:
+    target = cached_vgg19()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(random_state_dict(seed=2), target)
+    resolved = resolve_vgg19(None)
+    assert resolved.location == str(target) and resolved.flavour is Flavour.TORCHVISION
+
+
+def test_offline_without_cache_says_how_to_provide_weights() -> None:
+    with pytest.raises(WeightsUnavailable) as err:
+        resolve_vgg19(None)
+    message = str(err.value)
+    assert str(cached_vgg19()) in message and "--weights PATH" in message and "augment weights download" in message
+    assert err.value.exit_code == 2
+
+
+def test_failed_download_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AUGMENT_OFFLINE")
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise URLError("no route to host")
+
+    monkeypatch.setattr(weights_mod.torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(WeightsUnavailable, match="download failed.*no route to host"):
+        resolve_vgg19(None)
+
+
+def test_no_download_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AUGMENT_OFFLINE")
+    with pytest.raises(WeightsUnavailable, match="--no-download"):
+        resolve_vgg19(None, download=False)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(WeightsUnavailable, match="not found"):
+        resolve_vgg19(str(tmp_path / "missing.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(WeightsUnavailable, match="cannot read"):
+        resolve_vgg19(str(tmp_path / "junk.pth"))
+    torch.save({"fc.weight": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(WeightsUnavailable, match="not a VGG19 state dict"):
+        build_vgg19(resolve_vgg19(str(tmp_path / "other.pth")), ("conv1_1",))
