@@ -51,3 +51,10 @@ def test_help_shows_defaults() -> None:
 def test_gatys_options_apply_style_overrides() -> None:
     options = RunConfig(style_weight=5.0).gatys_options(style_weight=100.0)
     assert options.style_weight == 100.0 and options.content_weight == 10.0
+
+
+def test_docs_config_md_is_up_to_date() -> None:
+    from augment.config import config_reference
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert docs.read_text(encoding="utf-8") == config_reference(), "run: python docs/generate_config_md.py"
