@@ -207,7 +207,7 @@ class _Job:
         t0 = time.perf_counter()
         try:
             result = stylize(self.net, content, grams, options, content_features=features, seed=task.seed)
-        except torch.OutOfMemoryError as err:
+        except torch.cuda.OutOfMemoryError as err:
             self._fail(source.row, source.source, source.label, "out_of_memory", f"{task.output}: {err}")
             return
         seconds = time.perf_counter() - t0
