@@ -21,6 +21,7 @@ from rich.table import Table
 from . import __version__
 from .config import HELP, RunConfig, WeightsFlavour, build_config
 from .engines.gatys import Init, Optimizer
+from .engines.precision import Precision
 from .engines.vgg import Pooling
 from .errors import EXIT_SOFTWARE, AugmentError, EXIT_OK, EXIT_SOME_FAILED
 from .prepare import validate as validate_job
@@ -123,6 +124,9 @@ def run(
     learning_rate: Annotated[float | None, Opt(help=HELP["learning_rate"])] = None,
     init: Annotated[Init | None, Opt(help=HELP["init"])] = None,
     seed: Annotated[int | None, Opt(help=HELP["seed"])] = None,
+    tol: Annotated[float | None, Opt(help=HELP["tol"])] = None,
+    batch_size: Annotated[int | None, Opt(help=HELP["batch_size"])] = None,
+    precision: Annotated[Precision | None, Opt(help=HELP["precision"])] = None,
     weights: Annotated[str | None, Opt(help=HELP["weights"])] = None,
     weights_flavour: Annotated[WeightsFlavour | None, Opt(help=HELP["weights_flavour"])] = None,
     download: Annotated[bool | None, Opt("--download/--no-download", help=HELP["download"])] = None,

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .engines.gatys import DEFAULT_STYLE_LAYERS, GatysOptions, Init, Optimizer
+from .engines.precision import Precision
 from .engines.vgg import CONV_LAYERS, Pooling
 from .errors import ConfigError
 from .images import DEFAULT_MAX_PIXELS, FORMAT_EXT
@@ -57,6 +58,10 @@ class RunConfig:
     learning_rate: float | None = _opt(None, "Step size; default 1.0 for lbfgs, 0.02 for adam.")
     init: Init = _opt(Init.CONTENT, "Start from the content image or from noise.")
     seed: int = _opt(0, "Random seed: style sampling and noise init.")
+    tol: float = _opt(0.0, "Stop an image early when its relative loss change stays under this for 3 iterations (0: always run --iterations).")
+    # Speed
+    batch_size: int | None = _opt(None, "Images per VGG19 pass. Default: from free GPU memory; 4 on CPU.")
+    precision: Precision = _opt(Precision.AUTO, "fp32, bf16 or fp16 convolutions (losses stay fp32). auto: bf16 on GPUs that have it, else fp16; on CPU bf16 only with native support, else fp32.")
     # Weights and device
     weights: str | None = _opt(None, "VGG19 weights: a state-dict path, or 'random' for smoke tests. Default: the torch hub cache, then a download.")
     weights_flavour: WeightsFlavour = _opt(WeightsFlavour.AUTO, "Preprocessing of --weights PATH: auto, torchvision or caffe.")
@@ -73,6 +78,7 @@ class RunConfig:
             set_("optimizer", Optimizer(self.optimizer))
             set_("init", Init(self.init))
             set_("weights_flavour", WeightsFlavour(self.weights_flavour))
+            set_("precision", Precision(self.precision))
         except ValueError as err:
             raise ConfigError(str(err)) from err
         if isinstance(self.style_layers, str):
@@ -90,6 +96,8 @@ class RunConfig:
             (self.iterations >= 0, "iterations must be >= 0"),
             (1 <= self.quality <= 100, "quality must be between 1 and 100"),
             (self.limit is None or self.limit >= 1, "limit must be at least 1"),
+            (self.batch_size is None or self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.tol >= 0, "tol must be >= 0"),
             (min(self.content_weight, self.style_weight, self.tv_weight) >= 0, "loss weights must be >= 0"),
             (self.tv_beta > 0, "tv_beta must be > 0"),
             (self.log_level.lower() in ("debug", "info", "warning", "error"), "log_level must be debug, info, warning or error"),
@@ -111,6 +119,7 @@ class RunConfig:
             optimizer=self.optimizer,
             learning_rate=self.learning_rate,
             init=self.init,
+            tol=self.tol,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,7 +132,7 @@ class RunConfig:
 
     def config_hash(self) -> str:
         """Hash of every option that can change output pixels (canonical JSON)."""
-        ignored = {"quiet", "log_level", "limit", "out", "manifest", "styles", "download", "device"}
+        ignored = {"quiet", "log_level", "limit", "out", "manifest", "styles", "download", "device", "batch_size"}
         data = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -36,9 +36,13 @@ def image_extensions() -> set[str]:
     return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
+# EXIF orientations that turn the picture on its side (exif_transpose swaps width and height).
+_SIDEWAYS = {5, 6, 7, 8}
+
+
 def probe(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """Read only the header: (width, height). Raises ImageProblem for missing, non-image or
-    oversized files."""
+    """Read only the header: (width, height) as displayed, EXIF orientation applied. Raises
+    ImageProblem for missing, non-image or oversized files."""
     path = Path(path)
     if not path.is_file():
         raise ImageProblem("missing", f"file not found: {path}")
@@ -47,6 +51,8 @@ def probe(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[in
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 size = img.size
+                if img.getexif().get(0x0112) in _SIDEWAYS:
+                    size = (size[1], size[0])
     except Image.DecompressionBombError as err:
         raise ImageProblem("too_large", f"{path}: {err}") from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
@@ -96,12 +102,16 @@ def load_rgb(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
         raise ImageProblem("undecodable", f"{path}: cannot decode ({err})") from err
 
 
+def fit_long_side(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) scaled so the long side is ``size``, aspect kept, at least 1 px a side."""
+    scale = size / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def resize_long_side(img: Image.Image, size: int) -> Image.Image:
-    """Resize so the long side is ``size`` pixels, aspect ratio kept (at least 1 px a side)."""
-    w, h = img.size
-    scale = size / max(w, h)
-    new = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if new == (w, h):
+    """Resize so the long side is ``size`` pixels, aspect ratio kept."""
+    new = fit_long_side(*img.size, size)
+    if new == img.size:
         return img
     return img.resize(new, Image.Resampling.LANCZOS)
 

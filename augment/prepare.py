@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .config import RunConfig
 from .errors import ConfigError
-from .images import ImageProblem, probe
+from .images import ImageProblem, fit_long_side, probe
 from .manifest import Failure, InputRows, SourceRow, load_input
 from .plan import Task, plan_tasks
 from .styles import Style, load_style_bank
@@ -63,8 +63,8 @@ def validate(config: RunConfig) -> Validation:
             prepared.failures.append(Failure(row.row, row.source, row.label, err.reason, f"row {row.row}: {err}"))
             continue
         good.append(row)
-        scale = config.size / max(w, h)
-        pixels_per_source[row] = max(1, round(w * scale)) * max(1, round(h * scale))
+        out_w, out_h = fit_long_side(w, h, config.size)
+        pixels_per_source[row] = out_w * out_h
     prepared.rows = good
     prepared.tasks = [t for t in prepared.tasks if t.source in pixels_per_source]
     pixels = sum(pixels_per_source[t.source] for t in prepared.tasks)

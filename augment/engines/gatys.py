@@ -3,16 +3,25 @@ generated image so its VGG19 features match the content image's (one layer) and 
 matrices match the style image's (several layers), with a total-variation regulariser.
 
 Images are float tensors ``[B, 3, H, W]``, RGB in [0, 1]; the network normalises them itself.
+``GatysBatcher`` optimises many images at once, each with its own optimiser state and stop,
+admitting waiting images as others finish (continuous batching).
 """
 
 from __future__ import annotations
 
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import torch
 
+from .memory import next_batch_size
 from .losses import content_loss, gram, style_loss, total_variation
+from .optim import BatchAdam, BatchLBFGS
+from .precision import Precision, autocast
 from .vgg import VGG19Features, check_layers
 
 
@@ -27,11 +36,16 @@ class Init(str, Enum):
 
 
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+PATIENCE = 3  # early stop after this many iterations in a row under --tol
 
 
 @dataclass(frozen=True)
 class GatysOptions:
-    """Loss weights, layers and optimiser settings. Defaults: see docs/method.md."""
+    """Loss weights, layers and optimiser settings. Defaults: see docs/method.md.
+
+    The loss weights may differ between the images of a batch (per-style overrides); the
+    other fields must be the same for a whole batch.
+    """
 
     iterations: int = 300
     content_weight: float = 10.0  # α
@@ -46,6 +60,7 @@ class GatysOptions:
     learning_rate: float | None = None  # None: 1.0 for L-BFGS, 0.02 for Adam
     history_size: int = 100
     init: Init = Init.CONTENT
+    tol: float = 0.0  # stop when the relative loss change stays below this (0: never)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", Optimizer(self.optimizer))
@@ -72,9 +87,23 @@ class GatysOptions:
 
 
 @dataclass
-class StylizeResult:
-    image: torch.Tensor  # [B, 3, H, W] in [0, 1], detached
-    losses: dict[str, list[float]] = field(default_factory=dict)  # per image: content, style, tv, total
+class Job:
+    """One image to stylize. ``key`` is the caller's, handed back untouched."""
+
+    key: Any
+    content: torch.Tensor  # [1, 3, H, W] in [0, 1], on the engine's device
+    grams: dict[str, torch.Tensor]  # style targets, [1, C, C] per style layer
+    options: GatysOptions  # only the loss weights may differ from the batcher's options
+    seed: int = 0
+
+
+@dataclass
+class Result:
+    key: Any
+    image: torch.Tensor  # [1, 3, H, W] in [0, 1], on the CPU
+    losses: dict[str, float] = field(default_factory=dict)  # content, style, tv, total
+    iterations: int = 0  # optimiser steps taken
+    seconds: float = 0.0  # wall time while in a batch, divided by the batch's occupancy
 
 
 def style_targets(net: VGG19Features, style: torch.Tensor, options: GatysOptions) -> dict[str, torch.Tensor]:
@@ -89,6 +118,30 @@ def content_target(net: VGG19Features, content: torch.Tensor, options: GatysOpti
         return net(content)[options.content_layer].detach()
 
 
+LOSS_WEIGHTS = ("content_weight", "style_weight", "tv_weight", "tv_beta")
+
+
+def loss_weights(options: GatysOptions, batch: int = 1) -> dict[str, torch.Tensor]:
+    return {name: torch.full((batch,), float(getattr(options, name))) for name in LOSS_WEIGHTS}
+
+
+def loss_terms(
+    feats: dict[str, torch.Tensor],
+    image: torch.Tensor,
+    content_features: torch.Tensor,
+    grams: dict[str, torch.Tensor],
+    options: GatysOptions,
+    weights: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """J(G) = α·J_content + β·J_style + λ_TV·TV, each term per image ``[B]`` in fp32, from the
+    generated image's features; ``weights`` holds per-image α, β, λ_TV and TV exponent."""
+    j_content = content_loss(feats[options.content_layer], content_features)
+    j_style = style_loss(feats, grams, options.layer_weights)
+    tv = total_variation(image, weights["tv_beta"])
+    total = weights["content_weight"] * j_content + weights["style_weight"] * j_style + weights["tv_weight"] * tv
+    return {"content": j_content, "style": j_style, "tv": tv, "total": total}
+
+
 def objective(
     net: VGG19Features,
     image: torch.Tensor,
@@ -96,13 +149,175 @@ def objective(
     grams: dict[str, torch.Tensor],
     options: GatysOptions,
 ) -> dict[str, torch.Tensor]:
-    """J(G) = α·J_content + β·J_style + λ_TV·TV, each term per image ``[B]``."""
-    feats = net(image)
-    j_content = content_loss(feats[options.content_layer], content_features)
-    j_style = style_loss(feats, grams, options.layer_weights)
-    tv = total_variation(image, options.tv_beta)
-    total = options.content_weight * j_content + options.style_weight * j_style + options.tv_weight * tv
-    return {"content": j_content, "style": j_style, "tv": tv, "total": total}
+    """The loss terms of ``image`` with the weights of ``options`` (fp32)."""
+    weights = {k: v.to(image.device) for k, v in loss_weights(options, image.shape[0]).items()}
+    return loss_terms(net(image), image, content_features, grams, options, weights)
+
+
+
+
+@dataclass
+class _Slot:
+    job: Job
+    content_features: torch.Tensor
+    iterations: int = 0
+    last_total: float = float("inf")
+    calm: int = 0  # iterations in a row with a relative change under tol
+    seconds: float = 0.0
+
+
+class GatysBatcher:
+    """Optimises a stream of jobs, up to ``batch_size`` at a time through one VGG19 pass.
+
+    Images of one batch must have the same height and width (the caller orders jobs by shape;
+    a job of another shape waits until the running batch drains). Results come back in the
+    order images finish. On out-of-memory the batch is halved and the evicted images start
+    again later from scratch, so none is lost and results do not change.
+    """
+
+    def __init__(
+        self,
+        net: VGG19Features,
+        options: GatysOptions,
+        *,
+        batch_size: int = 4,
+        precision: Precision = Precision.FP32,
+        channels_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.net, self.options, self.precision = net, options, precision
+        self.batch_size = batch_size
+        self.channels_last = channels_last
+        self.device = next(net.parameters()).device
+        self.oom_events = 0
+
+    # -- public -------------------------------------------------------------------------------
+    def run(self, jobs: Iterable[Job]) -> Iterator[Result]:
+        source = iter(jobs)
+        waiting: deque[Job] = deque()
+        slots: list[_Slot | None] = []
+        shape: tuple[int, int] | None = None
+        capacity = self.batch_size
+        while True:
+            # Admit waiting jobs into free slots while they match the running shape.
+            active = [i for i, s in enumerate(slots) if s is not None]
+            while len(active) < capacity:
+                job = waiting.popleft() if waiting else next(source, None)
+                if job is None:
+                    break
+                job_shape = (int(job.content.shape[-2]), int(job.content.shape[-1]))
+                if not active and job_shape != shape:
+                    shape = job_shape
+                    slots = [None] * capacity
+                    self._allocate(capacity, 3 * shape[0] * shape[1])
+                elif job_shape != shape:
+                    waiting.appendleft(job)
+                    break
+                index = slots.index(None)
+                slots[index] = self._admit(index, job)
+                active.append(index)
+            if not active:
+                return
+            try:
+                finished = self._iterate(slots, sorted(active))
+            except torch.cuda.OutOfMemoryError:
+                capacity = next_batch_size(capacity)
+                if capacity == 0:
+                    raise
+                self.oom_events += 1
+                for index in sorted(active)[capacity:]:
+                    waiting.appendleft(slots[index].job)  # type: ignore[union-attr]
+                    slots[index] = None
+                torch.cuda.empty_cache()
+                continue
+            for index, result in finished:
+                slots[index] = None
+                yield result
+
+    # -- internals ----------------------------------------------------------------------------
+    def _allocate(self, capacity: int, numel: int) -> None:
+        opts = self.options
+        self.x = torch.zeros(capacity, numel, device=self.device)
+        if opts.optimizer is Optimizer.LBFGS:
+            self.opt: BatchLBFGS | BatchAdam = BatchLBFGS(
+                capacity, numel, lr=opts.learning_rate or 1.0, history_size=opts.history_size,
+                tolerance_grad=0.0, tolerance_change=0.0, device=self.device,
+            )  # fmt: skip
+        else:
+            self.opt = BatchAdam(capacity, numel, lr=opts.learning_rate or 0.02, device=self.device)
+        self.weights = {name: torch.zeros(capacity, device=self.device) for name in LOSS_WEIGHTS}
+
+    def _admit(self, index: int, job: Job) -> _Slot:
+        content = job.content.to(self.device)
+        if self.options.init is Init.NOISE:
+            generator = torch.Generator().manual_seed(job.seed)
+            start = torch.rand(content.shape, generator=generator).to(self.device)
+        else:
+            start = content
+        self.x[index] = start.reshape(-1)
+        self.opt.reset(torch.tensor([index], device=self.device))
+        for name in LOSS_WEIGHTS:
+            self.weights[name][index] = float(getattr(job.options, name))
+        with torch.no_grad(), autocast(self.precision, self.device):
+            features = self._forward(content)[self.options.content_layer]
+        return _Slot(job=job, content_features=features.float())
+
+    def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def _iterate(self, slots: list[_Slot | None], active: list[int]) -> list[tuple[int, Result]]:
+        """One evaluation for every active image; a step for those not yet done."""
+        t0 = time.perf_counter()
+        rows = torch.tensor(active, device=self.device)
+        live = [slots[i] for i in active]
+        assert all(s is not None for s in live)
+        b = len(active)
+        h, w = live[0].job.content.shape[-2:]  # type: ignore[union-attr]
+        image = self.x[rows].view(b, 3, h, w).requires_grad_(True)
+        content = torch.cat([s.content_features for s in live])  # type: ignore[union-attr]
+        grams = {layer: torch.cat([s.job.grams[layer] for s in live]) for layer in self.options.style_layers}  # type: ignore[union-attr]
+        weights = {name: value[rows] for name, value in self.weights.items()}
+        with autocast(self.precision, self.device):
+            feats = self._forward(image)
+        terms = loss_terms(feats, image, content, grams, self.options, weights)
+        total = terms["total"]
+        finite = torch.isfinite(total)
+        # A non-finite image ends now (the caller decides what to do); the others go on.
+        total.where(finite, torch.zeros_like(total)).sum().backward()
+        totals = total.detach().cpu().tolist()
+        done = []
+        for j, slot in enumerate(live):
+            assert slot is not None
+            change = abs(slot.last_total - totals[j]) / max(abs(totals[j]), 1e-12)
+            slot.calm = slot.calm + 1 if change < self.options.tol else 0
+            slot.last_total = totals[j]
+            if slot.iterations >= self.options.iterations or slot.calm >= PATIENCE or not finite[j]:
+                done.append(j)
+        stepping = [j for j in range(b) if j not in done]
+        if stepping:
+            idx = torch.tensor(stepping, device=self.device)
+            x_rows = self.x[rows[idx]]
+            self.opt.step(rows[idx], x_rows, image.grad.reshape(b, -1)[idx])
+            self.x[rows[idx]] = x_rows.clamp_(0.0, 1.0)  # keep pixels displayable
+            for j in stepping:
+                live[j].iterations += 1  # type: ignore[union-attr]
+        share = (time.perf_counter() - t0) / b
+        results = []
+        for j, slot in enumerate(live):
+            slot.seconds += share  # type: ignore[union-attr]
+            if j in done:
+                assert slot is not None
+                results.append((active[j], Result(
+                    key=slot.job.key,
+                    image=self.x[active[j]].view(1, 3, h, w).detach().cpu().clone(),
+                    losses={name: float(value[j].detach()) for name, value in terms.items()},
+                    iterations=slot.iterations,
+                    seconds=slot.seconds,
+                )))  # fmt: skip
+        return results
 
 
 def stylize(
@@ -111,57 +326,10 @@ def stylize(
     grams: dict[str, torch.Tensor],
     options: GatysOptions,
     *,
-    content_features: torch.Tensor | None = None,
     seed: int = 0,
-) -> StylizeResult:
-    """Optimise the pixels of a generated image; ``content`` is ``[B, 3, H, W]`` in [0, 1].
-
-    The same inputs, options and seed give the same result on the same machine and thread count.
-    """
-    if content_features is None:
-        content_features = content_target(net, content, options)
-    if options.init is Init.NOISE:
-        generator = torch.Generator().manual_seed(seed)
-        start = torch.rand(content.shape, generator=generator).to(content)
-    else:
-        start = content.detach().clone(memory_format=torch.contiguous_format)
-    image = start.requires_grad_(True)
-
-    def loss_terms() -> dict[str, torch.Tensor]:
-        return objective(net, image, content_features, grams, options)
-
-    if options.optimizer is Optimizer.LBFGS:
-        # One L-BFGS iteration per step() with no line search: one forward+backward per
-        # iteration, so --iterations is the exact cost. The history persists across steps.
-        opt: torch.optim.Optimizer = torch.optim.LBFGS(
-            [image],
-            lr=options.learning_rate or 1.0,
-            max_iter=1,
-            history_size=options.history_size,
-            tolerance_grad=0.0,
-            tolerance_change=0.0,
-        )
-    else:
-        opt = torch.optim.Adam([image], lr=options.learning_rate or 0.02)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad(set_to_none=True)
-        total = loss_terms()["total"].sum()
-        total.backward()
-        return total
-
-    for _ in range(options.iterations):
-        if options.optimizer is Optimizer.LBFGS:
-            opt.step(closure)
-        else:
-            closure()
-            opt.step()
-        with torch.no_grad():
-            image.clamp_(0.0, 1.0)  # keep pixels displayable; the next step starts from here
-
-    with torch.no_grad():
-        final = loss_terms()
-    return StylizeResult(
-        image=image.detach(),
-        losses={name: value.detach().float().cpu().tolist() for name, value in final.items()},
-    )
+    precision: Precision = Precision.FP32,
+) -> Result:
+    """One image ``[1, 3, H, W]``: the batcher with a batch of one."""
+    batcher = GatysBatcher(net, options, batch_size=1, precision=precision)
+    (result,) = batcher.run([Job(key=None, content=content, grams=grams, options=options, seed=seed)])
+    return result

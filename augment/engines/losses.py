@@ -12,20 +12,21 @@ import torch
 
 
 def content_loss(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """J_content = 1/(4·nH·nW·nC) · Σ (a_C − a_G)²  (seed, "Content Cost Function")."""
+    """J_content = 1/(4·nH·nW·nC) · Σ (a_C − a_G)²  (seed, "Content Cost Function"), in fp32."""
     _, c, h, w = generated.shape
-    return (generated - target).pow(2).sum(dim=(1, 2, 3)) / (4.0 * c * h * w)
+    return (generated.float() - target.float()).pow(2).sum(dim=(1, 2, 3)) / (4.0 * c * h * w)
 
 
 def gram(features: torch.Tensor) -> torch.Tensor:
     """Gram matrix F·Fᵀ of the unrolled activations, ``[B, C, C]``, unnormalised as in the seed.
 
-    Computed in fp32 whatever the feature dtype: Gram entries are sums over H·W products and
-    overflow fp16.
+    Computed in fp32 whatever the feature dtype (Gram entries are sums over H·W products and
+    overflow fp16), with autocast off so the product itself is not cast back down.
     """
     b, c, h, w = features.shape
     flat = features.reshape(b, c, h * w).float()
-    return flat @ flat.transpose(1, 2)
+    with torch.autocast(device_type=flat.device.type, enabled=False):
+        return flat @ flat.transpose(1, 2)
 
 
 def style_layer_loss(gram_generated: torch.Tensor, gram_target: torch.Tensor, hw: int) -> torch.Tensor:
@@ -54,19 +55,19 @@ def style_loss(
     return total
 
 
-def total_variation(image: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+def total_variation(image: torch.Tensor, beta: float | torch.Tensor = 1.0) -> torch.Tensor:
     """Σ_{i,j,k} ((y[i,j+1,k] − y[i,j,k])² + (y[i+1,j,k] − y[i,j,k])²)^β, per image.
 
     The exponent applies to each pixel's term inside the sum, as the seed's formula writes it
     (its prose says the whole sum is raised to β; we follow the formula, as the Keras example
     the seed draws on does). Only pixels with both a right and a lower neighbour contribute.
+    ``beta`` is a number or one exponent per image (``[B]``).
     """
+    image = image.float()
     dx = image[:, :, :-1, 1:] - image[:, :, :-1, :-1]
     dy = image[:, :, 1:, :-1] - image[:, :, :-1, :-1]
     per_pixel = dx.pow(2) + dy.pow(2)
-    if beta < 1.0:
-        # d/ds s^β is infinite at s = 0 for β < 1; a flat patch would turn the gradient to NaN.
-        per_pixel = per_pixel.clamp_min(1e-12)
-    if beta != 1.0:
-        per_pixel = per_pixel.pow(beta)
-    return per_pixel.sum(dim=(1, 2, 3))
+    beta = torch.as_tensor(beta, dtype=per_pixel.dtype, device=per_pixel.device).expand(image.shape[0])
+    # d/ds s^β is infinite at s = 0 for β < 1: a flat patch would turn the gradient to NaN.
+    floor = torch.where(beta < 1.0, 1e-12, 0.0).view(-1, 1, 1, 1)
+    return torch.maximum(per_pixel, floor).pow(beta.view(-1, 1, 1, 1)).sum(dim=(1, 2, 3))

@@ -1,0 +1,96 @@
+"""The batched optimisers: equal to torch's on one problem, independent across a batch."""
+
+from __future__ import annotations
+
+import torch
+
+from augment.engines.optim import BatchAdam, BatchLBFGS
+
+
+def _problem(seed: int, n: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, generator=g, dtype=torch.float64)
+    return a @ a.T / n + 0.1 * torch.eye(n, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+
+
+def _loss(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # A smooth non-quadratic objective: quadratic plus a quartic term.
+    return 0.5 * x @ a @ x - b @ x + 0.05 * (x**4).sum()
+
+
+def _torch_lbfgs(a: torch.Tensor, b: torch.Tensor, steps: int, history: int) -> torch.Tensor:
+    x = torch.zeros(a.shape[0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=history, tolerance_grad=0.0, tolerance_change=0.0)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = _loss(x, a, b)
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        opt.step(closure)
+    return x.detach()
+
+
+def _batch_lbfgs(problems: list[tuple[torch.Tensor, torch.Tensor]], steps: int, history: int) -> torch.Tensor:
+    n = problems[0][0].shape[0]
+    opt = BatchLBFGS(len(problems), n, history_size=history, tolerance_grad=0.0, tolerance_change=0.0, dtype=torch.float64)
+    rows = torch.arange(len(problems))
+    opt.reset(rows)
+    x = torch.zeros(len(problems), n, dtype=torch.float64)
+    for _ in range(steps):
+        xr = x.clone().requires_grad_(True)
+        sum(_loss(xr[i], a, b) for i, (a, b) in enumerate(problems)).backward()
+        opt.step(rows, x, xr.grad)
+    return x
+
+
+def test_matches_torch_lbfgs_on_one_problem() -> None:
+    a, b = _problem(0)
+    for history in (100, 5):  # 5: the ring wraps around
+        expected = _torch_lbfgs(a, b, steps=25, history=history)
+        got = _batch_lbfgs([(a, b)], steps=25, history=history)[0]
+        assert torch.allclose(got, expected, rtol=1e-9, atol=1e-10), (history, (got - expected).abs().max())
+
+
+def test_each_row_is_independent_of_the_batch() -> None:
+    problems = [_problem(seed) for seed in range(4)]
+    together = _batch_lbfgs(problems, steps=20, history=10)
+    for i, problem in enumerate(problems):
+        alone = _batch_lbfgs([problem], steps=20, history=10)[0]
+        assert torch.allclose(together[i], alone, rtol=1e-9, atol=1e-10)
+
+
+def test_a_row_that_joins_later_starts_fresh() -> None:
+    problems = [_problem(0), _problem(1)]
+    n = problems[0][0].shape[0]
+    opt = BatchLBFGS(2, n, history_size=6, tolerance_grad=0.0, tolerance_change=0.0, dtype=torch.float64)
+    x = torch.zeros(2, n, dtype=torch.float64)
+    opt.reset(torch.arange(2))
+    for step in range(15):
+        rows = torch.arange(2) if step >= 5 else torch.arange(1)  # row 1 joins at step 5
+        xr = x[rows].clone().requires_grad_(True)
+        sum(_loss(xr[j], *problems[int(r)]) for j, r in enumerate(rows)).backward()
+        x_rows = x[rows]
+        opt.step(rows, x_rows, xr.grad)
+        x[rows] = x_rows
+    assert torch.allclose(x[1], _torch_lbfgs(*problems[1], steps=10, history=6), rtol=1e-9, atol=1e-10)
+    assert torch.allclose(x[0], _torch_lbfgs(*problems[0], steps=15, history=6), rtol=1e-9, atol=1e-10)
+
+
+def test_batch_adam_matches_torch_adam() -> None:
+    a, b = _problem(3)
+    x = torch.zeros(a.shape[0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([x], lr=0.05)
+    mine = BatchAdam(1, a.shape[0], lr=0.05)
+    y = torch.zeros(1, a.shape[0])
+    mine.reset(torch.arange(1))
+    for _ in range(10):
+        opt.zero_grad()
+        _loss(x, a, b).backward()
+        opt.step()
+        yr = y.double().clone().requires_grad_(True)
+        _loss(yr[0], a, b).backward()
+        mine.step(torch.arange(1), y, yr.grad.float())
+    assert torch.allclose(y[0].double(), x.detach(), atol=1e-5)
