@@ -125,6 +125,7 @@ def run(
     init: Annotated[Init | None, Opt(help=HELP["init"])] = None,
     seed: Annotated[int | None, Opt(help=HELP["seed"])] = None,
     tol: Annotated[float | None, Opt(help=HELP["tol"])] = None,
+    scales: Annotated[str | None, Opt(help=HELP["scales"])] = None,
     batch_size: Annotated[int | None, Opt(help=HELP["batch_size"])] = None,
     precision: Annotated[Precision | None, Opt(help=HELP["precision"])] = None,
     weights: Annotated[str | None, Opt(help=HELP["weights"])] = None,

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .engines.gatys import DEFAULT_STYLE_LAYERS, GatysOptions, Init, Optimizer
+from .engines.gatys import DEFAULT_STYLE_LAYERS, GatysOptions, Init, Optimizer, scale_iterations
 from .engines.precision import Precision
 from .engines.vgg import CONV_LAYERS, Pooling
 from .errors import ConfigError
@@ -58,6 +58,7 @@ class RunConfig:
     learning_rate: float | None = _opt(None, "Step size; default 1.0 for lbfgs, 0.02 for adam.")
     init: Init = _opt(Init.CONTENT, "Start from the content image or from noise.")
     seed: int = _opt(0, "Random seed: style sampling and noise init.")
+    scales: tuple[float, ...] = _opt((1.0,), "Coarse-to-fine: fractions of --size to run in turn, ending at 1, e.g. 0.5,1. The full size gets a quarter of --iterations, the lower scales share the rest.")
     tol: float = _opt(0.0, "Stop an image early when its relative loss change stays under this for 3 iterations (0: always run --iterations).")
     # Speed
     batch_size: int | None = _opt(None, "Images per VGG19 pass. Default: from free GPU memory; 4 on CPU.")
@@ -84,6 +85,13 @@ class RunConfig:
         if isinstance(self.style_layers, str):
             set_("style_layers", tuple(s.strip() for s in self.style_layers.split(",") if s.strip()))
         set_("style_layers", tuple(self.style_layers))
+        if isinstance(self.scales, str):
+            set_("scales", tuple(float(x) for x in self.scales.split(",") if x.strip()))
+        elif isinstance(self.scales, (int, float)):
+            set_("scales", (float(self.scales),))
+        set_("scales", tuple(float(x) for x in self.scales))
+        if not self.scales or self.scales[-1] != 1.0 or list(self.scales) != sorted(set(self.scales)) or self.scales[0] <= 0:
+            raise ConfigError(f"scales must rise to 1, e.g. 0.5,1 (got {','.join(map(str, self.scales))})")
         for layer in (self.content_layer, *self.style_layers):
             if layer not in CONV_LAYERS:
                 hint = difflib.get_close_matches(layer, CONV_LAYERS, n=1)
@@ -107,9 +115,10 @@ class RunConfig:
                 raise ConfigError(message)
 
     def gatys_options(self, **overrides: float) -> GatysOptions:
-        """The engine's options, with per-style overrides from styles.yaml applied."""
+        """The engine's options, with per-style overrides from styles.yaml applied. With
+        several scales, ``iterations`` is the full-size stage's share."""
         return GatysOptions(
-            iterations=self.iterations,
+            iterations=self.stage_iterations[-1],
             content_weight=overrides.get("content_weight", self.content_weight),
             style_weight=overrides.get("style_weight", self.style_weight),
             tv_weight=overrides.get("tv_weight", self.tv_weight),
@@ -121,6 +130,15 @@ class RunConfig:
             init=self.init,
             tol=self.tol,
         )
+
+    @property
+    def stage_iterations(self) -> list[int]:
+        """Iterations of each scale, lowest first."""
+        return scale_iterations(self.iterations, len(self.scales))
+
+    def stage_sizes(self) -> list[int]:
+        """Long side of each scale, lowest first (at least 16 px, what VGG19 can pool)."""
+        return [max(16, round(self.size * scale)) for scale in self.scales]
 
     def to_dict(self) -> dict[str, Any]:
         """A new plain dict (enums as their values, tuples as lists): safe to dump as JSON/YAML."""
@@ -143,7 +161,7 @@ FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 def _default_text(value: Any) -> str:
     if isinstance(value, Enum):
         return str(value.value)
-    return ",".join(value) if isinstance(value, tuple) else str(value)
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 # Help text with the default appended, for --help and docs/config.md.

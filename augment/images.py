@@ -102,10 +102,15 @@ def load_rgb(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
         raise ImageProblem("undecodable", f"{path}: cannot decode ({err})") from err
 
 
+# VGG19 pools four times before conv5_1: a side under 16 px would vanish before the last layer.
+MIN_SIDE = 16
+
+
 def fit_long_side(width: int, height: int, size: int) -> tuple[int, int]:
-    """(width, height) scaled so the long side is ``size``, aspect kept, at least 1 px a side."""
+    """(width, height) scaled so the long side is ``size``, aspect kept, except that no side
+    is under MIN_SIDE (a long thin panorama gets a slightly taller strip, not a crash)."""
     scale = size / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
+    return max(MIN_SIDE, round(width * scale)), max(MIN_SIDE, round(height * scale))
 
 
 def resize_long_side(img: Image.Image, size: int) -> Image.Image:

@@ -25,7 +25,7 @@ from PIL import Image
 from . import __version__
 from .atomic import write_text
 from .config import RunConfig
-from .engines.gatys import GatysBatcher, Job, Result, style_targets
+from .engines.gatys import GatysBatcher, Job, Result, Stage, style_targets
 from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image
 from .engines.precision import Precision, autocast, enable_fast_fp32, resolve_precision
 from .errors import EXIT_OK, EXIT_SOME_FAILED, OutputError
@@ -162,7 +162,7 @@ class _Job:
         self.timings: dict[str, float] = {}
         self.weights_id = ""
         self.last_checkpoint = time.monotonic()
-        self._grams: dict[str, dict[str, torch.Tensor] | ImageProblem] = {}
+        self._grams: dict[tuple[str, int], dict[str, torch.Tensor] | ImageProblem] = {}
 
     def run(self, weights: ResolvedWeights) -> RunSummary:
         config = self.config
@@ -200,7 +200,7 @@ class _Job:
         self._eta_t0, self._eta_logged = time.monotonic(), 0.0
         pending: list[tuple[Task, Result, Future[None]]] = []
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="augment-save") as saver:
-            for result in batcher.run(self._jobs(tasks)):
+            for result in batcher.run(self._jobs(tasks, batcher)):
                 task: Task = result.key
                 if not math.isfinite(result.losses["total"]):
                     self._fail(task.source.row, task.source.source, task.source.label, "non_finite",
@@ -258,45 +258,51 @@ class _Job:
         log.info("batch size %d (%.0f MB free, about %.0f MB per image)", size, free / 1e6, per_image / 1e6)
         return size
 
-    def _jobs(self, tasks: list[Task]) -> Iterator[Job]:
+    def _jobs(self, tasks: list[Task], batcher: GatysBatcher) -> Iterator[Job]:
         """Jobs in task order; decoding runs ahead in a thread while the device computes."""
         by_source: dict[SourceRow, list[Task]] = {}
         for task in tasks:
             by_source.setdefault(task.source, []).append(task)
+        iterations = self.config.stage_iterations
         for source, decoded in _prefetch(by_source, self._decode, depth=4):
             if isinstance(decoded, ImageProblem):
                 self._fail(source.row, source.source, source.label, decoded.reason, str(decoded))
                 self._advance(len(by_source[source]))
                 continue
-            content = decoded.to(self.device)
+            contents = [c.to(self.device) for c in decoded]  # one per scale, full size last
+            features = [batcher.content_features(c) for c in contents]  # once per image, shared by its styles
             for task in by_source[source]:
-                grams = self._style_grams(task.style)
-                if isinstance(grams, ImageProblem):
-                    self._fail(source.row, source.source, source.label, "bad_style", f"style {task.style.name}: {grams}")
+                grams = [self._style_grams(task.style, size) for size in self.config.stage_sizes()]
+                problem = next((g for g in grams if isinstance(g, ImageProblem)), None)
+                if problem is not None:
+                    self._fail(source.row, source.source, source.label, "bad_style", f"style {task.style.name}: {problem}")
                     self._advance(1)
                     continue
-                options = self.config.gatys_options(**task.style.overrides)
-                yield Job(key=task, content=content, grams=grams, options=options, seed=task.seed)
+                coarse = [Stage(c, g, n, f) for c, g, n, f in zip(contents, grams, iterations, features)][:-1]  # type: ignore[arg-type]
+                yield Job(
+                    key=task, content=contents[-1], grams=grams[-1],  # type: ignore[arg-type]
+                    options=self.config.gatys_options(**task.style.overrides), seed=task.seed,
+                    content_features=features[-1], coarse=coarse,
+                )  # fmt: skip
 
-    def _decode(self, source: SourceRow) -> torch.Tensor | ImageProblem:
+    def _decode(self, source: SourceRow) -> list[torch.Tensor] | ImageProblem:
         try:
             image = load_rgb(source.path, max_pixels=self.config.max_pixels)
         except ImageProblem as err:
             return err
-        return to_tensor(resize_long_side(image, self.config.size))
+        return [to_tensor(resize_long_side(image, size)) for size in self.config.stage_sizes()]
 
-    def _style_grams(self, style: Style) -> dict[str, torch.Tensor] | ImageProblem:
-        """Style Gram targets, computed once per style per run."""
-        if style.name not in self._grams:
+    def _style_grams(self, style: Style, size: int) -> dict[str, torch.Tensor] | ImageProblem:
+        """Style Gram targets, computed once per style and size per run."""
+        key = (style.name, size)
+        if key not in self._grams:
             try:
-                image = resize_long_side(load_rgb(style.path, max_pixels=self.config.max_pixels), self.config.size)
+                image = resize_long_side(load_rgb(style.path, max_pixels=self.config.max_pixels), size)
                 with autocast(self.precision, self.device):
-                    self._grams[style.name] = style_targets(
-                        self.net, to_tensor(image).to(self.device), self.config.gatys_options()
-                    )
+                    self._grams[key] = style_targets(self.net, to_tensor(image).to(self.device), self.config.gatys_options())
             except ImageProblem as err:
-                self._grams[style.name] = err
-        return self._grams[style.name]
+                self._grams[key] = err
+        return self._grams[key]
 
     def _save(self, image: Image.Image, output: str) -> None:
         path = self.out / output

@@ -159,3 +159,18 @@ def test_bad_option_value_is_exit_2(dataset: tuple[Path, Path], tmp_path: Path) 
     manifest, styles = dataset
     code, _, err = invoke("run", manifest, "--styles", styles, "--size", "4", *FAST[:2])
     assert code == 2 and "size must be at least 16" in err
+
+
+def test_coarse_to_fine_and_batch_options(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--weights", "random", "--size", "32",
+                          "--iterations", "4", "--scales", "0.5,1", "--batch-size", "2", "--precision", "fp32")  # fmt: skip
+    assert code == 0, err
+    rows = pd.read_csv(out / "manifest.csv")
+    assert list(rows["iterations"]) == [4, 4, 4]  # 3 at 16 px + 1 at 32 px
+    assert all(max(Image.open(out / p).size) == 32 for p in rows["path"])
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["scales"] == [0.5, 1.0] and run["timings"]["batch_size"] == 2
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--scales", "1,0.5", *FAST)
+    assert code == 2 and "scales must rise to 1" in err

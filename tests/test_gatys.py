@@ -130,3 +130,60 @@ def test_bf16_batched_loss_within_five_percent_of_fp32_single() -> None:
     for job in jobs:
         (fp32,) = GatysBatcher(net, options, batch_size=1).run([job])
         assert mixed[job.key].losses["total"] == pytest.approx(fp32.losses["total"], rel=0.05)
+
+
+def test_out_of_memory_halves_the_batch_and_loses_no_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = GatysOptions(iterations=3)
+    net, _, style = _setup(options, size=16)
+    grams = style_targets(net, style, options)
+    jobs = [Job(key=i, content=torch.rand(1, 3, 16, 16), grams=grams, options=options) for i in range(4)]
+    expected = {r.key: r.image for r in GatysBatcher(net, options, batch_size=1).run(jobs)}
+    batcher = GatysBatcher(net, options, batch_size=4)
+    real_iterate = batcher._iterate
+
+    def iterate_with_a_small_device(slots, active):  # type: ignore[no-untyped-def]
+        if len(active) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_iterate(slots, active)
+
+    monkeypatch.setattr(batcher, "_iterate", iterate_with_a_small_device)
+    results = {r.key: r.image for r in batcher.run(jobs)}
+    assert batcher.oom_events == 1
+    assert sorted(results) == [0, 1, 2, 3]
+    for key, image in results.items():
+        assert torch.allclose(image, expected[key], atol=1e-5)
+
+
+def test_next_batch_size_and_auto_batch_size() -> None:
+    from augment.engines.memory import auto_batch_size, bytes_per_image, next_batch_size
+
+    assert [next_batch_size(n) for n in (8, 3, 1)] == [4, 1, 0]
+    net = VGG19Features(GatysOptions().layers)
+    small, large = bytes_per_image(net, 64, 64, history_size=100, half=False), bytes_per_image(net, 128, 128, history_size=100, half=False)
+    assert 3.5 < large / small < 4.5  # memory grows with the pixel count
+    assert bytes_per_image(net, 64, 64, history_size=100, half=True) < small
+    assert auto_batch_size(10 * small, small) == 7 and auto_batch_size(0, small) == 1
+
+
+def test_scale_iterations_put_most_work_at_low_resolution() -> None:
+    from augment.engines.gatys import scale_iterations
+
+    assert scale_iterations(300, 1) == [300]
+    assert scale_iterations(300, 2) == [225, 75]
+    assert scale_iterations(10, 3) == [4, 4, 2]
+    assert scale_iterations(0, 2) == [0, 0]
+
+
+def test_coarse_to_fine_runs_every_stage_and_ends_full_size() -> None:
+    from augment.engines.gatys import Stage
+
+    options = GatysOptions(iterations=2, style_weight=1e5)
+    net, content, style = _setup(options, size=32)
+    small = torch.nn.functional.interpolate(content, size=(16, 16), mode="bilinear")
+    job = Job(key="a", content=content, grams=style_targets(net, style, options), options=options,
+              coarse=[Stage(small, style_targets(net, style[..., ::2, ::2], options), iterations=5)])  # fmt: skip
+    plain = Job(key="b", content=content, grams=job.grams, options=options)
+    results = {r.key: r for r in GatysBatcher(net, options, batch_size=2).run([job, plain])}
+    assert results["a"].iterations == 7 and results["a"].image.shape == (1, 3, 32, 32)
+    assert results["b"].iterations == 2
+    assert not torch.equal(results["a"].image, results["b"].image)  # the coarse stage changed the start

@@ -123,3 +123,7 @@ def test_failed_save_removes_its_temp_file(tmp_path: Path) -> None:
     with pytest.raises(Exception):
         save_atomic(Image.new("RGB", (4, 4)), tmp_path / "x.png", fmt="nope")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_side_is_smaller_than_what_vgg19_can_pool() -> None:
+    assert resize_long_side(Image.new("RGB", (1000, 50)), 64).size == (64, 16)

@@ -10,7 +10,6 @@ admitting waiting images as others finish (continuous batching).
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -87,14 +86,63 @@ class GatysOptions:
 
 
 @dataclass
+class Stage:
+    """One resolution of a coarse-to-fine run: its content, style targets and iterations."""
+
+    content: torch.Tensor  # [1, 3, h, w]
+    grams: dict[str, torch.Tensor]
+    iterations: int
+    content_features: torch.Tensor | None = None
+
+
+@dataclass
 class Job:
-    """One image to stylize. ``key`` is the caller's, handed back untouched."""
+    """One image to stylize. ``key`` is the caller's, handed back untouched.
+
+    ``coarse`` stages (lowest resolution first) run before the full-size one; each starts from
+    the previous stage's result, upsampled.
+    """
 
     key: Any
     content: torch.Tensor  # [1, 3, H, W] in [0, 1], on the engine's device
     grams: dict[str, torch.Tensor]  # style targets, [1, C, C] per style layer
     options: GatysOptions  # only the loss weights may differ from the batcher's options
     seed: int = 0
+    # From GatysBatcher.content_features; share it between the styles of one image.
+    content_features: torch.Tensor | None = None
+    coarse: list[Stage] = field(default_factory=list)
+
+    @property
+    def stages(self) -> list[Stage]:
+        final = Stage(self.content, self.grams, self.options.iterations, self.content_features)
+        return [*self.coarse, final]
+
+
+def scale_iterations(iterations: int, scales: int) -> list[int]:
+    """Split ``iterations`` over coarse-to-fine scales: the full size gets a quarter (at least
+    one), the lower scales share the rest evenly (the lowest takes any remainder)."""
+    if scales <= 1:
+        return [iterations]
+    final = max(1, iterations // 4) if iterations else 0
+    rest = iterations - final
+    share, extra = divmod(rest, scales - 1)
+    return [share + extra] + [share] * (scales - 2) + [final]
+
+
+@dataclass
+class _Work:
+    """A job at one of its stages, waiting for a slot."""
+
+    job: Job
+    stage: int = 0
+    init: torch.Tensor | None = None  # start image; None: content (or noise)
+    steps_before: int = 0
+    seconds_before: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        content = self.job.stages[self.stage].content
+        return int(content.shape[-2]), int(content.shape[-1])
 
 
 @dataclass
@@ -158,8 +206,9 @@ def objective(
 
 @dataclass
 class _Slot:
-    job: Job
+    work: _Work
     content_features: torch.Tensor
+    limit: int  # iterations of this stage
     iterations: int = 0
     last_total: float = float("inf")
     calm: int = 0  # iterations in a row with a relative change under tol
@@ -195,27 +244,32 @@ class GatysBatcher:
     # -- public -------------------------------------------------------------------------------
     def run(self, jobs: Iterable[Job]) -> Iterator[Result]:
         source = iter(jobs)
-        waiting: deque[Job] = deque()
+        waiting: list[_Work] = []  # stages not yet admitted: evicted, continued or of another shape
         slots: list[_Slot | None] = []
         shape: tuple[int, int] | None = None
         capacity = self.batch_size
+        exhausted = False
         while True:
-            # Admit waiting jobs into free slots while they match the running shape.
+            # Admit work of the running shape into free slots; a new shape only once all drained.
             active = [i for i, s in enumerate(slots) if s is not None]
             while len(active) < capacity:
-                job = waiting.popleft() if waiting else next(source, None)
-                if job is None:
-                    break
-                job_shape = (int(job.content.shape[-2]), int(job.content.shape[-1]))
-                if not active and job_shape != shape:
-                    shape = job_shape
+                work = next((w for w in waiting if w.shape == shape), None)
+                if work is None and not exhausted and not any(w.shape != shape for w in waiting):
+                    job = next(source, None)
+                    exhausted = job is None
+                    if job is not None:
+                        waiting.append(_Work(job))
+                        continue
+                if work is None:
+                    if active or not waiting:
+                        break
+                    work = waiting[0]
+                    shape = work.shape
                     slots = [None] * capacity
                     self._allocate(capacity, 3 * shape[0] * shape[1])
-                elif job_shape != shape:
-                    waiting.appendleft(job)
-                    break
+                waiting.remove(work)
                 index = slots.index(None)
-                slots[index] = self._admit(index, job)
+                slots[index] = self._admit(index, work)
                 active.append(index)
             if not active:
                 return
@@ -227,13 +281,18 @@ class GatysBatcher:
                     raise
                 self.oom_events += 1
                 for index in sorted(active)[capacity:]:
-                    waiting.appendleft(slots[index].job)  # type: ignore[union-attr]
+                    slot = slots[index]
+                    assert slot is not None
+                    waiting.insert(0, slot.work)  # starts this stage again from its start
                     slots[index] = None
                 torch.cuda.empty_cache()
                 continue
-            for index, result in finished:
+            for index, outcome in finished:
                 slots[index] = None
-                yield result
+                if isinstance(outcome, _Work):
+                    waiting.insert(0, outcome)
+                else:
+                    yield outcome
 
     # -- internals ----------------------------------------------------------------------------
     def _allocate(self, capacity: int, numel: int) -> None:
@@ -248,9 +307,12 @@ class GatysBatcher:
             self.opt = BatchAdam(capacity, numel, lr=opts.learning_rate or 0.02, device=self.device)
         self.weights = {name: torch.zeros(capacity, device=self.device) for name in LOSS_WEIGHTS}
 
-    def _admit(self, index: int, job: Job) -> _Slot:
-        content = job.content.to(self.device)
-        if self.options.init is Init.NOISE:
+    def _admit(self, index: int, work: _Work) -> _Slot:
+        job, stage = work.job, work.job.stages[work.stage]
+        content = stage.content.to(self.device)
+        if work.init is not None:
+            start = work.init.to(self.device)
+        elif self.options.init is Init.NOISE:
             generator = torch.Generator().manual_seed(job.seed)
             start = torch.rand(content.shape, generator=generator).to(self.device)
         else:
@@ -259,26 +321,31 @@ class GatysBatcher:
         self.opt.reset(torch.tensor([index], device=self.device))
         for name in LOSS_WEIGHTS:
             self.weights[name][index] = float(getattr(job.options, name))
+        features = stage.content_features if stage.content_features is not None else self.content_features(content)
+        return _Slot(work=work, content_features=features, limit=stage.iterations)
+
+    def content_features(self, content: torch.Tensor) -> torch.Tensor:
+        """The content target of an image ``[1, 3, H, W]`` (compute once per image)."""
         with torch.no_grad(), autocast(self.precision, self.device):
-            features = self._forward(content)[self.options.content_layer]
-        return _Slot(job=job, content_features=features.float())
+            return self._forward(content.to(self.device))[self.options.content_layer].float()
 
     def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
-    def _iterate(self, slots: list[_Slot | None], active: list[int]) -> list[tuple[int, Result]]:
+    def _iterate(self, slots: list[_Slot | None], active: list[int]) -> list[tuple[int, Result | _Work]]:
         """One evaluation for every active image; a step for those not yet done."""
         t0 = time.perf_counter()
         rows = torch.tensor(active, device=self.device)
         live = [slots[i] for i in active]
         assert all(s is not None for s in live)
         b = len(active)
-        h, w = live[0].job.content.shape[-2:]  # type: ignore[union-attr]
+        h, w = live[0].work.shape  # type: ignore[union-attr]
         image = self.x[rows].view(b, 3, h, w).requires_grad_(True)
         content = torch.cat([s.content_features for s in live])  # type: ignore[union-attr]
-        grams = {layer: torch.cat([s.job.grams[layer] for s in live]) for layer in self.options.style_layers}  # type: ignore[union-attr]
+        stage_grams = [s.work.job.stages[s.work.stage].grams for s in live]  # type: ignore[union-attr]
+        grams = {layer: torch.cat([g[layer] for g in stage_grams]) for layer in self.options.style_layers}
         weights = {name: value[rows] for name, value in self.weights.items()}
         with autocast(self.precision, self.device):
             feats = self._forward(image)
@@ -294,7 +361,7 @@ class GatysBatcher:
             change = abs(slot.last_total - totals[j]) / max(abs(totals[j]), 1e-12)
             slot.calm = slot.calm + 1 if change < self.options.tol else 0
             slot.last_total = totals[j]
-            if slot.iterations >= self.options.iterations or slot.calm >= PATIENCE or not finite[j]:
+            if slot.iterations >= slot.limit or slot.calm >= PATIENCE or not finite[j]:
                 done.append(j)
         stepping = [j for j in range(b) if j not in done]
         if stepping:
@@ -305,18 +372,28 @@ class GatysBatcher:
             for j in stepping:
                 live[j].iterations += 1  # type: ignore[union-attr]
         share = (time.perf_counter() - t0) / b
-        results = []
+        results: list[tuple[int, Result | _Work]] = []
         for j, slot in enumerate(live):
-            slot.seconds += share  # type: ignore[union-attr]
-            if j in done:
-                assert slot is not None
-                results.append((active[j], Result(
-                    key=slot.job.key,
-                    image=self.x[active[j]].view(1, 3, h, w).detach().cpu().clone(),
-                    losses={name: float(value[j].detach()) for name, value in terms.items()},
-                    iterations=slot.iterations,
-                    seconds=slot.seconds,
-                )))  # fmt: skip
+            assert slot is not None
+            slot.seconds += share
+            if j not in done:
+                continue
+            work = slot.work
+            image_j = self.x[active[j]].view(1, 3, h, w)
+            steps, seconds = work.steps_before + slot.iterations, work.seconds_before + slot.seconds
+            if work.stage + 1 < len(work.job.stages) and finite[j]:
+                # Coarse stage done: the next stage starts from this result, upsampled.
+                next_shape = work.job.stages[work.stage + 1].content.shape[-2:]
+                init = torch.nn.functional.interpolate(image_j.detach(), size=tuple(next_shape), mode="bilinear", align_corners=False)
+                results.append((active[j], _Work(work.job, work.stage + 1, init.clamp(0, 1), steps, seconds)))
+                continue
+            results.append((active[j], Result(
+                key=work.job.key,
+                image=image_j.detach().cpu().clone(),
+                losses={name: float(value[j].detach()) for name, value in terms.items()},
+                iterations=steps,
+                seconds=seconds,
+            )))  # fmt: skip
         return results
 
 
