@@ -41,12 +41,22 @@ log = logging.getLogger(__name__)
 ENGINE = "gatys"
 BASE_COLUMNS = [
     "path", "label", "split", "source", "style", "k", "engine", "seed", "weights",
-    "size", "width", "height", "iterations",
+    "size", "width", "height", "iterations", "precision",
     "content_loss", "style_loss", "tv_loss", "total_loss", "seconds",
 ]  # fmt: skip
 CHECKPOINT_EVERY_S = 30.0
 
 ProgressFn = Callable[[int, int], None]  # (tasks finished or failed, total tasks)
+
+
+@dataclass
+class _Saving:
+    """An image being written in the background, and what its manifest row needs."""
+
+    task: Task
+    result: Result
+    precision: Precision
+    future: Future[None]
 
 
 @dataclass
@@ -198,18 +208,28 @@ class _Job:
         )
         compute_t0 = time.perf_counter()
         self._eta_t0, self._eta_logged = time.monotonic(), 0.0
-        pending: list[tuple[Task, Result, Future[None]]] = []
+        pending: list[_Saving] = []
+        retry: list[Task] = []
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="augment-save") as saver:
             for result in batcher.run(self._jobs(tasks, batcher)):
-                task: Task = result.key
-                if not math.isfinite(result.losses["total"]):
-                    self._fail(task.source.row, task.source.source, task.source.label, "non_finite",
-                               f"{task.output}: the loss became {result.losses['total']}")  # fmt: skip
+                if math.isfinite(result.losses["total"]):
+                    pending.append(self._submit(saver, result, self.precision))
+                    self._advance(1)
+                elif self.precision is not Precision.FP32:
+                    retry.append(result.key)  # mixed precision overflowed: redo it in fp32
                 else:
-                    image = to_image(result.image)
-                    pending.append((task, result, saver.submit(self._save, image, task.output)))
+                    self._fail_non_finite(result)
+                    self._advance(1)
                 pending = self._collect(pending, wait=False)
-                self._advance(1)
+            if retry:
+                log.warning("%d images had a non-finite loss in %s; redoing them in fp32", len(retry), self.precision.value)
+                fp32 = GatysBatcher(self.net, options, batch_size=batch_size, channels_last=channels_last)
+                for result in fp32.run(self._jobs(retry, fp32)):
+                    if math.isfinite(result.losses["total"]):
+                        pending.append(self._submit(saver, result, Precision.FP32))
+                    else:
+                        self._fail_non_finite(result)
+                    self._advance(1)
             self._collect(pending, wait=True)
         self.timings["compute_s"] = time.perf_counter() - compute_t0
         self.timings["batch_size"] = batch_size
@@ -304,6 +324,16 @@ class _Job:
                 self._grams[key] = err
         return self._grams[key]
 
+    def _submit(self, saver: ThreadPoolExecutor, result: Result, precision: Precision) -> _Saving:
+        """Encode and write in a thread so the device goes on computing."""
+        task: Task = result.key
+        return _Saving(task, result, precision, saver.submit(self._save, to_image(result.image), task.output))
+
+    def _fail_non_finite(self, result: Result) -> None:
+        task: Task = result.key
+        self._fail(task.source.row, task.source.source, task.source.label, "non_finite",
+                   f"{task.output}: the loss became {result.losses['total']}")  # fmt: skip
+
     def _save(self, image: Image.Image, output: str) -> None:
         path = self.out / output
         try:
@@ -311,25 +341,26 @@ class _Job:
         except OSError as err:
             raise OutputError(f"cannot write {path}: {err}") from err
 
-    def _collect(self, pending: list[tuple[Task, Result, Future[None]]], *, wait: bool) -> list[tuple[Task, Result, Future[None]]]:
+    def _collect(self, pending: list[_Saving], *, wait: bool) -> list[_Saving]:
         """Manifest rows for saved images; re-raises a save's OutputError here."""
         still = []
-        for task, result, future in pending:
-            if not wait and not future.done():
-                still.append((task, result, future))
+        for saving in pending:
+            if not wait and not saving.future.done():
+                still.append(saving)
                 continue
-            future.result()
-            self.rows.append(self._manifest_row(task, result))
+            saving.future.result()
+            self.rows.append(self._manifest_row(saving))
         return still
 
-    def _manifest_row(self, task: Task, result: Result) -> dict[str, Any]:
-        source = task.source
+    def _manifest_row(self, saving: _Saving) -> dict[str, Any]:
+        task, result, source = saving.task, saving.result, saving.task.source
         height, width = result.image.shape[-2:]
         return {
             "path": task.output, "label": source.label, "split": source.split,
             "source": source.source, "style": task.style.name, "k": task.k, "engine": ENGINE,
             "seed": task.seed, "weights": self.weights_id, "size": self.config.size,
             "width": width, "height": height, "iterations": result.iterations,
+            "precision": saving.precision.value,
             **{f"{name}_loss": f"{value:.6g}" for name, value in result.losses.items()},
             "seconds": round(result.seconds, 3), **source.extra,
         }  # fmt: skip

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -174,3 +175,25 @@ def test_coarse_to_fine_and_batch_options(dataset: tuple[Path, Path], tmp_path: 
     assert run["config"]["scales"] == [0.5, 1.0] and run["timings"]["batch_size"] == 2
     code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--scales", "1,0.5", *FAST)
     assert code == 2 and "scales must rise to 1" in err
+
+
+def test_a_non_finite_loss_in_mixed_precision_is_redone_in_fp32(dataset: tuple[Path, Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from augment.engines import gatys
+
+    real = gatys.loss_terms
+
+    def overflow_in_bf16(feats, image, *args, **kwargs):  # type: ignore[no-untyped-def]
+        terms = real(feats, image, *args, **kwargs)
+        if any(f.dtype == torch.bfloat16 for f in feats.values()):
+            terms["total"] = terms["total"] * float("inf")  # what an fp16/bf16 overflow looks like
+        return terms
+
+    monkeypatch.setattr(gatys, "loss_terms", overflow_in_bf16)
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--precision", "bf16", *FAST)
+    assert code == 0, err
+    rows = pd.read_csv(out / "manifest.csv")
+    assert len(rows) == 3 and set(rows["precision"]) == {"fp32"}
+    assert "redoing them in fp32" in (out / "run.log").read_text()
