@@ -25,9 +25,9 @@ from PIL import Image
 from . import __version__
 from .atomic import write_text
 from .config import RunConfig
-from .engines.gatys import GatysBatcher, Job, Result, Stage, style_targets
+from .engines.gatys import GatysBatcher, Job, Result, Stage
 from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image
-from .engines.precision import Precision, autocast, enable_fast_fp32, resolve_precision
+from .engines.precision import Precision, enable_fast_fp32, resolve_precision
 from .errors import EXIT_OK, EXIT_SOME_FAILED, OutputError
 from .images import ImageProblem, fit_long_side, load_rgb, probe, resize_long_side, save_atomic, to_image, to_tensor
 from .manifest import Failure, SourceRow, write_csv, write_failures
@@ -210,6 +210,7 @@ class _Job:
         self._eta_t0, self._eta_logged = time.monotonic(), 0.0
         pending: list[_Saving] = []
         retry: list[Task] = []
+        self._batcher = batcher
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="augment-save") as saver:
             for result in batcher.run(self._jobs(tasks, batcher)):
                 if math.isfinite(result.losses["total"]):
@@ -224,6 +225,7 @@ class _Job:
             if retry:
                 log.warning("%d images had a non-finite loss in %s; redoing them in fp32", len(retry), self.precision.value)
                 fp32 = GatysBatcher(self.net, options, batch_size=batch_size, channels_last=channels_last)
+                self._batcher, self._grams = fp32, {}  # style targets again, in fp32
                 for result in fp32.run(self._jobs(retry, fp32)):
                     if math.isfinite(result.losses["total"]):
                         pending.append(self._submit(saver, result, Precision.FP32))
@@ -318,8 +320,7 @@ class _Job:
         if key not in self._grams:
             try:
                 image = resize_long_side(load_rgb(style.path, max_pixels=self.config.max_pixels), size)
-                with autocast(self.precision, self.device):
-                    self._grams[key] = style_targets(self.net, to_tensor(image).to(self.device), self.config.gatys_options())
+                self._grams[key] = self._batcher.style_targets(to_tensor(image))
             except ImageProblem as err:
                 self._grams[key] = err
         return self._grams[key]

@@ -59,7 +59,7 @@ def test_single_image_matches_torch_lbfgs() -> None:
 
 
 def test_an_image_alone_and_in_a_batch_of_four_gives_the_same_result() -> None:
-    options = GatysOptions(iterations=6, style_weight=1e5)
+    options = GatysOptions(iterations=4, style_weight=1e5)
     net, _, style = _setup(options, size=24)
     grams = style_targets(net, style, options)
     g = torch.Generator().manual_seed(5)
@@ -71,7 +71,21 @@ def test_an_image_alone_and_in_a_batch_of_four_gives_the_same_result() -> None:
     for i, job in enumerate(jobs):
         (alone,) = GatysBatcher(net, options, batch_size=1).run([job])
         assert torch.allclose(together[i].image, alone.image, atol=1e-5)
-        assert together[i].losses["total"] == pytest.approx(alone.losses["total"], rel=1e-4)
+        assert together[i].losses["total"] == pytest.approx(alone.losses["total"], rel=1e-5)
+
+
+def test_long_runs_alone_and_batched_reach_the_same_quality() -> None:
+    # Batched kernels round differently from single-image ones (~1e-7), and L-BFGS with
+    # clamped pixels can amplify that over many steps; the images then differ, the quality not.
+    options = GatysOptions(iterations=30, style_weight=1e5)
+    net, _, style = _setup(options, size=24)
+    grams = style_targets(net, style, options)
+    g = torch.Generator().manual_seed(5)
+    jobs = [Job(key=i, content=torch.rand(1, 3, 24, 24, generator=g), grams=grams, options=options) for i in range(4)]
+    together = {r.key: r for r in GatysBatcher(net, options, batch_size=4).run(jobs)}
+    for job in jobs:
+        (alone,) = GatysBatcher(net, options, batch_size=1).run([job])
+        assert together[job.key].losses["total"] == pytest.approx(alone.losses["total"], rel=0.05)
 
 
 def test_continuous_batching_admits_waiting_jobs_and_buckets_shapes() -> None:

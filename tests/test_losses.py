@@ -63,3 +63,16 @@ def test_losses_are_per_image() -> None:
     per_image = content_loss(a, torch.zeros_like(a))
     assert per_image.shape == (3,)
     assert per_image[1].item() == pytest.approx(content_loss(a[1:2], torch.zeros(1, 4, 5, 5)).item())
+
+
+def test_style_loss_gradient_matches_autograd_through_the_formula() -> None:
+    g = torch.Generator().manual_seed(0)
+    feats = torch.rand(2, 4, 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    target = gram(torch.rand(1, 4, 3, 5, generator=g, dtype=torch.float64))
+    weights = {"conv1_1": 0.7}
+    fused = style_loss({"conv1_1": feats}, {"conv1_1": target}, weights)
+    (fused_grad,) = torch.autograd.grad(fused.sum(), feats)
+    plain = 0.7 * style_layer_loss(gram(feats), target, hw=15)
+    (plain_grad,) = torch.autograd.grad(plain.sum(), feats)
+    assert torch.allclose(fused, plain) and torch.allclose(fused_grad, plain_grad)
+    assert torch.autograd.gradcheck(lambda f: style_loss({"conv1_1": f}, {"conv1_1": target}, weights), (feats,))

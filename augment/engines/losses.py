@@ -7,14 +7,20 @@ optimised together with each image's loss kept apart.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
+
+
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision activations up to fp32 for the sums; fp32/fp64 as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def content_loss(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """J_content = 1/(4·nH·nW·nC) · Σ (a_C − a_G)²  (seed, "Content Cost Function"), in fp32."""
     _, c, h, w = generated.shape
-    return (generated.float() - target.float()).pow(2).sum(dim=(1, 2, 3)) / (4.0 * c * h * w)
+    return (_fp32(generated) - _fp32(target)).pow(2).sum(dim=(1, 2, 3)) / (4.0 * c * h * w)
 
 
 def gram(features: torch.Tensor) -> torch.Tensor:
@@ -24,7 +30,7 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     overflow fp16), with autocast off so the product itself is not cast back down.
     """
     b, c, h, w = features.shape
-    flat = features.reshape(b, c, h * w).float()
+    flat = _fp32(features.reshape(b, c, h * w))
     with torch.autocast(device_type=flat.device.type, enabled=False):
         return flat @ flat.transpose(1, 2)
 
@@ -39,6 +45,32 @@ def style_layer_loss(gram_generated: torch.Tensor, gram_target: torch.Tensor, hw
     return (gram_generated - gram_target).pow(2).sum(dim=(1, 2)) / (4.0 * c * c * hw * hw)
 
 
+class _GramLoss(torch.autograd.Function):
+    """J_style^[l] from the activations in one step, with a hand-written backward.
+
+    d/dF Σ(F·Fᵀ − T)² = 4·(F·Fᵀ − T)·F for a symmetric T: one batched product, where autograd
+    through ``gram`` takes two and a sum (measured ~15% of a bf16 iteration at conv1_1).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        b, c, h, w = features.shape
+        flat = _fp32(features.reshape(b, c, h * w))
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            diff = flat @ flat.transpose(1, 2) - target
+        norm = 4.0 * c * c * (h * w) ** 2
+        ctx.save_for_backward(flat, diff)
+        ctx.norm, ctx.shape, ctx.dtype = norm, features.shape, features.dtype
+        return diff.pow(2).sum(dim=(1, 2)) / norm
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        flat, diff = ctx.saved_tensors
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            grad = (diff @ flat).mul_((4.0 / ctx.norm) * grad_out.view(-1, 1, 1))
+        return grad.reshape(ctx.shape).to(ctx.dtype), None
+
+
 def style_loss(
     features: Mapping[str, torch.Tensor],
     target_grams: Mapping[str, torch.Tensor],
@@ -48,7 +80,8 @@ def style_loss(
     total: torch.Tensor | None = None
     for layer, weight in layer_weights.items():
         f = features[layer]
-        term = weight * style_layer_loss(gram(f), target_grams[layer], f.shape[2] * f.shape[3])
+        target = target_grams[layer].expand(f.shape[0], -1, -1)
+        term = weight * _GramLoss.apply(f, target)
         total = term if total is None else total + term
     if total is None:
         raise ValueError("no style layers")
@@ -63,7 +96,7 @@ def total_variation(image: torch.Tensor, beta: float | torch.Tensor = 1.0) -> to
     the seed draws on does). Only pixels with both a right and a lower neighbour contribute.
     ``beta`` is a number or one exponent per image (``[B]``).
     """
-    image = image.float()
+    image = _fp32(image)
     dx = image[:, :, :-1, 1:] - image[:, :, :-1, :-1]
     dy = image[:, :, 1:, :-1] - image[:, :, :-1, :-1]
     per_pixel = dx.pow(2) + dy.pow(2)

@@ -1,12 +1,10 @@
-"""Mixed precision: which autocast dtype a device should use.
+"""Mixed precision: which dtype a device should run the convolutions in.
 
-Convolutions run in bf16/fp16 under autocast; Grams and losses are always fp32 (see losses.py).
+The network runs in bf16/fp16; Grams and losses are always fp32 (see losses.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from enum import Enum
 
 import torch
@@ -36,14 +34,7 @@ def resolve_precision(precision: Precision | str, device: torch.device) -> Preci
     return Precision.BF16 if device.type == "cpu" and cpu_has_native_bf16() else Precision.FP32
 
 
-@contextlib.contextmanager
-def autocast(precision: Precision, device: torch.device) -> Iterator[None]:
-    if precision in (Precision.FP32, Precision.AUTO):
-        yield
-        return
-    dtype = torch.bfloat16 if precision is Precision.BF16 else torch.float16
-    with torch.autocast(device_type=device.type, dtype=dtype):
-        yield
+HALF_DTYPES = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
 
 
 def enable_fast_fp32(device: torch.device) -> None:
