@@ -14,13 +14,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .engines.gatys import DEFAULT_STYLE_LAYERS, GatysOptions, Init, Optimizer, scale_iterations
 from .engines.precision import Precision
 from .engines.vgg import CONV_LAYERS, Pooling
 from .errors import ConfigError
 from .images import DEFAULT_MAX_PIXELS, FORMAT_EXT
+from .yamlfile import read_mapping
 
 
 class WeightsFlavour(str, Enum):
@@ -176,12 +175,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML ({err})") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of option names to values")
+    data = read_mapping(path, ConfigError, "option names to values")
     values = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(values) - set(FIELD_NAMES))
     if unknown:

@@ -15,10 +15,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from .errors import StyleBankError
 from .images import ImageProblem, image_extensions, probe
+from .yamlfile import read_mapping
 
 STYLES_YAML = "styles.yaml"
 # Per-style keys: display name, sampling weight, and the loss settings a style may override.
@@ -98,12 +97,7 @@ def _unique_names(files: list[Path]) -> list[str]:
 def _load_settings(path: Path, files: list[Path], names: list[str]) -> dict[str, dict[str, object]]:
     if not path.is_file():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise StyleBankError(f"{path}: invalid YAML ({err})") from err
-    if not isinstance(data, dict):
-        raise StyleBankError(f"{path}: expected a mapping of style name to settings")
+    data = read_mapping(path, StyleBankError, "style name to settings")
     # A style may be keyed by its file name, its stem or its safe name.
     aliases = {}
     for file, name in zip(files, names):

@@ -13,6 +13,7 @@ picks its network from the file name, so the weights are saved as ``vgg19-d01eb7
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import subprocess
@@ -87,7 +88,8 @@ def main() -> None:
         ours = timed([*augment, "--out", str(tmp / "out")])
         run = json.loads((tmp / "out" / "run.json").read_text())
         early = timed([*augment, "--out", str(tmp / "out_tol"), "--tol", str(args.tol)])
-        run_tol = json.loads((tmp / "out_tol" / "run.json").read_text())
+        with (tmp / "out_tol" / "manifest.csv").open() as handle:
+            run_tol_iterations = [int(row["iterations"]) for row in csv.DictReader(handle)]
 
     peer_per_image = sum(peer_seconds) / len(peer_seconds)
     ours_per_image = ours / args.augment_images
@@ -104,6 +106,7 @@ def main() -> None:
             "seconds_total": round(early, 2),
             "images_per_hour": round(3600 * args.augment_images / early, 1),
             "ratio": round(peer_per_image / (early / args.augment_images), 2),
+            "mean_iterations": round(sum(run_tol_iterations) / max(1, len(run_tol_iterations)), 1),
         },
     }  # fmt: skip
     print(json.dumps(report, indent=2))

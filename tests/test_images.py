@@ -120,7 +120,7 @@ def test_save_atomic_leaves_no_temp_file(tmp_path: Path) -> None:
 
 
 def test_failed_save_removes_its_temp_file(tmp_path: Path) -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(KeyError):
         save_atomic(Image.new("RGB", (4, 4)), tmp_path / "x.png", fmt="nope")
     assert list(tmp_path.iterdir()) == []
 
