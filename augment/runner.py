@@ -238,6 +238,8 @@ class _Job:
         self.timings["compute_s"] = time.perf_counter() - compute_t0
         self.timings["batch_size"] = batch_size
         self.timings["oom_backoffs"] = batcher.oom_events
+        if self.device.type == "cuda":
+            self.timings["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 1e6
         exit_code = EXIT_SOME_FAILED if self.failures else EXIT_OK
         self.rows.sort(key=lambda row: self.order[row["path"]])
         self._write_outputs()

@@ -34,6 +34,26 @@ PHOTOS = [
 STYLE = "starry_night.jpg"
 
 
+# Dense bf16 spec peak of an H100/H200 SXM, for model FLOP utilisation.
+PEAK_BF16_FLOPS = 989e12
+
+
+def flops_per_iteration(height: int, width: int) -> float:
+    """One L-BFGS iteration of one image, counted from layer shapes: every convolution up to
+    conv5_1 forward (2·Cin·Cout·9·H·W) and backward for the input gradient only (as much
+    again); Grams, pooling and the optimiser are left out (a few percent)."""
+    from augment.engines.gatys import GatysOptions
+    from augment.engines.vgg import VGG19Features
+
+    h, w, flops = height, width, 0.0
+    for module in VGG19Features(GatysOptions().layers).features:
+        if isinstance(module, torch.nn.Conv2d):
+            flops += 2 * module.in_channels * module.out_channels * 9 * h * w
+        elif isinstance(module, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)):
+            h, w = h // 2, w // 2
+    return 2 * flops
+
+
 def timed(cmd: list[str]) -> float:
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -87,6 +107,8 @@ def main() -> None:
                    "--quiet", "--device", "cuda" if args.gpu else "cpu"]  # fmt: skip
         ours = timed([*augment, "--out", str(tmp / "out")])
         run = json.loads((tmp / "out" / "run.json").read_text())
+        with (tmp / "out" / "manifest.csv").open() as handle:
+            out_sizes = [(int(row["height"]), int(row["width"])) for row in csv.DictReader(handle)]
         early = timed([*augment, "--out", str(tmp / "out_tol"), "--tol", str(args.tol)])
         with (tmp / "out_tol" / "manifest.csv").open() as handle:
             run_tol_iterations = [int(row["iterations"]) for row in csv.DictReader(handle)]
@@ -109,6 +131,12 @@ def main() -> None:
             "mean_iterations": round(sum(run_tol_iterations) / max(1, len(run_tol_iterations)), 1),
         },
     }  # fmt: skip
+    if args.gpu:
+        # The photos come out at several sizes: FLOPs from each output's actual size.
+        flops = sum(flops_per_iteration(h, w) for h, w in out_sizes) * (args.iterations + 1)
+        report["model_flop_utilisation_bf16"] = round(flops / run["timings"]["compute_s"] / PEAK_BF16_FLOPS, 3)
+        report["peak_memory_mb"] = run["timings"].get("peak_memory_mb")
+        report["memory_per_image_mb"] = round(run["timings"].get("peak_memory_mb", 0) / max(1, run["timings"]["batch_size"]), 1)
     print(json.dumps(report, indent=2))
 
 
