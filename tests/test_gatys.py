@@ -201,3 +201,20 @@ def test_coarse_to_fine_runs_every_stage_and_ends_full_size() -> None:
     assert results["a"].iterations == 7 and results["a"].image.shape == (1, 3, 32, 32)
     assert results["b"].iterations == 2
     assert not torch.equal(results["a"].image, results["b"].image)  # the coarse stage changed the start
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (emulated bf16 is ~90x slower)")
+def test_in_bf16_an_image_is_bitwise_the_same_alone_or_batched() -> None:
+    # bf16 convolutions are batch-invariant here and the Gram products run per image, so
+    # any split of the work (workers, shards, ranks) gives the same bytes.
+    options = GatysOptions(iterations=30, style_weight=1e5)
+    net, _, style = _setup(options, size=24)
+    net = net.to(memory_format=torch.channels_last)
+    make = lambda size: GatysBatcher(net, options, batch_size=size, precision=Precision.BF16, channels_last=True)  # noqa: E731
+    grams = make(1).style_targets(style)
+    g = torch.Generator().manual_seed(5)
+    jobs = [Job(key=i, content=torch.rand(1, 3, 24, 24, generator=g), grams=grams, options=options) for i in range(4)]
+    together = {r.key: r.image for r in make(4).run(jobs)}
+    for job in jobs:
+        (alone,) = make(1).run([job])
+        assert torch.equal(together[job.key], alone.image)

@@ -17,6 +17,18 @@ def _fp32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def per_image_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for each image of a batch, one product per image rather than one bmm.
+
+    A batched product rounds differently depending on the batch size; per image, an image's
+    result does not depend on its neighbours (with bf16 convolutions, which are batch- and
+    thread-count-invariant here, the whole iteration is), so any split of the work gives the
+    same bytes.
+    """
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        return torch.stack([x @ y for x, y in zip(a, b)])
+
+
 def content_loss(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """J_content = 1/(4·nH·nW·nC) · Σ (a_C − a_G)²  (seed, "Content Cost Function"), in fp32."""
     _, c, h, w = generated.shape
@@ -31,8 +43,7 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     """
     b, c, h, w = features.shape
     flat = _fp32(features.reshape(b, c, h * w))
-    with torch.autocast(device_type=flat.device.type, enabled=False):
-        return flat @ flat.transpose(1, 2)
+    return per_image_matmul(flat, flat.transpose(1, 2))
 
 
 def style_layer_loss(gram_generated: torch.Tensor, gram_target: torch.Tensor, hw: int) -> torch.Tensor:
@@ -66,8 +77,7 @@ class _GramLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         flat, diff = ctx.saved_tensors
-        with torch.autocast(device_type=flat.device.type, enabled=False):
-            grad = (diff @ flat).mul_((4.0 / ctx.norm) * grad_out.view(-1, 1, 1))
+        grad = per_image_matmul(diff, flat).mul_((4.0 / ctx.norm) * grad_out.view(-1, 1, 1))
         return grad.reshape(ctx.shape).to(ctx.dtype), None
 
 
