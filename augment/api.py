@@ -12,8 +12,8 @@ from .config import RunConfig, build_config
 from .engines.gatys import style_targets
 from .engines.gatys import stylize as _stylize
 from .images import load_rgb, resize_long_side, to_image, to_tensor
+from .parallel import run as _run
 from .runner import ProgressFn, RunSummary, resolve_device
-from .runner import run as _run
 from .weights import build_vgg19, resolve_vgg19
 
 

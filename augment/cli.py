@@ -26,7 +26,8 @@ from .engines.vgg import Pooling
 from .errors import EXIT_SOFTWARE, AugmentError, EXIT_OK, EXIT_SOME_FAILED
 from .prepare import validate as validate_job
 from .runner import RunSummary
-from .runner import run as run_job
+from .parallel import run as run_job
+from .merge import merge as merge_parts
 from .weights import OFFLINE_ENV, cached_vgg19, download_vgg19, hub_checkpoint_dir
 
 app = typer.Typer(
@@ -132,6 +133,9 @@ def run(
     weights_flavour: Annotated[WeightsFlavour | None, Opt(help=HELP["weights_flavour"])] = None,
     download: Annotated[bool | None, Opt("--download/--no-download", help=HELP["download"])] = None,
     device: Annotated[str | None, Opt(help=HELP["device"])] = None,
+    workers: Annotated[int | None, Opt(help=HELP["workers"])] = None,
+    devices: Annotated[str | None, Opt(help=HELP["devices"])] = None,
+    shard: Annotated[str | None, Opt(help=HELP["shard"])] = None,
     format: Annotated[str | None, Opt("--format", help=HELP["format"])] = None,
     quality: Annotated[int | None, Opt(help=HELP["quality"])] = None,
     max_pixels: Annotated[int | None, Opt(help=HELP["max_pixels"])] = None,
@@ -188,6 +192,19 @@ def validate(
     if len(prepared.failures) > 20:
         out_console.print(f"  ... and {len(prepared.failures) - 20} more")
     raise typer.Exit(EXIT_SOME_FAILED if prepared.failures else EXIT_OK)
+
+
+@app.command()
+@_exit_codes
+def merge(
+    outs: Annotated[list[Path], typer.Argument(help="Output folders holding parts; the first receives the dataset.")],
+) -> None:
+    """Join the parts of a sharded job (one OUT or several) into manifest.csv, failures.csv, run.json."""
+    _setup_logging("info", False)
+    run_json = merge_parts(outs)
+    counts = run_json["counts"]
+    err_console.print(f"{counts['written']} images, {counts['failed_rows']} failed rows in {outs[0]}", highlight=False)
+    raise typer.Exit(run_json["exit_code"])
 
 
 @weights_app.callback(invoke_without_command=True)

@@ -67,6 +67,9 @@ class RunConfig:
     weights_flavour: WeightsFlavour = _opt(WeightsFlavour.AUTO, "Preprocessing of --weights PATH: auto, torchvision or caffe.")
     download: bool = _opt(True, "Allow downloading weights when none are cached.")
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N.")
+    workers: int | None = _opt(None, "Local worker processes. Default: one per visible GPU; 1 on CPU (each of N CPU workers gets cores/N threads).")
+    devices: str | None = _opt(None, "Devices for the workers, comma-separated (cuda:0,cuda:1); default: every visible GPU.")
+    shard: str | None = _opt(None, "K/N: run only shard K of N (tasks split by hash); then `augment merge OUT`.")
     # Messages (do not change pixels)
     quiet: bool = _opt(False, "No progress bar; warnings and errors only.")
     log_level: str = _opt("info", "debug, info, warning or error.")
@@ -104,6 +107,7 @@ class RunConfig:
             (1 <= self.quality <= 100, "quality must be between 1 and 100"),
             (self.limit is None or self.limit >= 1, "limit must be at least 1"),
             (self.batch_size is None or self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.workers is None or self.workers >= 1, "workers must be at least 1"),
             (self.tol >= 0, "tol must be >= 0"),
             (min(self.content_weight, self.style_weight, self.tv_weight) >= 0, "loss weights must be >= 0"),
             (self.tv_beta > 0, "tv_beta must be > 0"),
@@ -149,7 +153,9 @@ class RunConfig:
 
     def config_hash(self) -> str:
         """Hash of every option that can change output pixels (canonical JSON)."""
-        ignored = {"quiet", "log_level", "limit", "out", "manifest", "styles", "download", "device", "batch_size"}
+        # What may differ between the parts of one job: where and how it runs, not what it makes.
+        ignored = {"quiet", "log_level", "limit", "out", "manifest", "styles", "download", "device",
+                   "batch_size", "workers", "devices", "shard"}  # fmt: skip
         data = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

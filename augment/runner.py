@@ -1,6 +1,9 @@
-"""Runs a planned job: decode, call the engine, write images, manifest, failures and run.json.
+"""Runs one part of a job: decode, call the engine, write images and the part's files.
 
-The runner knows nothing of losses: it hands tensors to ``engines.gatys`` and gets tensors back.
+A part is the whole job (one process), one worker, one shard or one torchrun rank; each writes
+``OUT/parts/<name>.manifest.csv``, ``.failures.csv`` and ``.json``, which ``merge`` joins into
+the final manifest.csv, failures.csv and run.json. The runner knows nothing of losses: it hands
+tensors to ``engines.gatys`` and gets tensors back.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import platform
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -28,13 +31,13 @@ from .config import RunConfig
 from .engines.gatys import GatysBatcher, Job, Result, Stage
 from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image
 from .engines.precision import Precision, enable_fast_fp32, resolve_precision
-from .errors import EXIT_OK, EXIT_SOME_FAILED, OutputError
+from .errors import OutputError
 from .images import ImageProblem, fit_long_side, load_rgb, probe, resize_long_side, save_atomic, to_image, to_tensor
 from .manifest import Failure, SourceRow, write_csv, write_failures
 from .plan import Task
-from .prepare import Prepared, prepare
+from .prepare import Prepared
 from .styles import Style
-from .weights import ResolvedWeights, build_vgg19, resolve_vgg19
+from .weights import ResolvedWeights, build_vgg19
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ BASE_COLUMNS = [
     "content_loss", "style_loss", "tv_loss", "total_loss", "seconds",
 ]  # fmt: skip
 CHECKPOINT_EVERY_S = 30.0
+PARTS = "parts"  # OUT/parts/<part>.manifest.csv, .failures.csv, .json
 
 ProgressFn = Callable[[int, int], None]  # (tasks finished or failed, total tasks)
 
@@ -57,6 +61,14 @@ class _Saving:
     result: Result
     precision: Precision
     future: Future[None]
+
+
+@dataclass
+class PartSummary:
+    name: str
+    written: int
+    failed_rows: int
+    device: torch.device
 
 
 @dataclass
@@ -81,10 +93,10 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _prefetch(items: dict[SourceRow, Any], work: Callable[[SourceRow], Any], *, depth: int) -> Iterator[tuple[SourceRow, Any]]:
+def _prefetch(items: Iterable[Any], work: Callable[[Any], Any], *, depth: int) -> Iterator[tuple[Any, Any]]:
     """(item, work(item)) in order, computed up to ``depth`` items ahead in a thread."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="augment-decode") as pool:
-        queue: deque[tuple[SourceRow, Future[Any]]] = deque()
+        queue: deque[tuple[Any, Future[Any]]] = deque()
         for item in items:
             queue.append((item, pool.submit(work, item)))
             if len(queue) > depth:
@@ -93,6 +105,26 @@ def _prefetch(items: dict[SourceRow, Any], work: Callable[[SourceRow], Any], *, 
         while queue:
             head, future = queue.popleft()
             yield head, future.result()
+
+
+def order_by_shape(tasks: list[Task], config: RunConfig) -> tuple[list[list[Task]], list[Failure]]:
+    """Header-read every source (cheap) and group its tasks, groups ordered by output shape so
+    batches fill with images of one size. Unreadable sources become failures here."""
+    shapes: dict[SourceRow, tuple[int, int]] = {}
+    failures = []
+    groups: dict[SourceRow, list[Task]] = {}
+    for task in tasks:
+        groups.setdefault(task.source, []).append(task)
+    for source in groups:
+        try:
+            w, h = probe(source.path, max_pixels=config.max_pixels)
+        except ImageProblem as err:
+            failures.append(Failure(source.row, source.source, source.label, err.reason, f"row {source.row}: {err}"))
+            continue
+        out_w, out_h = fit_long_side(w, h, config.size)
+        shapes[source] = (out_h, out_w)
+    ordered = sorted((s for s in groups if s in shapes), key=lambda s: shapes[s])  # stable: task order within a shape
+    return [groups[s] for s in ordered], failures
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,7 +152,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-class _RunLog:
+class RunLog:
     """OUT/run.log: timestamped lines for cron users who never see a progress bar."""
 
     def __init__(self, path: Path) -> None:
@@ -130,7 +162,7 @@ class _RunLog:
         self.handler.setLevel(logging.INFO)
         self.previous_level = self.logger.level
 
-    def __enter__(self) -> _RunLog:
+    def __enter__(self) -> RunLog:
         self.logger.addHandler(self.handler)
         if self.logger.getEffectiveLevel() > logging.INFO:
             self.logger.setLevel(logging.INFO)
@@ -142,31 +174,25 @@ class _RunLog:
         self.handler.close()
 
 
-def run(config: RunConfig, *, progress: ProgressFn | None = None) -> RunSummary:
-    """Run a whole job. Raises AugmentError (with its exit code) for whole-run problems;
-    problems with single rows end up in failures.csv and in the summary."""
-    prepared = prepare(config)
-    # Weights before OUT: a run that cannot start leaves nothing behind.
-    t0 = time.perf_counter()
-    weights = resolve_vgg19(config.weights, flavour=config.weights_flavour, download=config.download)
-    weights_s = time.perf_counter() - t0
-    out = Path(config.out)
-    try:
-        (out / "images").mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"cannot create output folder {out}: {err}") from err
-    with _RunLog(out / "run.log"):
-        job = _Job(config, prepared, out, progress)
-        job.timings["weights_s"] = weights_s
-        return job.run(weights)
+class PartRun:
+    """One part of a job. ``run`` takes the part's tasks as groups (one per source image, in
+    processing order) and writes ``OUT/parts/<name>.*``."""
 
-
-class _Job:
-    def __init__(self, config: RunConfig, prepared: Prepared, out: Path, progress: ProgressFn | None):
-        self.config, self.prepared, self.out = config, prepared, out
+    def __init__(
+        self,
+        config: RunConfig,
+        prepared: Prepared,
+        out: Path,
+        *,
+        name: str = "main",
+        device: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.config, self.prepared, self.out, self.name = config, prepared, out, name
         self.progress = progress or (lambda done, total: None)
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(device or config.device)
         self.failures: list[Failure] = list(prepared.failures)
+        self.total = self.done = 0
         self.rows: list[dict[str, Any]] = []
         self.started = time.time()
         self.timings: dict[str, float] = {}
@@ -174,15 +200,13 @@ class _Job:
         self.last_checkpoint = time.monotonic()
         self._grams: dict[tuple[str, int], dict[str, torch.Tensor] | ImageProblem] = {}
 
-    def run(self, weights: ResolvedWeights) -> RunSummary:
+    def run(
+        self, weights: ResolvedWeights, groups: Iterable[list[Task]], *, total: int, failures: Iterable[Failure] = ()
+    ) -> PartSummary:
         config = self.config
-        log.info(
-            "augment %s writing to %s: %d rows usable, %d failed up front, %d styles, %d tasks",
-            __version__, self.out.resolve(), len(self.prepared.rows), len(self.failures),
-            len(self.prepared.styles), len(self.prepared.tasks),
-        )  # fmt: skip
+        self.failures += list(failures)
         self.weights_id = weights.identity
-        self._write_run_json("running", None)
+        self._write_part_json("running")
         t0 = time.perf_counter()
         options = config.gatys_options()
         enable_fast_fp32(self.device)
@@ -199,11 +223,9 @@ class _Job:
             weights.identity, weights.flavour.value, describe_device(self.device), self.precision.value,
         )  # fmt: skip
 
-        tasks = self._order_by_shape(self.prepared.tasks)
-        self.total = len(self.prepared.tasks)
-        self.done = self.total - len(tasks)  # tasks of rows that failed the header check
+        self.total, self.done = total, len(self.rows)  # rows kept from an earlier run count as done
         self.progress(self.done, self.total)
-        batch_size = self._batch_size(tasks)
+        batch_size = self._batch_size()
         self.batch_size = batch_size
         batcher = GatysBatcher(
             self.net, options, batch_size=batch_size, precision=self.precision, channels_last=channels_last
@@ -214,7 +236,7 @@ class _Job:
         retry: list[Task] = []
         self._batcher = batcher
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="augment-save") as saver:
-            for result in batcher.run(self._jobs(tasks, batcher)):
+            for result in batcher.run(self._jobs(groups, batcher)):
                 if math.isfinite(result.losses["total"]):
                     pending.append(self._submit(saver, result, self.precision))
                     self._advance(1)
@@ -228,7 +250,7 @@ class _Job:
                 log.warning("%d images had a non-finite loss in %s; redoing them in fp32", len(retry), self.precision.value)
                 fp32 = GatysBatcher(self.net, options, batch_size=batch_size, channels_last=channels_last)
                 self._batcher, self._grams = fp32, {}  # style targets again, in fp32
-                for result in fp32.run(self._jobs(retry, fp32)):
+                for result in fp32.run(self._jobs(_group_by_source(retry), fp32)):
                     if math.isfinite(result.losses["total"]):
                         pending.append(self._submit(saver, result, Precision.FP32))
                     else:
@@ -240,39 +262,15 @@ class _Job:
         self.timings["oom_backoffs"] = batcher.oom_events
         if self.device.type == "cuda":
             self.timings["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 1e6
-        exit_code = EXIT_SOME_FAILED if self.failures else EXIT_OK
-        self.rows.sort(key=lambda row: self.order[row["path"]])
         self._write_outputs()
-        self._write_run_json("finished", exit_code)
-        summary = RunSummary(
-            out=str(self.out), exit_code=exit_code, tasks=self.total, written=len(self.rows),
-            failed_rows=len(self.failures), seconds=round(time.time() - self.started, 3),
-            weights=self.weights_id, device=describe_device(self.device),
-            failures=[f.as_dict() for f in self.failures],
-        )  # fmt: skip
-        log.info("done: %d images written, %d rows failed, %.1f s", summary.written, summary.failed_rows, summary.seconds)
-        return summary
+        self._write_part_json("finished")
+        log.info("%s done: %d images written, %d rows failed", self.name, len(self.rows), len(self.failures))
+        return PartSummary(self.name, len(self.rows), len(self.failures), self.device)
 
-    def _order_by_shape(self, tasks: list[Task]) -> list[Task]:
-        """Header-read every source (cheap) and order tasks by output shape, so batches fill
-        with images of one size instead of padding. Unreadable sources fail here."""
-        self.order = {task.output: i for i, task in enumerate(tasks)}
-        shapes: dict[SourceRow, tuple[int, int]] = {}
-        for source in dict.fromkeys(t.source for t in tasks):
-            try:
-                w, h = probe(source.path, max_pixels=self.config.max_pixels)
-            except ImageProblem as err:
-                self._fail(source.row, source.source, source.label, err.reason, str(err))
-                continue
-            out_w, out_h = fit_long_side(w, h, self.config.size)
-            shapes[source] = (out_h, out_w)
-        usable = [t for t in tasks if t.source in shapes]
-        return sorted(usable, key=lambda t: (shapes[t.source], self.order[t.output]))
-
-    def _batch_size(self, tasks: list[Task]) -> int:
+    def _batch_size(self) -> int:
         if self.config.batch_size:
             return self.config.batch_size
-        if self.device.type != "cuda" or not tasks:
+        if self.device.type != "cuda":
             return CPU_BATCH
         free, _ = torch.cuda.mem_get_info(self.device)
         w, h = fit_long_side(self.config.size, self.config.size, self.config.size)  # square: the largest
@@ -284,20 +282,18 @@ class _Job:
         log.info("batch size %d (%.0f MB free, about %.0f MB per image)", size, free / 1e6, per_image / 1e6)
         return size
 
-    def _jobs(self, tasks: list[Task], batcher: GatysBatcher) -> Iterator[Job]:
-        """Jobs in task order; decoding runs ahead in a thread while the device computes."""
-        by_source: dict[SourceRow, list[Task]] = {}
-        for task in tasks:
-            by_source.setdefault(task.source, []).append(task)
+    def _jobs(self, groups: Iterable[list[Task]], batcher: GatysBatcher) -> Iterator[Job]:
+        """Jobs in group order; decoding runs ahead in a thread while the device computes."""
         iterations = self.config.stage_iterations
-        for source, decoded in _prefetch(by_source, self._decode, depth=4):
+        for group, decoded in _prefetch(groups, lambda g: self._decode(g[0].source), depth=4):
+            source = group[0].source
             if isinstance(decoded, ImageProblem):
                 self._fail(source.row, source.source, source.label, decoded.reason, str(decoded))
-                self._advance(len(by_source[source]))
+                self._advance(len(group))
                 continue
             contents = [c.to(self.device) for c in decoded]  # one per scale, full size last
             features = [batcher.content_features(c) for c in contents]  # once per image, shared by its styles
-            for task in by_source[source]:
+            for task in group:
                 grams = [self._style_grams(task.style, size) for size in self.config.stage_sizes()]
                 problem = next((g for g in grams if isinstance(g, ImageProblem)), None)
                 if problem is not None:
@@ -396,20 +392,29 @@ class _Job:
             self._write_outputs()
             self.last_checkpoint = time.monotonic()
 
+    def record_failures(self, failures: Iterable[Failure]) -> None:
+        """A part with failures only (no model, no images): rows that failed before any work."""
+        self.failures += list(failures)
+        self._write_outputs()
+        self._write_part_json("finished")
+
+    def _part(self, suffix: str) -> Path:
+        return self.out / PARTS / f"{self.name}{suffix}"
+
     def _write_outputs(self) -> None:
         columns = BASE_COLUMNS + [c for c in self.prepared.inputs.extra_columns if c not in BASE_COLUMNS]
         try:
-            write_csv(self.out / "manifest.csv", self.rows, columns)
-            write_failures(self.out / "failures.csv", sorted(self.failures, key=lambda f: (f.row or 0, f.path)))
+            write_csv(self._part(".manifest.csv"), sorted(self.rows, key=lambda r: r["path"]), columns)
+            write_failures(self._part(".failures.csv"), sorted(self.failures, key=lambda f: (f.row or 0, f.path)))
         except OSError as err:
             raise OutputError(f"cannot write to {self.out}: {err}") from err
 
-    def _write_run_json(self, status: str, exit_code: int | None) -> None:
+    def _write_part_json(self, status: str) -> None:
         written = len(self.rows)
         compute = self.timings.get("compute_s")
         data = {
+            "part": self.name,
             "status": status,
-            "exit_code": exit_code,
             "started": datetime.fromtimestamp(self.started, timezone.utc).isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds") if status == "finished" else None,
             "config": self.config.to_dict(),
@@ -418,13 +423,7 @@ class _Job:
             "weights": self.weights_id or None,
             "device": describe_device(self.device),
             "versions": versions(),
-            "counts": {
-                "rows": len(self.prepared.rows) + len(self.prepared.failures),
-                "styles": len(self.prepared.styles),
-                "tasks": len(self.prepared.tasks),
-                "written": written,
-                "failed_rows": len(self.failures),
-            },
+            "counts": {"tasks": self.total, "written": written, "failed_rows": len(self.failures)},
             "timings": {
                 **{k: round(v, 3) for k, v in self.timings.items()},
                 "seconds": round(time.time() - self.started, 3),
@@ -432,6 +431,13 @@ class _Job:
             },
         }
         try:
-            write_text(self.out / "run.json", json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            write_text(self._part(".json"), json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         except OSError as err:
             raise OutputError(f"cannot write to {self.out}: {err}") from err
+
+
+def _group_by_source(tasks: list[Task]) -> list[list[Task]]:
+    groups: dict[SourceRow, list[Task]] = {}
+    for task in tasks:
+        groups.setdefault(task.source, []).append(task)
+    return list(groups.values())

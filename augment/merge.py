@@ -1,0 +1,140 @@
+"""Joining part files (one process, workers, shards, torchrun ranks) into the final dataset:
+OUT/manifest.csv, OUT/failures.csv and OUT/run.json. Also ``augment merge OUT [OUT ...]`` for
+shards that wrote into separate folders: their images are copied into the first OUT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .atomic import atomic_write, write_text
+from .errors import EXIT_OK, EXIT_SOME_FAILED, AugmentError, OutputError
+from .manifest import FAILURE_COLUMNS
+
+log = logging.getLogger(__name__)
+
+PARTS = "parts"
+
+
+class MergeError(AugmentError):
+    """Parts missing, unfinished, or made with different settings."""
+
+
+def part_names(out: Path) -> list[str]:
+    return sorted(p.name[: -len(".json")] for p in (out / PARTS).glob("*.json"))
+
+
+def clear_parts(out: Path, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """Forget earlier parts (a whole-job run redoes every task); only part files are removed."""
+    for name in part_names(out):
+        if name not in keep:
+            for suffix in (".json", ".manifest.csv", ".failures.csv"):
+                (out / PARTS / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+def finished_rows(out: Path, name: str, config_hash: str) -> list[dict[str, Any]]:
+    """Rows an earlier run of part ``name`` already wrote with these settings and whose image
+    is on disk (images are renamed into place whole, so one that exists is complete)."""
+    info_path, manifest_path = out / PARTS / f"{name}.json", out / PARTS / f"{name}.manifest.csv"
+    if not (info_path.is_file() and manifest_path.is_file()):
+        return []
+    if json.loads(info_path.read_text(encoding="utf-8")).get("config_hash") != config_hash:
+        return []
+    rows = pd.read_csv(manifest_path, dtype=str, keep_default_na=False).to_dict("records")
+    return [row for row in rows if (out / row["path"]).is_file()]
+
+
+def merge(outs: list[Path], *, expected_hash: str | None = None) -> dict[str, Any]:
+    """Join every part under ``outs`` into ``outs[0]``; returns the run.json written there.
+
+    Refuses parts with different pixel-changing settings, and unfinished parts.
+    """
+    target = outs[0]
+    infos, manifests, failures = [], [], []
+    for out in outs:
+        names = part_names(out)
+        if not names:
+            raise MergeError(f"{out}: no parts to merge (expected {out / PARTS}/*.json)")
+        for name in names:
+            info = json.loads((out / PARTS / f"{name}.json").read_text(encoding="utf-8"))
+            if info.get("status") != "finished":
+                raise MergeError(f"{out / PARTS / name}.json: part {name} has not finished (status {info.get('status')})")
+            infos.append((out, info))
+            manifests.append((out, pd.read_csv(out / PARTS / f"{name}.manifest.csv", dtype=str, keep_default_na=False)))
+            failures.append(pd.read_csv(out / PARTS / f"{name}.failures.csv", dtype=str, keep_default_na=False))
+    hashes = {info["config_hash"] for _, info in infos}
+    if expected_hash is not None:
+        hashes.add(expected_hash)
+    if len(hashes) > 1:
+        described = ", ".join(f"{out / PARTS / info['part']}: {info['config_hash']}" for out, info in infos)
+        raise MergeError(f"parts were made with different settings (config hashes {described})")
+
+    rows = []
+    for out, frame in manifests:
+        if out != target:
+            _copy_images(out, target, frame["path"])
+        rows.append(frame)
+    manifest = pd.concat(rows, ignore_index=True).drop_duplicates("path").sort_values("path", kind="stable")
+    failed = pd.concat(failures, ignore_index=True).drop_duplicates(["row", "path"])
+    failed = failed.assign(_row=pd.to_numeric(failed["row"], errors="coerce")).sort_values(["_row", "path"]).drop(columns="_row")
+    try:
+        with atomic_write(target / "manifest.csv", "w", encoding="utf-8", newline="") as handle:
+            manifest.to_csv(handle, index=False)
+        with atomic_write(target / "failures.csv", "w", encoding="utf-8", newline="") as handle:
+            failed.reindex(columns=list(FAILURE_COLUMNS)).to_csv(handle, index=False)
+    except OSError as err:
+        raise OutputError(f"cannot write to {target}: {err}") from err
+
+    first = infos[0][1]
+    working = [info for _, info in infos if info["counts"]["tasks"]]  # not the failures-only part
+    exit_code = EXIT_SOME_FAILED if len(failed) else EXIT_OK
+    compute = sum(info["timings"].get("compute_s", 0.0) for _, info in infos)
+    run = {
+        "status": "finished",
+        "exit_code": exit_code,
+        "started": min(info["started"] for _, info in infos),
+        "finished": max(info["finished"] for _, info in infos),
+        "config": first["config"],
+        "config_hash": first["config_hash"],
+        "engine": first["engine"],
+        "weights": first["weights"],
+        "versions": first["versions"],
+        "device": "; ".join(dict.fromkeys(info["device"] for _, info in infos if info["counts"]["tasks"])) or first["device"],
+        "parts": [{k: info[k] for k in ("part", "device", "counts", "timings")} for _, info in infos],
+        "counts": {
+            "tasks": sum(info["counts"]["tasks"] for _, info in infos),
+            "written": len(manifest),
+            "failed_rows": len(failed),
+        },
+        "timings": {
+            # Several parts: their compute adds up; the wall time is the slowest part's.
+            **(working[0]["timings"] if len(working) == 1 else {}),
+            "compute_s": round(compute, 3),
+            "seconds": max((info["timings"].get("seconds", 0.0) for info in working), default=0.0),
+            "seconds_per_image": round(compute / len(manifest), 3) if len(manifest) else None,
+        },
+    }
+    write_text(target / "run.json", json.dumps(run, indent=2, ensure_ascii=False) + "\n")
+    log.info("merged %d parts into %s: %d images, %d failed rows", len(infos), target, len(manifest), len(failed))
+    return run
+
+
+def _copy_images(source: Path, target: Path, paths: pd.Series) -> None:
+    for rel in paths:
+        src, dst = source / rel, target / rel
+        if dst.exists():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        try:
+            os.link(src, tmp)  # same file system: no copy
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)

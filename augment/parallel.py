@@ -1,0 +1,243 @@
+"""Running a job: in this process, on N local workers, as one shard, or as a torchrun rank.
+
+Every way writes part files (see runner.py) and the same final files after ``merge``; an
+image's bytes do not depend on the split (per-task seeds, and batch-invariant bf16 kernels; see
+docs/scaling.md for fp32).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+from .errors import ConfigError, OutputError
+from .merge import clear_parts, finished_rows, merge, part_names
+from .plan import Task, stable_hash
+from .prepare import Prepared, prepare
+from .runner import PartRun, ProgressFn, RunLog, RunSummary, describe_device, order_by_shape, resolve_device
+from .weights import resolve_vgg19
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        try:
+            index, count = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise ConfigError(f"--shard takes K/N, e.g. 0/4 (got {text!r})") from None
+        if not 0 <= index < count:
+            raise ConfigError(f"--shard {text}: K must be in 0..N-1")
+        return cls(index, count)
+
+    def owns(self, task: Task) -> bool:
+        """Stable assignment by task hash: a task's shard never depends on the other tasks."""
+        return stable_hash(task.source.source, task.style.name, task.k) % self.count == self.index
+
+
+def run(config: RunConfig, *, progress: ProgressFn | None = None) -> RunSummary:
+    """Run a whole job, or this process's share of it. Raises AugmentError (with its exit
+    code) for whole-run problems; problems with single rows end up in failures.csv."""
+    prepared = prepare(config)
+    # Weights before OUT: a run that cannot start leaves nothing behind.
+    t0 = time.perf_counter()
+    weights = resolve_vgg19(config.weights, flavour=config.weights_flavour, download=config.download)
+    weights_s = time.perf_counter() - t0
+    out = Path(config.out)
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create output folder {out}: {err}") from err
+    started = time.time()
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    log_name = f"run.rank{rank}.log" if world > 1 and rank else "run.log"
+    with RunLog(out / log_name):
+        log.info(
+            "augment writing to %s: %d rows usable, %d failed up front, %d styles, %d tasks",
+            out.resolve(), len(prepared.rows), len(prepared.failures), len(prepared.styles), len(prepared.tasks),
+        )  # fmt: skip
+        if world > 1:
+            return _run_rank(config, prepared, out, weights, rank, world, progress, started)
+        if config.shard:
+            shard = Shard.parse(config.shard)
+            name = f"shard-{shard.index}-of-{shard.count}"
+            tasks = [t for t in prepared.tasks if shard.owns(t)]
+            part = _run_part(config, prepared, out, name, weights, tasks, progress=progress)
+            log.info("shard %s done; run `augment merge %s` once every shard has finished", config.shard, out)
+            return _summary(out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device)
+        workers = config.workers or (torch.cuda.device_count() if resolve_device(config.device).type == "cuda" else 1)
+        clear_parts(out)  # this run redoes every task: earlier parts are stale
+        if workers > 1:
+            _run_workers(config, prepared, out, workers, progress)
+        else:
+            _run_part(config, prepared, out, "main", weights, prepared.tasks, progress=progress, timings={"weights_s": weights_s})
+        result = merge([out], expected_hash=config.config_hash())
+        device = resolve_device(config.device)
+        return _summary(out, result["counts"]["written"], result["counts"]["failed_rows"], len(prepared.tasks), started, weights.identity, device)
+
+
+def _run_part(
+    config: RunConfig,
+    prepared: Prepared,
+    out: Path,
+    name: str,
+    weights: Any,
+    tasks: list[Task],
+    *,
+    device: str | None = None,
+    progress: ProgressFn | None = None,
+    timings: dict[str, float] | None = None,
+) -> Any:
+    # A restarted shard or rank keeps what it finished before and does only the rest.
+    done = {row["path"]: row for row in finished_rows(out, name, config.config_hash())}
+    todo = [t for t in tasks if t.output not in done]
+    if done:
+        log.info("%s: %d of %d tasks already done, %d to go", name, len(tasks) - len(todo), len(tasks), len(todo))
+    groups, failures = order_by_shape(todo, config)
+    part = PartRun(config, prepared, out, name=name, device=device, progress=progress)
+    part.timings.update(timings or {})
+    part.rows = [done[t.output] for t in tasks if t.output in done]
+    return part.run(weights, groups, total=len(tasks), failures=failures)
+
+
+def _summary(out: Path, written: int, failed: int, tasks: int, started: float, weights: str, device: torch.device) -> RunSummary:
+    from .errors import EXIT_OK, EXIT_SOME_FAILED
+
+    failures_csv = out / "failures.csv"
+    return RunSummary(
+        out=str(out), exit_code=EXIT_SOME_FAILED if failed else EXIT_OK, tasks=tasks, written=written,
+        failed_rows=failed, seconds=round(time.time() - started, 3), weights=weights,
+        device=describe_device(device), failures=_read_failures(failures_csv),
+    )  # fmt: skip
+
+
+def _read_failures(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    import pandas as pd
+
+    return pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records")
+
+
+# -- torchrun ---------------------------------------------------------------------------------
+def _run_rank(
+    config: RunConfig, prepared: Prepared, out: Path, weights: Any, rank: int, world: int,
+    progress: ProgressFn | None, started: float,
+) -> RunSummary:  # fmt: skip
+    """One rank of ``torchrun -m augment run``: tasks split by hash, no padding, no duplicates;
+    rank 0 merges after a barrier. A restarted rank redoes only its own part."""
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = resolve_device(config.device).type == "cuda"
+    backend = "nccl" if cuda else "gloo"
+    device = f"cuda:{local_rank}" if cuda else "cpu"
+    if not cuda:  # ranks on one machine share its cores
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    dist.init_process_group(backend=backend)
+    try:
+        shard = Shard(rank, world)
+        tasks = [t for t in prepared.tasks if shard.owns(t)]
+        name = f"rank-{rank}-of-{world}"
+        if rank == 0:
+            clear_parts(out, keep={f"rank-{r}-of-{world}" for r in range(world)})
+        part = _run_part(config, prepared, out, name, weights, tasks, device=device, progress=progress)
+        dist.barrier()
+        if rank == 0:
+            ranks = {f"rank-{r}-of-{world}" for r in range(world)}
+            missing = ranks - set(part_names(out))
+            if missing:
+                raise OutputError(f"{out}: parts {', '.join(sorted(missing))} are missing after the barrier")
+            result = merge([out], expected_hash=config.config_hash())
+            return _summary(out, result["counts"]["written"], result["counts"]["failed_rows"], len(prepared.tasks), started, weights.identity, part.device)
+        return _summary(out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device)
+    finally:
+        dist.destroy_process_group()
+
+
+# -- local workers ----------------------------------------------------------------------------
+def _run_workers(config: RunConfig, prepared: Prepared, out: Path, workers: int, progress: ProgressFn | None) -> None:
+    """N spawned processes pulling source images from one queue (GPUs: one each; CPU: the
+    cores split between them). The parent header-reads and orders the work."""
+    import multiprocessing as mp
+
+    groups, failures = order_by_shape(prepared.tasks, config)
+    index = {task.output: i for i, task in enumerate(prepared.tasks)}
+    devices = _devices(config, workers)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    for group in groups:
+        queue.put([index[t.output] for t in group])
+    for _ in range(workers):
+        queue.put(None)
+    done = ctx.Value("i", 0)
+    # Rows failed up front or at the header read belong to no worker: a part of their own.
+    PartRun(config, prepared, out, name="header").record_failures(failures)
+    procs = [
+        ctx.Process(target=_worker_main, args=(config, out, f"worker-{i}-of-{workers}", devices[i], threads, queue, done),
+                    name=f"augment-worker-{i}", daemon=True)
+        for i in range(workers)
+    ]  # fmt: skip
+    for proc in procs:
+        proc.start()
+    total = len(prepared.tasks)
+    failed_up_front = total - sum(len(g) for g in groups)
+    while any(p.is_alive() for p in procs):
+        if progress:
+            progress(failed_up_front + done.value, total)
+        time.sleep(0.5)
+    for proc in procs:
+        proc.join()
+    if progress:
+        progress(failed_up_front + done.value, total)
+    failed = [p.name for p in procs if p.exitcode != 0]
+    if failed:
+        raise OutputError(f"worker(s) {', '.join(failed)} failed; see {out / 'run.log'}")
+
+
+def _devices(config: RunConfig, workers: int) -> list[str]:
+    if config.devices:
+        listed = [d.strip() for d in config.devices.split(",") if d.strip()]
+        return [listed[i % len(listed)] for i in range(workers)]
+    if resolve_device(config.device).type == "cuda":
+        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(workers)]
+    return ["cpu"] * workers
+
+
+def _worker_main(config: RunConfig, out: Path, name: str, device: str, threads: int, queue: Any, done: Any) -> None:
+    torch.set_num_threads(threads)
+    logging.getLogger("augment").setLevel(logging.INFO)
+    prepared = prepare(config)
+    weights = resolve_vgg19(config.weights, flavour=config.weights_flavour, download=config.download)
+
+    def groups() -> Any:
+        while (indices := queue.get()) is not None:
+            yield [prepared.tasks[i] for i in indices]
+
+    reported = 0
+
+    def count(finished: int, total: int) -> None:
+        nonlocal reported
+        with done.get_lock():
+            done.value += finished - reported
+        reported = finished
+
+    prepared.failures = []  # recorded once, by the parent's header part
+    with RunLog(out / f"run.{name}.log"):
+        PartRun(config, prepared, out, name=name, device=device, progress=count).run(
+            weights, groups(), total=len(prepared.tasks), failures=[]
+        )

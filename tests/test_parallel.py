@@ -1,0 +1,129 @@
+"""Every way of splitting a job writes the same dataset (CPU, gloo)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from augment.engines.precision import cpu_has_native_bf16
+from augment.manifest import SourceRow
+from augment.parallel import Shard
+from augment.plan import plan_tasks
+from augment.styles import Style
+
+from .test_cli import invoke
+
+ARGS = ["--weights", "random", "--size", "32", "--iterations", "3", "--per-image", "2", "--seed", "7"]
+
+
+def _run(manifest: Path, styles: Path, out: Path, *extra: str) -> None:
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, *ARGS, *extra)
+    assert code == 0, err
+
+
+def assert_same_dataset(a: Path, b: Path) -> None:
+    """Same names, same manifest rows (timings aside), same pixels: byte-identical where the
+    CPU has native bf16 (batch- and thread-invariant kernels); otherwise within one level in
+    at most 0.1% of values (fp32 kernels round differently with the thread count)."""
+    ma = pd.read_csv(a / "manifest.csv").drop(columns=["seconds"])
+    mb = pd.read_csv(b / "manifest.csv").drop(columns=["seconds"])
+    if cpu_has_native_bf16():
+        pd.testing.assert_frame_equal(ma, mb)
+    else:
+        pd.testing.assert_frame_equal(ma.filter(regex="^(?!.*_loss$)"), mb.filter(regex="^(?!.*_loss$)"))
+    assert len(ma) > 0
+    for rel in ma["path"]:
+        pa, pb = a / rel, b / rel
+        if cpu_has_native_bf16():
+            assert pa.read_bytes() == pb.read_bytes(), rel
+        else:
+            diff = np.abs(np.asarray(Image.open(pa), dtype=int) - np.asarray(Image.open(pb), dtype=int))
+            assert diff.max() <= 1 and (diff > 0).mean() <= 0.001, rel
+
+
+def test_shards_partition_the_tasks() -> None:
+    rows = [SourceRow(row=i, source=f"{i}.png", path=Path(f"/x/{i}.png"), label="a") for i in range(50)]
+    styles = [Style(f"s{i}", Path(f"s{i}.png"), f"s{i}") for i in range(3)]
+    tasks = plan_tasks(rows, styles, per_image=2, seed=0)
+    owners = [[Shard(k, 3).owns(t) for k in range(3)] for t in tasks]
+    assert all(sum(o) == 1 for o in owners)
+    assert all(any(o[k] for o in owners) for k in range(3))
+    with pytest.raises(Exception, match="K/N"):
+        Shard.parse("2")
+    with pytest.raises(Exception, match="0..N-1"):
+        Shard.parse("2/2")
+
+
+def test_two_workers_write_the_same_dataset(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    _run(manifest, styles, tmp_path / "one")
+    _run(manifest, styles, tmp_path / "two", "--workers", "2")
+    assert_same_dataset(tmp_path / "one", tmp_path / "two")
+    assert sorted(p.name for p in (tmp_path / "two" / "parts").glob("*.json")) == [
+        "header.json", "worker-0-of-2.json", "worker-1-of-2.json",
+    ]  # fmt: skip
+
+
+def test_shards_into_one_out_then_merge(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    _run(manifest, styles, tmp_path / "one")
+    shared = tmp_path / "shared"
+    _run(manifest, styles, shared, "--shard", "0/2")
+    assert not (shared / "manifest.csv").exists()  # nothing final until the merge
+    _run(manifest, styles, shared, "--shard", "1/2")
+    assert (shared / "parts" / "shard-0-of-2.json").exists()  # shard 1 left shard 0's part alone
+    code, _, err = invoke("merge", shared)
+    assert code == 0, err
+    assert_same_dataset(tmp_path / "one", shared)
+
+
+def test_shards_in_separate_outs_merge_into_the_first(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    _run(manifest, styles, tmp_path / "one")
+    _run(manifest, styles, tmp_path / "a", "--shard", "0/2")
+    _run(manifest, styles, tmp_path / "b", "--shard", "1/2")
+    code, _, err = invoke("merge", tmp_path / "a", tmp_path / "b")
+    assert code == 0, err
+    assert_same_dataset(tmp_path / "one", tmp_path / "a")
+
+
+def test_merge_refuses_parts_made_with_different_settings(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    _run(manifest, styles, tmp_path / "out", "--shard", "0/2")
+    _run(manifest, styles, tmp_path / "out", "--shard", "1/2", "--tv-weight", "2")
+    code, _, err = invoke("merge", tmp_path / "out")
+    assert code == 2 and "different settings" in err
+    assert not (tmp_path / "out" / "manifest.csv").exists()
+
+
+def test_torchrun_two_ranks_write_the_same_dataset(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    _run(manifest, styles, tmp_path / "one")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "augment", "run", str(manifest), "--styles", str(styles), "--out", str(tmp_path / "ranks"), *ARGS, "-q",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_dataset(tmp_path / "one", tmp_path / "ranks")
+
+
+def test_a_restarted_shard_does_only_what_is_left(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    _run(manifest, styles, out, "--shard", "0/1")
+    rows = pd.read_csv(out / "parts" / "shard-0-of-1.manifest.csv")
+    lost = out / rows["path"][0]
+    lost.unlink()  # as if the shard died before writing this one
+    kept = {p: (out / p).stat().st_mtime_ns for p in rows["path"][1:]}
+    _run(manifest, styles, out, "--shard", "0/1")
+    assert lost.is_file()
+    assert all((out / p).stat().st_mtime_ns == t for p, t in kept.items())  # not redone
+    assert len(pd.read_csv(out / "parts" / "shard-0-of-1.manifest.csv")) == len(rows)
+    assert "5 of 6 tasks already done" in (out / "run.log").read_text()
