@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from .config import RunConfig
-from .errors import ConfigError, OutputError
-from .merge import clear_parts, finished_rows, merge, part_names
+from .errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError, OutputError
+from .merge import PARTS, clear_parts, finished_rows, merge, part_names
 from .plan import Task, stable_hash
 from .prepare import Prepared, prepare
 from .runner import PartRun, ProgressFn, RunLog, RunSummary, describe_device, order_by_shape, resolve_device
@@ -76,7 +76,7 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None) -> RunSummary:
             tasks = [t for t in prepared.tasks if shard.owns(t)]
             part = _run_part(config, prepared, out, name, weights, tasks, progress=progress)
             log.info("shard %s done; run `augment merge %s` once every shard has finished", config.shard, out)
-            return _summary(out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device)
+            return _summary(out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name)
         workers = config.workers or (torch.cuda.device_count() if resolve_device(config.device).type == "cuda" else 1)
         clear_parts(out)  # this run redoes every task: earlier parts are stale
         if workers > 1:
@@ -112,10 +112,12 @@ def _run_part(
     return part.run(weights, groups, total=len(tasks), failures=failures)
 
 
-def _summary(out: Path, written: int, failed: int, tasks: int, started: float, weights: str, device: torch.device) -> RunSummary:
-    from .errors import EXIT_OK, EXIT_SOME_FAILED
-
-    failures_csv = out / "failures.csv"
+def _summary(
+    out: Path, written: int, failed: int, tasks: int, started: float, weights: str, device: torch.device,
+    *, part: str | None = None,
+) -> RunSummary:  # fmt: skip
+    """The summary of a whole job, or (``part``) of this process's share of it."""
+    failures_csv = out / PARTS / f"{part}.failures.csv" if part else out / "failures.csv"
     return RunSummary(
         out=str(out), exit_code=EXIT_SOME_FAILED if failed else EXIT_OK, tasks=tasks, written=written,
         failed_rows=failed, seconds=round(time.time() - started, 3), weights=weights,
@@ -163,7 +165,7 @@ def _run_rank(
                 raise OutputError(f"{out}: parts {', '.join(sorted(missing))} are missing after the barrier")
             result = merge([out], expected_hash=config.config_hash())
             return _summary(out, result["counts"]["written"], result["counts"]["failed_rows"], len(prepared.tasks), started, weights.identity, part.device)
-        return _summary(out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device)
+        return _summary(out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name)
     finally:
         dist.destroy_process_group()
 

@@ -34,6 +34,7 @@ from .engines.precision import Precision, enable_fast_fp32, resolve_precision
 from .errors import OutputError
 from .images import ImageProblem, fit_long_side, load_rgb, probe, resize_long_side, save_atomic, to_image, to_tensor
 from .manifest import Failure, SourceRow, write_csv, write_failures
+from .merge import PARTS
 from .plan import Task
 from .prepare import Prepared
 from .styles import Style
@@ -48,7 +49,7 @@ BASE_COLUMNS = [
     "content_loss", "style_loss", "tv_loss", "total_loss", "seconds",
 ]  # fmt: skip
 CHECKPOINT_EVERY_S = 30.0
-PARTS = "parts"  # OUT/parts/<part>.manifest.csv, .failures.csv, .json
+
 
 ProgressFn = Callable[[int, int], None]  # (tasks finished or failed, total tasks)
 
