@@ -200,6 +200,7 @@ class PartRun:
         self.weights_id = ""
         self.last_checkpoint = time.monotonic()
         self._grams: dict[tuple[str, int], dict[str, torch.Tensor] | ImageProblem] = {}
+        self._pending: list[_Saving] = []  # images being written in the background
 
     def run(
         self, weights: ResolvedWeights, groups: Iterable[list[Task]], *, total: int, failures: Iterable[Failure] = ()
@@ -233,31 +234,14 @@ class PartRun:
         )
         compute_t0 = time.perf_counter()
         self._eta_t0, self._eta_logged = time.monotonic(), 0.0
-        pending: list[_Saving] = []
-        retry: list[Task] = []
-        self._batcher = batcher
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="augment-save") as saver:
-            for result in batcher.run(self._jobs(groups, batcher)):
-                if math.isfinite(result.losses["total"]):
-                    pending.append(self._submit(saver, result, self.precision))
-                    self._advance(1)
-                elif self.precision is not Precision.FP32:
-                    retry.append(result.key)  # mixed precision overflowed: redo it in fp32
-                else:
-                    self._fail_non_finite(result)
-                    self._advance(1)
-                pending = self._collect(pending, wait=False)
-            if retry:
+            retry = self._consume(batcher, groups, saver, self.precision)
+            if retry:  # mixed precision overflowed for these: redo them in fp32
                 log.warning("%d images had a non-finite loss in %s; redoing them in fp32", len(retry), self.precision.value)
                 fp32 = GatysBatcher(self.net, options, batch_size=batch_size, channels_last=channels_last)
-                self._batcher, self._grams = fp32, {}  # style targets again, in fp32
-                for result in fp32.run(self._jobs(_group_by_source(retry), fp32)):
-                    if math.isfinite(result.losses["total"]):
-                        pending.append(self._submit(saver, result, Precision.FP32))
-                    else:
-                        self._fail_non_finite(result)
-                    self._advance(1)
-            self._collect(pending, wait=True)
+                self._grams = {}  # style targets again, in fp32
+                self._consume(fp32, _group_by_source(retry), saver, Precision.FP32)
+            self._collect(self._pending, wait=True)
         self.timings["compute_s"] = time.perf_counter() - compute_t0
         self.timings["batch_size"] = batch_size
         self.timings["oom_backoffs"] = batcher.oom_events
@@ -267,6 +251,25 @@ class PartRun:
         self._write_part_json("finished")
         log.info("%s done: %d images written, %d rows failed", self.name, len(self.rows), len(self.failures))
         return PartSummary(self.name, len(self.rows), len(self.failures), self.device)
+
+    def _consume(
+        self, batcher: GatysBatcher, groups: Iterable[list[Task]], saver: ThreadPoolExecutor, precision: Precision
+    ) -> list[Task]:
+        """Run ``groups`` through ``batcher``, handing finished images to ``saver``. Returns
+        the tasks whose loss went non-finite in half precision (in fp32 they fail)."""
+        self._batcher = batcher
+        retry = []
+        for result in batcher.run(self._jobs(groups, batcher)):
+            if math.isfinite(result.losses["total"]):
+                self._pending.append(self._submit(saver, result, precision))
+            elif precision is not Precision.FP32:
+                retry.append(result.key)
+                continue
+            else:
+                self._fail_non_finite(result)
+            self._advance(1)
+            self._pending = self._collect(self._pending, wait=False)
+        return retry
 
     def _batch_size(self) -> int:
         if self.config.batch_size:
