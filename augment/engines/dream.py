@@ -1,0 +1,104 @@
+"""Deep Dream, as the seed paper describes it: forward an image, pick middle layers, and change
+the pixels by gradient ascent so those activations grow, over octaves, with random jitter and
+a normalised step. A guided variant instead pulls each position's activations toward the most
+similar activation of a guide image (a style image can be the guide).
+
+Images are ``[B, 3, H, W]`` in [0, 1]; each image has its own seed (jitter) and gradient
+normalisation, so an image's result does not depend on its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+FeatureNet = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class DreamOptions:
+    layers: tuple[str, ...] = ("inception4c",)
+    octaves: int = 4
+    octave_scale: float = 1.4
+    iterations: int = 10  # per octave
+    step: float = 0.01  # in [0, 1] pixel units, after normalising the gradient to mean |g| = 1
+    jitter: int = 16  # pixels of random shift per step, at full size
+    blend: float = 1.0  # 1: the dream; 0: the source
+    min_side: int = 32  # what the network still accepts
+
+
+def octave_sizes(height: int, width: int, options: DreamOptions) -> list[tuple[int, int]]:
+    """Sizes from smallest to full. Octaves that would go under ``min_side`` are dropped
+    (fewer octaves, never an error on small images)."""
+    sizes = []
+    for i in reversed(range(options.octaves)):
+        scale = options.octave_scale**i
+        h, w = round(height / scale), round(width / scale)
+        if min(h, w) >= options.min_side or i == 0:
+            sizes.append((max(h, 1), max(w, 1)))
+    return sizes
+
+
+def activation_objective(feats: dict[str, torch.Tensor], layers: tuple[str, ...]) -> torch.Tensor:
+    """Mean squared activation of each layer, summed: per image ``[B]``."""
+    return sum(feats[layer].float().pow(2).mean(dim=(1, 2, 3)) for layer in layers)  # type: ignore[return-value]
+
+
+def guided_objective(feats: dict[str, torch.Tensor], guides: dict[str, torch.Tensor], layers: tuple[str, ...]) -> torch.Tensor:
+    """For every position, the dot product with the most similar guide activation, averaged:
+    ascent pulls each position toward the guide's features. ``guides[layer]`` is ``[B, C, N]``."""
+    total = None
+    for layer in layers:
+        x = feats[layer].float().flatten(2)  # [B, C, P]
+        y = guides[layer].float()  # [B, C, N]
+        scores = torch.stack([xi.transpose(0, 1) @ yi for xi, yi in zip(x, y)])  # [B, P, N], per image
+        term = scores.max(dim=2).values.mean(dim=1)
+        total = term if total is None else total + term
+    assert total is not None
+    return total
+
+
+def guide_features(net: FeatureNet, guide: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Activations of a guide image ``[1, 3, h, w]``, flattened to ``[1, C, N]``."""
+    with torch.no_grad():
+        feats = net(guide)
+    return {layer: feats[layer].float().flatten(2) for layer in layers}
+
+
+def dream(
+    net: FeatureNet,
+    images: torch.Tensor,
+    options: DreamOptions,
+    *,
+    seeds: list[int],
+    guides: dict[str, torch.Tensor] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, list[float]]:
+    """Dream a batch; returns the images and each one's final objective."""
+    base = images.detach().float()
+    b, _, height, width = base.shape
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    sizes = octave_sizes(height, width, options)
+    detail = torch.zeros(b, 3, *sizes[0], device=base.device)
+    objective = torch.zeros(b)
+    for h, w in sizes:
+        small = F.interpolate(base, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        detail = F.interpolate(detail, size=(h, w), mode="bilinear", align_corners=False)
+        image = (small + detail).clamp(0, 1)
+        jitter = max(0, round(options.jitter * w / width))
+        for _ in range(options.iterations):
+            shifts = [tuple(int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g)) for g in generators]
+            rolled = torch.stack([img.roll(s, dims=(1, 2)) for img, s in zip(image, shifts)]).requires_grad_(True)
+            feats = net(rolled.to(dtype))
+            value = guided_objective(feats, guides, options.layers) if guides else activation_objective(feats, options.layers)
+            (grad,) = torch.autograd.grad(value.sum(), rolled)
+            grad = torch.stack([g.roll((-s[0], -s[1]), dims=(1, 2)) for g, s in zip(grad, shifts)])
+            grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-8)  # per image
+            image = (image + options.step * grad).clamp(0, 1).detach()
+            objective = value.detach().cpu()
+        detail = image - small
+    out = options.blend * image + (1.0 - options.blend) * base
+    return out.clamp(0, 1), objective.tolist()

@@ -1,0 +1,87 @@
+"""Deep Dream on a seeded random GoogLeNet and VGG19 (tiny images, CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from augment.engines.dream import DreamOptions, activation_objective, dream, guide_features, octave_sizes
+from augment.engines.googlenet import GoogLeNetFeatures
+from augment.engines.vgg import VGG19Features
+
+
+@pytest.fixture(scope="module")
+def net() -> GoogLeNetFeatures:
+    model = GoogLeNetFeatures(["inception4c"])
+    model.init_random(0)
+    return model
+
+
+def _images(n: int = 1, h: int = 48, w: int = 40, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def test_objective_rises_step_by_step(net: GoogLeNetFeatures) -> None:
+    options = DreamOptions(octaves=1, jitter=0, step=0.005)
+    values = [dream(net, _images(), dataclasses.replace(options, iterations=n), seeds=[0])[1][0] for n in range(1, 6)]
+    assert all(b > a for a, b in zip(values, values[1:])), values
+
+
+def test_octaves_keep_the_shape_and_never_go_below_what_the_net_accepts(net: GoogLeNetFeatures) -> None:
+    options = DreamOptions(octaves=4, octave_scale=1.5, min_side=32)
+    assert octave_sizes(100, 80, options) == [(44, 36), (67, 53), (100, 80)]  # 30x24 dropped
+    assert octave_sizes(20, 12, options) == [(20, 12)]  # tiny: just the full size, no error
+    out, _ = dream(net, _images(h=50, w=36), dataclasses.replace(options, iterations=1), seeds=[0])
+    assert out.shape == (1, 3, 50, 36) and 0 <= out.min() and out.max() <= 1
+
+
+def test_same_seed_same_dream_other_seed_other_jitter(net: GoogLeNetFeatures) -> None:
+    options = DreamOptions(octaves=2, iterations=2, jitter=8)
+    a, _ = dream(net, _images(), options, seeds=[3])
+    b, _ = dream(net, _images(), options, seeds=[3])
+    c, _ = dream(net, _images(), options, seeds=[4])
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_an_image_dreams_the_same_alone_or_batched(net: GoogLeNetFeatures) -> None:
+    options = DreamOptions(octaves=2, iterations=2)
+    images = _images(3)
+    together, _ = dream(net, images, options, seeds=[1, 2, 3])
+    alone, _ = dream(net, images[1:2], options, seeds=[2])
+    assert torch.allclose(together[1:2], alone, atol=1e-4)
+
+
+def test_blend_zero_returns_the_source(net: GoogLeNetFeatures) -> None:
+    images = _images()
+    out, _ = dream(net, images, DreamOptions(iterations=2, blend=0.0), seeds=[0])
+    assert torch.allclose(out, images, atol=1e-6)
+
+
+def _closeness(net: GoogLeNetFeatures, image: torch.Tensor, guide: torch.Tensor) -> float:
+    """Mean over positions of the best cosine similarity to a guide position (scale-free, so
+    plain dreaming, which only makes activations bigger, does not score)."""
+    x = torch.nn.functional.normalize(net(image)["inception4c"].flatten(2)[0], dim=0)
+    y = torch.nn.functional.normalize(net(guide)["inception4c"].flatten(2)[0], dim=0)
+    return (x.T @ y).max(dim=1).values.mean().item()
+
+
+def test_guided_dream_moves_activations_toward_the_guide(net: GoogLeNetFeatures) -> None:
+    layers = ("inception4c",)
+    image, guide = _images(seed=1), _images(seed=2).pow(4)
+    options = DreamOptions(octaves=1, iterations=5, jitter=0)
+    guided, _ = dream(net, image, options, seeds=[0], guides=guide_features(net, guide, layers))
+    plain, _ = dream(net, image, options, seeds=[0])
+    before = _closeness(net, image, guide)
+    assert _closeness(net, guided, guide) > before
+    assert _closeness(net, guided, guide) > _closeness(net, plain, guide)
+
+
+def test_vgg19_layers_work_as_the_dream_network() -> None:
+    vgg = VGG19Features(["conv4_2"])
+    vgg.init_random(0)
+    options = DreamOptions(layers=("conv4_2",), octaves=2, iterations=2, min_side=16)
+    image = _images(h=40, w=32)
+    out, _ = dream(vgg, image, options, seeds=[0])
+    assert activation_objective(vgg(out), options.layers).item() > activation_objective(vgg(image), options.layers).item()
