@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .config import HELP, RunConfig, WeightsFlavour, build_config
+from .config import HELP, Engine, RunConfig, WeightsFlavour, build_config
 from .engines.gatys import Init, Optimizer
 from .engines.precision import Precision
 from .engines.vgg import Pooling
@@ -28,7 +28,7 @@ from .prepare import validate as validate_job
 from .runner import RunSummary
 from .parallel import run as run_job
 from .merge import merge as merge_parts
-from .weights import OFFLINE_ENV, cached_vgg19, download_vgg19, hub_checkpoint_dir
+from .weights import MODELS, OFFLINE_ENV, cached_weights, download_weights, hub_checkpoint_dir
 
 app = typer.Typer(
     help="Style-based data augmentation: repaint a labeled image dataset with neural style transfer.",
@@ -36,7 +36,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-weights_app = typer.Typer(help="Where VGG19 weights are looked for; `download` fetches them.")
+weights_app = typer.Typer(help="Where VGG19 and GoogLeNet weights are looked for; `download` fetches them.")
 app.add_typer(weights_app, name="weights")
 err_console = Console(stderr=True)
 out_console = Console()
@@ -129,6 +129,16 @@ def run(
     scales: Annotated[str | None, Opt(help=HELP["scales"])] = None,
     batch_size: Annotated[int | None, Opt(help=HELP["batch_size"])] = None,
     precision: Annotated[Precision | None, Opt(help=HELP["precision"])] = None,
+    engine: Annotated[Engine | None, Opt(help=HELP["engine"])] = None,
+    dream_layers: Annotated[str | None, Opt(help=HELP["dream_layers"] + " Comma-separated.")] = None,
+    octaves: Annotated[int | None, Opt(help=HELP["octaves"])] = None,
+    octave_scale: Annotated[float | None, Opt(help=HELP["octave_scale"])] = None,
+    dream_iterations: Annotated[int | None, Opt(help=HELP["dream_iterations"])] = None,
+    dream_step: Annotated[float | None, Opt(help=HELP["dream_step"])] = None,
+    jitter: Annotated[int | None, Opt(help=HELP["jitter"])] = None,
+    dream_blend: Annotated[float | None, Opt(help=HELP["dream_blend"])] = None,
+    guide: Annotated[bool | None, Opt("--guide", help=HELP["guide"])] = None,
+    dream_weights: Annotated[str | None, Opt(help=HELP["dream_weights"])] = None,
     weights: Annotated[str | None, Opt(help=HELP["weights"])] = None,
     weights_flavour: Annotated[WeightsFlavour | None, Opt(help=HELP["weights_flavour"])] = None,
     download: Annotated[bool | None, Opt("--download/--no-download", help=HELP["download"])] = None,
@@ -213,9 +223,10 @@ def weights_info(ctx: typer.Context) -> None:
     """Show where weights are looked for and what is cached."""
     if ctx.invoked_subcommand:
         return
-    path = cached_vgg19()
-    state = f"cached ({path.stat().st_size / 1e6:.0f} MB)" if path.is_file() else "not cached"
-    out_console.print(f"VGG19 (torchvision ImageNet): {path} - {state}", highlight=False)
+    for model, (name, flag) in MODELS.items():
+        path = cached_weights(model)
+        state = f"cached ({path.stat().st_size / 1e6:.0f} MB)" if path.is_file() else "not cached"
+        out_console.print(f"{name} (torchvision ImageNet, {flag}): {path} - {state}", highlight=False)
     out_console.print(f"hub cache folder: {hub_checkpoint_dir()} (set TORCH_HOME to move it)", highlight=False)
     out_console.print("order: --weights PATH, then the hub cache, then a download", highlight=False)
     out_console.print(f"downloads: {'off' if _offline() else 'on'} ({OFFLINE_ENV}=1 turns them off)", highlight=False)
@@ -230,12 +241,13 @@ def _offline() -> bool:
 @weights_app.command("download")
 @_exit_codes
 def weights_download() -> None:
-    """Download torchvision's ImageNet VGG19 into the hub cache (hash checked)."""
-    path = cached_vgg19()
-    if path.is_file():
-        out_console.print(f"already cached: {path}", highlight=False)
-        return
-    out_console.print(f"saved {download_vgg19(progress=True)}", highlight=False)
+    """Download torchvision's ImageNet VGG19 and GoogLeNet into the hub cache (hash checked)."""
+    for model in MODELS:
+        path = cached_weights(model)
+        if path.is_file():
+            out_console.print(f"already cached: {path}", highlight=False)
+        else:
+            out_console.print(f"saved {download_weights(model, progress=True)}", highlight=False)
 
 
 def version_callback(value: bool) -> None:

@@ -18,8 +18,17 @@ from .engines.gatys import DEFAULT_STYLE_LAYERS, GatysOptions, Init, Optimizer, 
 from .engines.precision import Precision
 from .engines.vgg import CONV_LAYERS, Pooling
 from .errors import ConfigError
-from .images import DEFAULT_MAX_PIXELS, FORMAT_EXT
+from .engines.dream import DreamOptions
+from .engines.googlenet import INCEPTION_LAYERS
+from .engines.googlenet import MIN_SIDE as GOOGLENET_MIN_SIDE
+from .images import DEFAULT_MAX_PIXELS, FORMAT_EXT, MIN_SIDE
 from .yamlfile import read_mapping
+
+
+class Engine(str, Enum):
+    GATYS = "gatys"
+    DREAM = "dream"
+    GATYS_DREAM = "gatys+dream"
 
 
 class WeightsFlavour(str, Enum):
@@ -62,6 +71,17 @@ class RunConfig:
     # Speed
     batch_size: int | None = _opt(None, "Images per VGG19 pass. Default: from free GPU memory; 4 on CPU.")
     precision: Precision = _opt(Precision.AUTO, "fp32, bf16 or fp16 convolutions (losses stay fp32). auto: bf16 on GPUs that have it, else fp16; on CPU bf16 only with native support, else fp32.")
+    # Deep Dream (docs/dream.md)
+    engine: Engine = _opt(Engine.GATYS, "gatys (style transfer), dream (Deep Dream; --styles optional) or gatys+dream (dream on top of the style).")
+    dream_layers: tuple[str, ...] = _opt(("inception4c",), "Layers whose activations the dream amplifies: GoogLeNet inception3a..inception5b, or VGG19 convN_M. Variants draw from them like styles.")
+    octaves: int = _opt(4, "Dream octaves (fewer, with a note, when an image is too small for them).")
+    octave_scale: float = _opt(1.4, "Size ratio between dream octaves.")
+    dream_iterations: int = _opt(10, "Dream steps per octave with --engine gatys+dream (--engine dream uses --iterations).")
+    dream_step: float = _opt(0.01, "Dream step size, in [0,1] pixel units per normalised gradient step.")
+    jitter: int = _opt(16, "Random shift in pixels per dream step.")
+    dream_blend: float = _opt(1.0, "Blend of the dream with its source image (1: all dream).")
+    guide: bool = _opt(False, "Guided dream: pull activations toward a style image's instead of amplifying them.")
+    dream_weights: str | None = _opt(None, "GoogLeNet weights: a state-dict path, or 'random'. Default: random with --weights random, else the hub cache, then a download.")
     # Weights and device
     weights: str | None = _opt(None, "VGG19 weights: a state-dict path, or 'random' for smoke tests. Default: the torch hub cache, then a download.")
     weights_flavour: WeightsFlavour = _opt(WeightsFlavour.AUTO, "Preprocessing of --weights PATH: auto, torchvision or caffe.")
@@ -82,11 +102,22 @@ class RunConfig:
             set_("init", Init(self.init))
             set_("weights_flavour", WeightsFlavour(self.weights_flavour))
             set_("precision", Precision(self.precision))
+            set_("engine", Engine(self.engine))
         except ValueError as err:
             raise ConfigError(str(err)) from err
         if isinstance(self.style_layers, str):
             set_("style_layers", tuple(s.strip() for s in self.style_layers.split(",") if s.strip()))
         set_("style_layers", tuple(self.style_layers))
+        if isinstance(self.dream_layers, str):
+            set_("dream_layers", tuple(s.strip() for s in self.dream_layers.split(",") if s.strip()))
+        set_("dream_layers", tuple(self.dream_layers))
+        dream_conv = [layer for layer in self.dream_layers if not layer.startswith("inception")]
+        if not self.dream_layers or (dream_conv and len(dream_conv) != len(self.dream_layers)):
+            raise ConfigError("dream_layers: all GoogLeNet inception layers or all VGG19 conv layers")
+        for layer in self.dream_layers:
+            if layer not in INCEPTION_LAYERS and layer not in CONV_LAYERS:
+                hint = difflib.get_close_matches(layer, INCEPTION_LAYERS + CONV_LAYERS, n=1)
+                raise ConfigError(f"unknown dream layer {layer!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
         if isinstance(self.scales, str):
             set_("scales", tuple(float(x) for x in self.scales.split(",") if x.strip()))
         elif isinstance(self.scales, (int, float)):
@@ -108,6 +139,9 @@ class RunConfig:
             (self.limit is None or self.limit >= 1, "limit must be at least 1"),
             (self.batch_size is None or self.batch_size >= 1, "batch_size must be at least 1"),
             (self.workers is None or self.workers >= 1, "workers must be at least 1"),
+            (self.octaves >= 1 and self.octave_scale > 1.0, "octaves must be >= 1 and octave_scale > 1"),
+            (0.0 <= self.dream_blend <= 1.0, "dream_blend must be between 0 and 1"),
+            (self.jitter >= 0 and self.dream_step > 0 and self.dream_iterations >= 0, "jitter >= 0, dream_step > 0, dream_iterations >= 0"),
             (self.tol >= 0, "tol must be >= 0"),
             (min(self.content_weight, self.style_weight, self.tv_weight) >= 0, "loss weights must be >= 0"),
             (self.tv_beta > 0, "tv_beta must be > 0"),
@@ -142,6 +176,24 @@ class RunConfig:
     def stage_sizes(self) -> list[int]:
         """Long side of each scale, lowest first (at least 16 px, what VGG19 can pool)."""
         return [max(16, round(self.size * scale)) for scale in self.scales]
+
+    def dream_options(self) -> DreamOptions:
+        """The dream engine's options; --engine dream runs --iterations per octave."""
+        inception = self.dream_layers[0].startswith("inception")
+        return DreamOptions(
+            layers=self.dream_layers,
+            octaves=self.octaves,
+            octave_scale=self.octave_scale,
+            iterations=self.iterations if self.engine is Engine.DREAM else self.dream_iterations,
+            step=self.dream_step,
+            jitter=self.jitter,
+            blend=self.dream_blend,
+            min_side=GOOGLENET_MIN_SIDE if inception else MIN_SIDE,
+        )
+
+    @property
+    def dream_net(self) -> str:
+        return "googlenet" if self.dream_layers[0].startswith("inception") else "vgg19"
 
     def to_dict(self) -> dict[str, Any]:
         """A new plain dict (enums as their values, tuples as lists): safe to dump as JSON/YAML."""

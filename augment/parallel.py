@@ -22,7 +22,7 @@ from .merge import PARTS, clear_parts, finished_rows, merge, part_names
 from .plan import Task, stable_hash
 from .prepare import Prepared, prepare
 from .runner import PartRun, ProgressFn, RunLog, RunSummary, describe_device, order_by_shape, resolve_device
-from .weights import resolve_vgg19
+from .weights import resolve_for
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None) -> RunSummary:
     prepared = prepare(config)
     # Weights before OUT: a run that cannot start leaves nothing behind.
     t0 = time.perf_counter()
-    weights = resolve_vgg19(config.weights, flavour=config.weights_flavour, download=config.download)
+    weights = resolve_for(config)
     weights_s = time.perf_counter() - t0
     out = Path(config.out)
     try:
@@ -224,7 +224,7 @@ def _worker_main(config: RunConfig, out: Path, name: str, device: str, threads: 
     torch.set_num_threads(threads)
     logging.getLogger("augment").setLevel(logging.INFO)
     prepared = prepare(config)
-    weights = resolve_vgg19(config.weights, flavour=config.weights_flavour, download=config.download)
+    weights = resolve_for(config)
 
     def groups() -> Any:
         while (indices := queue.get()) is not None:

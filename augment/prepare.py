@@ -7,9 +7,10 @@ also reads each image's header so ``augment validate`` catches unreadable files 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from dataclasses import dataclass, field
 
-from .config import RunConfig
+from .config import Engine, RunConfig
 from .errors import ConfigError
 from .images import ImageProblem, fit_long_side, probe
 from .manifest import Failure, InputRows, SourceRow, load_input
@@ -39,10 +40,16 @@ class Validation:
 def prepare(config: RunConfig) -> Prepared:
     if not config.manifest:
         raise ConfigError("no manifest given")
-    if not config.styles:
-        raise ConfigError("no style folder given (--styles DIR)")
+    needs_styles = config.engine is not Engine.DREAM or config.guide
+    if needs_styles and not config.styles:
+        raise ConfigError("no style folder given (--styles DIR)" + (" for --guide" if config.guide else ""))
     inputs = load_input(config.manifest)
-    styles = load_style_bank(config.styles, max_pixels=config.max_pixels)
+    if needs_styles:
+        styles = load_style_bank(config.styles, max_pixels=config.max_pixels)  # type: ignore[arg-type]
+    else:
+        # Plain dream: the variants are the dream layers, drawn like styles (distinct while
+        # there are enough, then again with other seeds).
+        styles = [Style(f"dream-{layer}", Path(), f"Deep Dream {layer}") for layer in config.dream_layers]
     rows, failures = inputs.rows, inputs.failures
     if config.limit is not None:
         rows = [r for r in rows if r.row <= config.limit]

@@ -27,10 +27,11 @@ from PIL import Image
 
 from . import __version__
 from .atomic import write_text
-from .config import RunConfig
+from .config import Engine, RunConfig
 from .engines.gatys import GatysBatcher, Job, Result, Stage
 from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image
-from .engines.precision import Precision, enable_fast_fp32, resolve_precision
+from .engines.dream import dream, guide_features, octave_sizes
+from .engines.precision import HALF_DTYPES, Precision, enable_fast_fp32, resolve_precision
 from .errors import OutputError
 from .images import ImageProblem, fit_long_side, load_rgb, probe, resize_long_side, save_atomic, to_image, to_tensor
 from .manifest import Failure, SourceRow, write_csv, write_failures
@@ -38,15 +39,14 @@ from .merge import PARTS
 from .plan import Task
 from .prepare import Prepared
 from .styles import Style
-from .weights import ResolvedWeights, build_vgg19
+from .weights import NetWeights, ResolvedWeights, build_dream_net, build_vgg19
 
 log = logging.getLogger(__name__)
 
-ENGINE = "gatys"
 BASE_COLUMNS = [
     "path", "label", "split", "source", "style", "k", "engine", "seed", "weights",
     "size", "width", "height", "iterations", "precision",
-    "content_loss", "style_loss", "tv_loss", "total_loss", "seconds",
+    "content_loss", "style_loss", "tv_loss", "total_loss", "dream_objective", "params", "seconds",
 ]  # fmt: skip
 CHECKPOINT_EVERY_S = 30.0
 
@@ -62,6 +62,7 @@ class _Saving:
     result: Result
     precision: Precision
     future: Future[None]
+    dream_objective: float | None = None
 
 
 @dataclass
@@ -203,17 +204,128 @@ class PartRun:
         self._pending: list[_Saving] = []  # images being written in the background
 
     def run(
-        self, weights: ResolvedWeights, groups: Iterable[list[Task]], *, total: int, failures: Iterable[Failure] = ()
+        self, weights: NetWeights, groups: Iterable[list[Task]], *, total: int, failures: Iterable[Failure] = ()
     ) -> PartSummary:
-        config = self.config
         self.failures += list(failures)
         self.weights_id = weights.identity
         self._write_part_json("running")
+        self.total, self.done = total, len(self.rows)  # rows kept from an earlier run count as done
+        self.precision = resolve_precision(self.config.precision, self.device)
+        if self.config.engine is Engine.DREAM:
+            assert weights.dream is not None
+            self._run_dream(weights.dream, groups)
+        else:
+            assert weights.gatys is not None
+            if self.config.engine is Engine.GATYS_DREAM:
+                assert weights.dream is not None
+                self._build_dream_net(weights.dream)
+            self._run_gatys(weights.gatys, groups)
+        self._write_outputs()
+        self._write_part_json("finished")
+        log.info("%s done: %d images written, %d rows failed", self.name, len(self.rows), len(self.failures))
+        return PartSummary(self.name, len(self.rows), len(self.failures), self.device)
+
+    def _build_dream_net(self, weights: ResolvedWeights) -> None:
+        options = self.config.dream_options()
+        self.dream_dtype = HALF_DTYPES.get(self.precision, torch.float32)
+        self.dream_net = build_dream_net(weights, options.layers, device=self.device).to(self.dream_dtype)
+        self._guides: dict[str, dict[str, torch.Tensor] | ImageProblem] = {}
+        self._octave_note: set[tuple[int, int]] = set()
+        log.info("dream network %s on %s, %s", weights.identity, describe_device(self.device), self.precision.value)
+
+    def _guide(self, style: Style) -> dict[str, torch.Tensor] | ImageProblem:
+        """A guide image's activations (guided dream), once per style."""
+        if style.name not in self._guides:
+            try:
+                image = load_rgb(style.path, max_pixels=self.config.max_pixels)
+                tensor = to_tensor(resize_long_side(image, self.config.size)).to(self.device)
+                self._guides[style.name] = guide_features(self.dream_net, tensor, self.config.dream_layers, self.dream_dtype)
+            except ImageProblem as err:
+                self._guides[style.name] = err
+        return self._guides[style.name]
+
+    def _dream_steps(self, height: int, width: int) -> int:
+        """Steps an image of this size gets; logs once per size when octaves had to be dropped."""
+        options = self.config.dream_options()
+        octaves = len(octave_sizes(height, width, options))
+        if octaves < options.octaves and (height, width) not in self._octave_note:
+            self._octave_note.add((height, width))
+            log.info("%dx%d is too small for %d octaves at scale %s: using %d", width, height, options.octaves, options.octave_scale, octaves)
+        return octaves * options.iterations
+
+    def _dream_one(self, result: Result) -> float:
+        """Dream on top of a stylized result (--engine gatys+dream); returns the objective."""
+        task: Task = result.key
+        guides = None
+        if self.config.guide:
+            guide = self._guide(task.style)
+            if isinstance(guide, ImageProblem):  # the style decoded for gatys; cannot happen twice
+                raise guide
+            guides = {layer: [value] for layer, value in guide.items()}
+        out, objective = dream(self.dream_net, result.image.to(self.device), self.config.dream_options(),
+                               seeds=[task.seed], guides=guides, dtype=self.dream_dtype)  # fmt: skip
+        result.image = out.cpu()
+        self._dream_steps(*out.shape[-2:])  # notes dropped octaves
+        return objective[0]
+
+    def _run_dream(self, weights: ResolvedWeights, groups: Iterable[list[Task]]) -> None:
+        """Deep Dream over batches of equal-size images (fixed steps: no continuous batching)."""
+        config, options = self.config, self.config.dream_options()
+        self._build_dream_net(weights)
+        dtype = self.dream_dtype
+        self.progress(self.done, self.total)
+        self.batch_size = config.batch_size or CPU_BATCH
+        self._eta_t0, self._eta_logged = time.monotonic(), 0.0
+        compute_t0 = time.perf_counter()
+        guide = self._guide
+
+        def flush(batch: list[tuple[Task, torch.Tensor]], saver: ThreadPoolExecutor) -> None:
+            if not batch:
+                return
+            tasks = [task for task, _ in batch]
+            per_image = [guide(t.style) for t in tasks] if config.guide else []
+            for task, g in zip(tasks, per_image):
+                if isinstance(g, ImageProblem):
+                    self._fail(task.source.row, task.source.source, task.source.label, "bad_style", f"style {task.style.name}: {g}")
+            keep = [i for i in range(len(tasks)) if not per_image or not isinstance(per_image[i], ImageProblem)]
+            if keep:
+                t0 = time.perf_counter()
+                images = torch.cat([batch[i][1] for i in keep]).to(self.device)
+                guide_lists = {layer: [per_image[i][layer] for i in keep] for layer in options.layers} if per_image else None  # type: ignore[index]
+                out, objective = dream(self.dream_net, images, options, seeds=[tasks[i].seed for i in keep], guides=guide_lists, dtype=dtype)
+                share = (time.perf_counter() - t0) / len(keep)
+                for j, i in enumerate(keep):
+                    steps = self._dream_steps(*images.shape[-2:])
+                    result = Result(key=tasks[i], image=out[j : j + 1].cpu(), losses={}, iterations=steps, seconds=share)
+                    self._pending.append(self._submit(saver, result, self.precision, dream_objective=objective[j]))
+            self._advance(len(tasks))
+            self._pending = self._collect(self._pending, wait=False)
+
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="augment-save") as saver:
+            batch: list[tuple[Task, torch.Tensor]] = []
+            for group, decoded in _prefetch(groups, lambda g: self._decode(g[0].source), depth=4):
+                source = group[0].source
+                if isinstance(decoded, ImageProblem):
+                    self._fail(source.row, source.source, source.label, decoded.reason, str(decoded))
+                    self._advance(len(group))
+                    continue
+                content = decoded[-1]
+                for task in group:
+                    if batch and (batch[0][1].shape != content.shape or len(batch) >= self.batch_size):
+                        flush(batch, saver)
+                        batch = []
+                    batch.append((task, content))
+            flush(batch, saver)
+            self._collect(self._pending, wait=True)
+        self.timings["compute_s"] = time.perf_counter() - compute_t0
+        self.timings["batch_size"] = self.batch_size
+
+    def _run_gatys(self, weights: ResolvedWeights, groups: Iterable[list[Task]]) -> None:
+        config = self.config
         t0 = time.perf_counter()
         options = config.gatys_options()
         enable_fast_fp32(self.device)
         self.net = build_vgg19(weights, options.layers, pooling=config.pooling, device=self.device)
-        self.precision = resolve_precision(config.precision, self.device)
         # channels_last: faster with cuDNN, and with bf16 on CPU (measured 1.3x at 128 px);
         # slower for fp32 on CPU (0.95x).
         channels_last = self.device.type == "cuda" or self.precision is not Precision.FP32
@@ -225,7 +337,6 @@ class PartRun:
             weights.identity, weights.flavour.value, describe_device(self.device), self.precision.value,
         )  # fmt: skip
 
-        self.total, self.done = total, len(self.rows)  # rows kept from an earlier run count as done
         self.progress(self.done, self.total)
         batch_size = self._batch_size()
         self.batch_size = batch_size
@@ -247,10 +358,6 @@ class PartRun:
         self.timings["oom_backoffs"] = batcher.oom_events
         if self.device.type == "cuda":
             self.timings["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 1e6
-        self._write_outputs()
-        self._write_part_json("finished")
-        log.info("%s done: %d images written, %d rows failed", self.name, len(self.rows), len(self.failures))
-        return PartSummary(self.name, len(self.rows), len(self.failures), self.device)
 
     def _consume(
         self, batcher: GatysBatcher, groups: Iterable[list[Task]], saver: ThreadPoolExecutor, precision: Precision
@@ -261,7 +368,8 @@ class PartRun:
         retry = []
         for result in batcher.run(self._jobs(groups, batcher)):
             if math.isfinite(result.losses["total"]):
-                self._pending.append(self._submit(saver, result, precision))
+                objective = self._dream_one(result) if self.config.engine is Engine.GATYS_DREAM else None
+                self._pending.append(self._submit(saver, result, precision, dream_objective=objective))
             elif precision is not Precision.FP32:
                 retry.append(result.key)
                 continue
@@ -329,10 +437,13 @@ class PartRun:
                 self._grams[key] = err
         return self._grams[key]
 
-    def _submit(self, saver: ThreadPoolExecutor, result: Result, precision: Precision) -> _Saving:
+    def _submit(
+        self, saver: ThreadPoolExecutor, result: Result, precision: Precision, *, dream_objective: float | None = None
+    ) -> _Saving:
         """Encode and write in a thread so the device goes on computing."""
         task: Task = result.key
-        return _Saving(task, result, precision, saver.submit(self._save, to_image(result.image), task.output))
+        future = saver.submit(self._save, to_image(result.image), task.output)
+        return _Saving(task, result, precision, future, dream_objective)
 
     def _fail_non_finite(self, result: Result) -> None:
         task: Task = result.key
@@ -362,13 +473,29 @@ class PartRun:
         height, width = result.image.shape[-2:]
         return {
             "path": task.output, "label": source.label, "split": source.split,
-            "source": source.source, "style": task.style.name, "k": task.k, "engine": ENGINE,
+            "source": source.source, "style": task.style.name, "k": task.k, "engine": self._engine_name(),
             "seed": task.seed, "weights": self.weights_id, "size": self.config.size,
             "width": width, "height": height, "iterations": result.iterations,
             "precision": saving.precision.value,
             **{f"{name}_loss": f"{value:.6g}" for name, value in result.losses.items()},
+            "dream_objective": "" if saving.dream_objective is None else f"{saving.dream_objective:.6g}",
+            "params": self._params(),
             "seconds": round(result.seconds, 3), **source.extra,
         }  # fmt: skip
+
+    def _engine_name(self) -> str:
+        engine = self.config.engine.value
+        return f"{engine}-guided" if self.config.guide and self.config.engine is not Engine.GATYS else engine
+
+    def _params(self) -> str:
+        """The engine's settings, in the manifest row (the full config is in run.json)."""
+        c = self.config
+        gatys = f"content_weight={c.content_weight} style_weight={c.style_weight} tv_weight={c.tv_weight}"
+        dream = (
+            f"layers={','.join(c.dream_layers)} octaves={c.octaves} octave_scale={c.octave_scale} "
+            f"iterations={c.dream_options().iterations} step={c.dream_step} jitter={c.jitter} blend={c.dream_blend}"
+        )
+        return {Engine.GATYS: gatys, Engine.DREAM: dream}.get(c.engine, f"{gatys} {dream}")
 
     def _advance(self, count: int) -> None:
         self.done += count
@@ -423,7 +550,7 @@ class PartRun:
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds") if status == "finished" else None,
             "config": self.config.to_dict(),
             "config_hash": self.config.config_hash(),
-            "engine": ENGINE,
+            "engine": self._engine_name(),
             "weights": self.weights_id or None,
             "device": describe_device(self.device),
             "versions": versions(),

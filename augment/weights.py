@@ -18,7 +18,7 @@ from urllib.error import URLError
 
 import torch
 
-from .config import WeightsFlavour
+from .config import RunConfig, WeightsFlavour
 from .engines.vgg import Flavour, Pooling, VGG19Features, random_state_dict
 from .errors import WeightsUnavailable
 
@@ -40,19 +40,32 @@ class ResolvedWeights:
     location: str  # a path, or "random"
 
 
-def vgg19_url() -> str:
-    from torchvision.models import VGG19_Weights
+# Networks augment uses: VGG19 for style transfer, GoogLeNet for Deep Dream.
+MODELS = {"vgg19": ("VGG19", "--weights"), "googlenet": ("GoogLeNet", "--dream-weights")}
 
-    return str(VGG19_Weights.IMAGENET1K_V1.url)
+
+def model_url(model: str = "vgg19") -> str:
+    from torchvision.models import GoogLeNet_Weights, VGG19_Weights
+
+    enum = VGG19_Weights if model == "vgg19" else GoogLeNet_Weights
+    return str(enum.IMAGENET1K_V1.url)
+
+
+def vgg19_url() -> str:
+    return model_url("vgg19")
 
 
 def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def cached_weights(model: str = "vgg19") -> Path:
+    """Where torchvision keeps (or would keep) its ImageNet weights for ``model``."""
+    return hub_checkpoint_dir() / os.path.basename(model_url(model))
+
+
 def cached_vgg19() -> Path:
-    """Where torchvision keeps (or would keep) its ImageNet VGG19."""
-    return hub_checkpoint_dir() / os.path.basename(vgg19_url())
+    return cached_weights("vgg19")
 
 
 def file_sha256(path: Path) -> str:
@@ -79,9 +92,14 @@ def detect_flavour(path: Path, requested: WeightsFlavour) -> Flavour:
     return Flavour.TORCHVISION
 
 
-@functools.lru_cache(maxsize=1)
-def _random_weights() -> ResolvedWeights:
-    state = random_state_dict(RANDOM_SEED)
+@functools.lru_cache(maxsize=2)
+def _random_weights(model: str = "vgg19") -> ResolvedWeights:
+    if model == "googlenet":
+        from .engines.googlenet import random_state_dict as random_googlenet
+
+        state = random_googlenet(RANDOM_SEED)
+    else:
+        state = random_state_dict(RANDOM_SEED)
     return ResolvedWeights(state, Flavour.TORCHVISION, f"random@{tensors_sha256(state)[:12]}", RANDOM)
 
 
@@ -97,29 +115,34 @@ def _load_file(path: Path, flavour: WeightsFlavour) -> ResolvedWeights:
     return ResolvedWeights(state, detect_flavour(path, flavour), f"{path.name}@{file_sha256(path)[:12]}", str(path))
 
 
-def download_vgg19(*, progress: bool = True) -> Path:
-    """Fetch torchvision's ImageNet VGG19 into the hub cache (hash checked). Returns its path."""
-    url, target = vgg19_url(), cached_vgg19()
+def download_weights(model: str = "vgg19", *, progress: bool = True) -> Path:
+    """Fetch torchvision's ImageNet weights for ``model`` into the hub cache (hash checked)."""
+    url, target = model_url(model), cached_weights(model)
     if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
-        raise WeightsUnavailable(_missing_message(f"downloads are off ({OFFLINE_ENV} is set)"))
+        raise WeightsUnavailable(_missing_message(model, f"downloads are off ({OFFLINE_ENV} is set)"))
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a blocked network should fail, not hang
     try:
         log.info("downloading %s to %s", url, target)
         torch.hub.load_state_dict_from_url(url, progress=progress, check_hash=True, map_location="cpu")
     except (URLError, OSError, RuntimeError, ValueError) as err:
-        raise WeightsUnavailable(_missing_message(f"the download failed ({err})")) from err
+        raise WeightsUnavailable(_missing_message(model, f"the download failed ({err})")) from err
     finally:
         socket.setdefaulttimeout(previous)
     return target
 
 
-def _missing_message(why: str) -> str:
+def download_vgg19(*, progress: bool = True) -> Path:
+    return download_weights("vgg19", progress=progress)
+
+
+def _missing_message(model: str, why: str) -> str:
+    name, flag = MODELS[model]
     return (
-        f"no VGG19 weights: {cached_vgg19()} does not exist and {why}. "
-        f"Copy {os.path.basename(vgg19_url())} (from {vgg19_url()}) to {hub_checkpoint_dir()}/, "
-        "or pass --weights PATH, or run `augment weights download` where there is network "
-        "(--weights random only for smoke tests)"
+        f"no {name} weights: {cached_weights(model)} does not exist and {why}. "
+        f"Copy {os.path.basename(model_url(model))} (from {model_url(model)}) to {hub_checkpoint_dir()}/, "
+        f"or pass {flag} PATH, or run `augment weights download` where there is network "
+        f"({flag} random only for smoke tests)"
     )
 
 
@@ -130,18 +153,30 @@ def resolve_vgg19(
     download: bool = True,
 ) -> ResolvedWeights:
     """``spec``: a path, "random", or None for the hub cache then a download."""
+    return resolve_weights("vgg19", spec, flavour=flavour, download=download)
+
+
+def resolve_weights(
+    model: str,
+    spec: str | None,
+    *,
+    flavour: WeightsFlavour = WeightsFlavour.AUTO,
+    download: bool = True,
+) -> ResolvedWeights:
+    """Weights for ``model`` ("vgg19" or "googlenet"): a path, "random", or None for the hub
+    cache then a download."""
     if spec == RANDOM:
-        return _random_weights()
+        return _random_weights(model)
     if spec:
         path = Path(spec).expanduser()
         if not path.is_file():
             raise WeightsUnavailable(f"weights file not found: {path}")
         return _load_file(path, flavour)
-    cached = cached_vgg19()
+    cached = cached_weights(model)
     if not cached.is_file():
         if not download:
-            raise WeightsUnavailable(_missing_message("downloads are off (--no-download)"))
-        download_vgg19(progress=False)
+            raise WeightsUnavailable(_missing_message(model, "downloads are off (--no-download)"))
+        download_weights(model, progress=False)
     return _load_file(cached, WeightsFlavour.TORCHVISION)
 
 
@@ -158,3 +193,51 @@ def build_vgg19(
     except ValueError as err:
         raise WeightsUnavailable(f"{weights.location}: {err}") from err
     return net.to(device)
+
+
+def build_dream_net(
+    weights: ResolvedWeights | None, layers: tuple[str, ...], *, device: torch.device | str = "cpu"
+) -> torch.nn.Module:
+    """GoogLeNet for inception layers, VGG19 for convN_M layers (then ``weights`` are VGG19's)."""
+    from .engines.googlenet import GoogLeNetFeatures
+
+    if all(layer.startswith("inception") for layer in layers):
+        net: torch.nn.Module = GoogLeNetFeatures(layers)
+    else:
+        net = VGG19Features(layers, flavour=weights.flavour if weights else Flavour.TORCHVISION)
+    assert weights is not None
+    try:
+        net.load_features(weights.state_dict)  # type: ignore[operator]
+    except ValueError as err:
+        raise WeightsUnavailable(f"{weights.location}: {err}") from err
+    return net.to(device)
+
+
+@dataclass(frozen=True)
+class NetWeights:
+    """What a run needs: VGG19 for style transfer, the dream network's for Deep Dream."""
+
+    gatys: ResolvedWeights | None
+    dream: ResolvedWeights | None
+
+    @property
+    def identity(self) -> str:
+        return "+".join(w.identity for w in (self.gatys, self.dream) if w is not None)
+
+
+def resolve_for(config: RunConfig) -> NetWeights:
+    """Resolve every network ``config``'s engine uses, before any work starts."""
+    from .config import Engine
+
+    def vgg() -> ResolvedWeights:
+        return resolve_vgg19(config.weights, flavour=config.weights_flavour, download=config.download)
+
+    gatys = vgg() if config.engine is not Engine.DREAM else None
+    dream = None
+    if config.engine is not Engine.GATYS:
+        if config.dream_net == "vgg19":
+            dream = gatys or vgg()
+        else:
+            spec = config.dream_weights or (RANDOM if config.weights == RANDOM else None)
+            dream = resolve_weights("googlenet", spec, download=config.download)
+    return NetWeights(gatys, dream)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -197,3 +198,50 @@ def test_a_non_finite_loss_in_mixed_precision_is_redone_in_fp32(dataset: tuple[P
     rows = pd.read_csv(out / "manifest.csv")
     assert len(rows) == 3 and set(rows["precision"]) == {"fp32"}
     assert "redoing them in fp32" in (out / "run.log").read_text()
+
+
+def _mean_abs_difference(out: Path, rows: pd.DataFrame, data_root: Path, size: int) -> list[float]:
+    from augment.images import load_rgb, resize_long_side
+
+    diffs = []
+    for row in rows.itertuples():
+        source = np.asarray(resize_long_side(load_rgb(data_root / row.source), size), dtype=float)
+        diffs.append(float(np.abs(np.asarray(Image.open(out / row.path), dtype=float) - source).mean() / 255))
+    return diffs
+
+
+def test_dream_engine_needs_no_styles(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, _ = dataset
+    out = tmp_path / "out"
+    code, _, err = invoke("run", manifest, "--engine", "dream", "--per-image", "2", "--dream-layers", "inception3b,inception4c",
+                          "--weights", "random", "--size", "40", "--iterations", "2", "--out", out)  # fmt: skip
+    assert code == 0, err
+    rows = pd.read_csv(out / "manifest.csv")
+    assert len(rows) == 6 and set(rows["engine"]) == {"dream"}
+    assert all(group.nunique() == 2 for _, group in rows.groupby("source")["style"])  # both layers per image
+    assert set(rows["style"]) == {"dream-inception3b", "dream-inception4c"} and rows["params"].str.contains("octaves=4").all()
+    assert min(_mean_abs_difference(out, rows, manifest.parent, 40)) >= 1 / 255
+    assert "too small for 4 octaves" in (out / "run.log").read_text()  # 40 px: fewer octaves, a note
+
+
+def test_dream_twice_gives_the_same_bytes(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, _ = dataset
+    for name in ("a", "b"):
+        code, _, err = invoke("run", manifest, "--engine", "dream", "--weights", "random", "--size", "32",
+                              "--iterations", "2", "--out", tmp_path / name)  # fmt: skip
+        assert code == 0, err
+    for path in (tmp_path / "a" / "images").rglob("*.png"):
+        assert path.read_bytes() == (tmp_path / "b" / path.relative_to(tmp_path / "a")).read_bytes()
+
+
+def test_guided_dream_on_top_of_style_transfer(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    code, _, err = invoke("run", manifest, "--styles", styles, "--engine", "gatys+dream", "--guide", "--out", out,
+                          "--dream-iterations", "1", *FAST)  # fmt: skip
+    assert code == 0, err
+    rows = pd.read_csv(out / "manifest.csv")
+    assert set(rows["engine"]) == {"gatys+dream-guided"} and rows["weights"].str.count("@").eq(2).all()
+    assert rows["dream_objective"].notna().all() and rows["total_loss"].notna().all()
+    code, _, err = invoke("run", manifest, "--engine", "dream", "--guide", "--out", tmp_path / "x", *FAST)
+    assert code == 2 and "no style folder" in err

@@ -71,7 +71,8 @@ def test_guided_dream_moves_activations_toward_the_guide(net: GoogLeNetFeatures)
     layers = ("inception4c",)
     image, guide = _images(seed=1), _images(seed=2).pow(4)
     options = DreamOptions(octaves=1, iterations=5, jitter=0)
-    guided, _ = dream(net, image, options, seeds=[0], guides=guide_features(net, guide, layers))
+    guides = {layer: [value] for layer, value in guide_features(net, guide, layers).items()}
+    guided, _ = dream(net, image, options, seeds=[0], guides=guides)
     plain, _ = dream(net, image, options, seeds=[0])
     before = _closeness(net, image, guide)
     assert _closeness(net, guided, guide) > before

@@ -47,25 +47,26 @@ def activation_objective(feats: dict[str, torch.Tensor], layers: tuple[str, ...]
     return sum(feats[layer].float().pow(2).mean(dim=(1, 2, 3)) for layer in layers)  # type: ignore[return-value]
 
 
-def guided_objective(feats: dict[str, torch.Tensor], guides: dict[str, torch.Tensor], layers: tuple[str, ...]) -> torch.Tensor:
+def guided_objective(
+    feats: dict[str, torch.Tensor], guides: dict[str, list[torch.Tensor]], layers: tuple[str, ...]
+) -> torch.Tensor:
     """For every position, the dot product with the most similar guide activation, averaged:
-    ascent pulls each position toward the guide's features. ``guides[layer]`` is ``[B, C, N]``."""
+    ascent pulls each position toward the guide's features. ``guides[layer]`` holds one
+    ``[C, N]`` per image (guides may differ in size)."""
     total = None
     for layer in layers:
         x = feats[layer].float().flatten(2)  # [B, C, P]
-        y = guides[layer].float()  # [B, C, N]
-        scores = torch.stack([xi.transpose(0, 1) @ yi for xi, yi in zip(x, y)])  # [B, P, N], per image
-        term = scores.max(dim=2).values.mean(dim=1)
+        term = torch.stack([(xi.transpose(0, 1) @ yi.float()).max(dim=1).values.mean() for xi, yi in zip(x, guides[layer])])
         total = term if total is None else total + term
     assert total is not None
     return total
 
 
-def guide_features(net: FeatureNet, guide: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Activations of a guide image ``[1, 3, h, w]``, flattened to ``[1, C, N]``."""
+def guide_features(net: FeatureNet, guide: torch.Tensor, layers: tuple[str, ...], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Activations of a guide image ``[1, 3, h, w]``, flattened to ``[C, N]`` per layer."""
     with torch.no_grad():
-        feats = net(guide)
-    return {layer: feats[layer].float().flatten(2) for layer in layers}
+        feats = net(guide.to(dtype))
+    return {layer: feats[layer].float().flatten(2)[0] for layer in layers}
 
 
 def dream(
@@ -74,7 +75,7 @@ def dream(
     options: DreamOptions,
     *,
     seeds: list[int],
-    guides: dict[str, torch.Tensor] | None = None,
+    guides: dict[str, list[torch.Tensor]] | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, list[float]]:
     """Dream a batch; returns the images and each one's final objective."""
