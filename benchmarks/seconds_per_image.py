@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--engine", default="gatys", help="gatys, dream or gatys+dream")
     parser.add_argument("--data", type=Path, default=SHARED)
     args = parser.parse_args()
 
@@ -43,6 +44,7 @@ def main() -> None:
             iterations=args.iterations,
             weights="random",
             device=args.device,
+            engine=args.engine,
             quiet=True,
         )
         wall = time.perf_counter() - t0
@@ -50,6 +52,7 @@ def main() -> None:
     print(json.dumps({
         "device": summary.device,
         "threads": torch.get_num_threads(),
+        "engine": args.engine,
         "size": args.size,
         "iterations": args.iterations,
         "images": summary.written,

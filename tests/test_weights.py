@@ -76,3 +76,25 @@ def test_bad_files(tmp_path: Path) -> None:
     torch.save({"fc.weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(WeightsUnavailable, match="not a VGG19 state dict"):
         build_vgg19(resolve_vgg19(str(tmp_path / "other.pth")), ("conv1_1",))
+
+
+def test_googlenet_offline_error_names_its_own_file_and_flag() -> None:
+    from augment.weights import cached_weights, resolve_weights
+
+    with pytest.raises(WeightsUnavailable) as err:
+        resolve_weights("googlenet", None)
+    message = str(err.value)
+    assert "GoogLeNet" in message and str(cached_weights("googlenet")) in message and "--dream-weights PATH" in message
+
+
+def test_googlenet_from_the_hub_cache_loads_into_the_dream_network() -> None:
+    from torchvision.models import googlenet
+
+    from augment.weights import build_dream_net, cached_weights, resolve_weights
+
+    target = cached_weights("googlenet")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    state = googlenet(weights=None, aux_logits=False, init_weights=False).state_dict()
+    torch.save(state, target)
+    net = build_dream_net(resolve_weights("googlenet", None), ("inception4c",))
+    assert torch.equal(net.blocks["conv1"].conv.weight, state["conv1.conv.weight"])
