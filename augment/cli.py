@@ -182,6 +182,8 @@ def validate(
     size: Annotated[int | None, Opt(help=HELP["size"])] = None,
     format: Annotated[str | None, Opt("--format", help=HELP["format"])] = None,
     limit: Annotated[int | None, Opt(help=HELP["limit"])] = None,
+    engine: Annotated[Engine | None, Opt(help=HELP["engine"])] = None,
+    guide: Annotated[bool | None, Opt("--guide", help=HELP["guide"])] = None,
 ) -> None:
     """Check a job without running it: rows, styles, tasks per class and the disk it will need."""
     flags = {k: v for k, v in locals().items() if k != "config"}
