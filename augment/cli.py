@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -19,11 +20,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .config import HELP, Engine, RunConfig, WeightsFlavour, build_config
+from .config import HELP, Engine, RunConfig, WeightsFlavour, build_config, load_yaml
+from .lock import OutLock, lock_name
 from .engines.gatys import Init, Optimizer
 from .engines.precision import Precision
 from .engines.vgg import Pooling
-from .errors import EXIT_SOFTWARE, AugmentError, EXIT_OK, EXIT_SOME_FAILED
+from .errors import EXIT_OK, EXIT_SIGINT, EXIT_SOFTWARE, EXIT_SOME_FAILED, AugmentError, Interrupted
 from .prepare import validate as validate_job
 from .runner import RunSummary
 from .parallel import run as run_job
@@ -55,9 +57,12 @@ def _exit_codes(func: F) -> F:
         except AugmentError as err:
             err_console.print(f"[bold red]augment: error:[/] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(err.exit_code) from None
+        except Interrupted as err:
+            err_console.print(f"augment: {err}; finished images kept")
+            raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("augment: interrupted")
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_SIGINT) from None
         except Exception:
             err_console.print(traceback.format_exc(), highlight=False, markup=False)
             err_console.print("augment: internal error (a bug; please report it with the traceback above)")
@@ -84,9 +89,22 @@ def _setup_logging(level: str, quiet: bool) -> None:
     logger.propagate = False
 
 
+def _lock_target(config_file: Path | None, out: str | None, shard: str | None) -> tuple[Path, str]:
+    """OUT and the lock's name from the flags, or from the YAML file if it names them."""
+    values: dict[str, Any] = {}
+    if config_file:
+        try:
+            values = load_yaml(config_file)
+        except AugmentError:
+            values = {}  # reported properly once the config is built
+    out = out or values.get("out") or RunConfig.out
+    shard = shard or values.get("shard")
+    return Path(out), lock_name(shard, int(os.environ.get("RANK", 0)))
+
+
 def _run_with_progress(config: RunConfig) -> RunSummary:
     if config.quiet or not err_console.is_terminal:
-        return run_job(config)
+        return run_job(config, lock=False)
     columns = (
         TextColumn("[bold]stylizing"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
@@ -98,7 +116,7 @@ def _run_with_progress(config: RunConfig) -> RunSummary:
             speed = bar.tasks[0].speed
             bar.update(task_id, completed=done, total=total, rate=f"{speed * 60:.1f} img/min" if speed else "")
 
-        return run_job(config, progress=on_progress)
+        return run_job(config, progress=on_progress, lock=False)
 
 
 Opt = typer.Option
@@ -157,9 +175,12 @@ def run(
     """Stylize every image of MANIFEST (a CSV or an ImageFolder directory) with styles from --styles."""
     flags = {k: v for k, v in locals().items() if k not in ("config", "as_json")}
     flags["manifest"] = str(manifest)
-    cfg = build_config(config, **flags)
-    _setup_logging(cfg.log_level, cfg.quiet)
-    summary = _run_with_progress(cfg)
+    # The lock comes first, before the other options are checked: a second run on a busy OUT
+    # exits 75 at once, whatever else it says.
+    with OutLock(*_lock_target(config, out, shard)):
+        cfg = build_config(config, **flags)
+        _setup_logging(cfg.log_level, cfg.quiet)
+        summary = _run_with_progress(cfg)
     if as_json:
         out_console.print_json(json.dumps(summary.as_dict()))
     if not cfg.quiet:

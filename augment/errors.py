@@ -34,9 +34,20 @@ class OutputError(AugmentError):
     exit_code = 3
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM: finished work is kept, then the run exits 130 or 143."""
+
+    def __init__(self, exit_code: int, signal_name: str) -> None:
+        super().__init__(f"interrupted by {signal_name}")
+        self.exit_code = exit_code
+        self.signal_name = signal_name
+
+
 # Exit codes, documented in README.md and docs/cli.md.
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
 EXIT_SOFTWARE = 70  # an unexpected exception: a bug, not bad input
+EXIT_LOCKED = 75  # EX_TEMPFAIL: OUT is in use by another run
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143

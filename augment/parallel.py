@@ -7,9 +7,13 @@ docs/scaling.md for fp32).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,8 @@ from typing import Any
 import torch
 
 from .config import RunConfig
-from .errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError, OutputError
+from .errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, ConfigError, Interrupted, OutputError
+from .lock import OutLock, lock_name
 from .merge import PARTS, clear_parts, finished_rows, merge, part_names
 from .plan import Task, stable_hash
 from .prepare import Prepared, prepare
@@ -47,9 +52,35 @@ class Shard:
         return stable_hash(task.source.source, task.style.name, task.k) % self.count == self.index
 
 
-def run(config: RunConfig, *, progress: ProgressFn | None = None) -> RunSummary:
+def run(config: RunConfig, *, progress: ProgressFn | None = None, lock: bool = True) -> RunSummary:
     """Run a whole job, or this process's share of it. Raises AugmentError (with its exit
-    code) for whole-run problems; problems with single rows end up in failures.csv."""
+    code) for whole-run problems; problems with single rows end up in failures.csv. SIGINT
+    and SIGTERM keep what is finished and raise Interrupted. ``lock=False``: the caller
+    already holds OUT's lock (the CLI takes it before reading the other options)."""
+    rank = int(os.environ.get("RANK", 0))
+    held = OutLock(Path(config.out), lock_name(config.shard, rank)) if lock else contextlib.nullcontext()
+    with held, _signals_raise():
+        return _run(config, progress)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGTERM raises Interrupted(143) in the main thread (SIGINT raises KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: object) -> None:
+        raise Interrupted(EXIT_SIGTERM, "SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(config: RunConfig, progress: ProgressFn | None) -> RunSummary:
     prepared = prepare(config)
     # Weights before OUT: a run that cannot start leaves nothing behind.
     t0 = time.perf_counter()
@@ -79,11 +110,20 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None) -> RunSummary:
             return _summary(out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name)
         workers = config.workers or (torch.cuda.device_count() if resolve_device(config.device).type == "cuda" else 1)
         clear_parts(out)  # this run redoes every task: earlier parts are stale
-        if workers > 1:
-            _run_workers(config, prepared, out, workers, progress)
-        else:
-            _run_part(config, prepared, out, "main", weights, prepared.tasks, progress=progress, timings={"weights_s": weights_s})
-        result = merge([out], expected_hash=config.config_hash())
+        interrupted = None
+        try:
+            if workers > 1:
+                _run_workers(config, prepared, out, workers, progress)
+            else:
+                _run_part(config, prepared, out, "main", weights, prepared.tasks, progress=progress, timings={"weights_s": weights_s})
+        except KeyboardInterrupt:
+            interrupted = Interrupted(EXIT_SIGINT, "SIGINT")
+        except Interrupted as err:
+            interrupted = err
+        result = merge([out], expected_hash=config.config_hash(), interrupted=interrupted)
+        if interrupted:
+            log.warning("%s: kept %d finished images", interrupted, result["counts"]["written"])
+            raise interrupted
         device = resolve_device(config.device)
         return _summary(out, result["counts"]["written"], result["counts"]["failed_rows"], len(prepared.tasks), started, weights.identity, device)
 

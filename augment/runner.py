@@ -32,7 +32,7 @@ from .engines.gatys import GatysBatcher, Job, Result, Stage
 from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image
 from .engines.dream import dream, guide_features, octave_sizes
 from .engines.precision import HALF_DTYPES, Precision, enable_fast_fp32, resolve_precision
-from .errors import OutputError
+from .errors import Interrupted, OutputError
 from .images import ImageProblem, fit_long_side, load_rgb, probe, resize_long_side, save_atomic, to_image, to_tensor
 from .manifest import Failure, SourceRow, write_csv, write_failures
 from .merge import PARTS
@@ -211,15 +211,22 @@ class PartRun:
         self._write_part_json("running")
         self.total, self.done = total, len(self.rows)  # rows kept from an earlier run count as done
         self.precision = resolve_precision(self.config.precision, self.device)
-        if self.config.engine is Engine.DREAM:
-            assert weights.dream is not None
-            self._run_dream(weights.dream, groups)
-        else:
-            assert weights.gatys is not None
-            if self.config.engine is Engine.GATYS_DREAM:
+        try:
+            if self.config.engine is Engine.DREAM:
                 assert weights.dream is not None
-                self._build_dream_net(weights.dream)
-            self._run_gatys(weights.gatys, groups)
+                self._run_dream(weights.dream, groups)
+            else:
+                assert weights.gatys is not None
+                if self.config.engine is Engine.GATYS_DREAM:
+                    assert weights.dream is not None
+                    self._build_dream_net(weights.dream)
+                self._run_gatys(weights.gatys, groups)
+        except (KeyboardInterrupt, Interrupted):
+            # Keep what is finished: images already written are recorded, then re-raise.
+            self._collect([p for p in self._pending if p.future.done() and not p.future.exception()], wait=True)
+            self._write_outputs()
+            self._write_part_json("interrupted")
+            raise
         self._write_outputs()
         self._write_part_json("finished")
         log.info("%s done: %d images written, %d rows failed", self.name, len(self.rows), len(self.failures))
