@@ -1,0 +1,72 @@
+"""Cron and pipeline safety: one run per OUT, signals keep finished work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from augment.lock import OutLock
+
+from .test_cli import invoke
+
+
+def test_a_second_run_on_a_busy_out_exits_75_whatever_its_options(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    with OutLock(out):
+        code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--size", "4")  # bad option too
+    assert code == 75
+    assert "in use by another run" in err and f"pid {os.getpid()}" in err
+
+
+def test_shards_lock_apart(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    args = ["--weights", "random", "--size", "32", "--iterations", "1"]
+    with OutLock(out, ".augment-shard-0-of-2.lock"):
+        code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--shard", "1/2", *args)
+        assert code == 0, err  # another shard may run beside it
+        code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--shard", "0/2", *args)
+        assert code == 75  # the same shard twice may not
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c",
+                               f"from augment.lock import OutLock; import time\nwith OutLock(__import__('pathlib').Path({str(out)!r})):\n"
+                               "    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    holder.kill()  # kill -9: no clean-up ran
+    holder.wait()
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--weights", "random", "--size", "32", "--iterations", "1")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(("sig", "expected"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_keeps_finished_images_and_exits_with_its_code(dataset: tuple[Path, Path], tmp_path: Path, sig: int, expected: int) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(styles), "--out", str(out),
+               "--weights", "random", "--size", "32", "--iterations", "150", "--per-image", "2", "--batch-size", "1", "-q"]  # fmt: skip
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "images").rglob("*.png")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == expected, stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "interrupted" and run["exit_code"] == expected
+    rows = pd.read_csv(out / "manifest.csv")
+    on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file()}
+    assert 1 <= len(rows) < 6 and set(rows["path"]) == on_disk  # finished kept, nothing half-written
