@@ -168,6 +168,7 @@ def run(
     quality: Annotated[int | None, Opt(help=HELP["quality"])] = None,
     max_pixels: Annotated[int | None, Opt(help=HELP["max_pixels"])] = None,
     limit: Annotated[int | None, Opt(help=HELP["limit"])] = None,
+    keep_stale: Annotated[bool | None, Opt("--keep-stale", help=HELP["keep_stale"])] = None,
     quiet: Annotated[bool | None, Opt("--quiet", "-q", help=HELP["quiet"])] = None,
     log_level: Annotated[str | None, Opt(help=HELP["log_level"])] = None,
     as_json: Annotated[bool, Opt("--json", help="Also print the run summary as JSON on stdout.")] = False,

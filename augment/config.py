@@ -90,6 +90,7 @@ class RunConfig:
     workers: int | None = _opt(None, "Local worker processes. Default: one per visible GPU; 1 on CPU (each of N CPU workers gets cores/N threads).")
     devices: str | None = _opt(None, "Devices for the workers, comma-separated (cuda:0,cuda:1); default: every visible GPU.")
     shard: str | None = _opt(None, "K/N: run only shard K of N (tasks split by hash); then `augment merge OUT`.")
+    keep_stale: bool = _opt(False, "Keep images whose source left the manifest (default: remove them, and only them).")
     # Messages (do not change pixels)
     quiet: bool = _opt(False, "No progress bar; warnings and errors only.")
     log_level: str = _opt("info", "debug, info, warning or error.")
@@ -207,7 +208,7 @@ class RunConfig:
         """Hash of every option that can change output pixels (canonical JSON)."""
         # What may differ between the parts of one job: where and how it runs, not what it makes.
         ignored = {"quiet", "log_level", "limit", "out", "manifest", "styles", "download", "device",
-                   "batch_size", "workers", "devices", "shard"}  # fmt: skip
+                   "batch_size", "workers", "devices", "shard", "keep_stale"}  # fmt: skip
         data = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -39,20 +39,45 @@ def clear_parts(out: Path, keep: set[str] = frozenset()) -> None:  # type: ignor
                 (out / PARTS / f"{name}{suffix}").unlink(missing_ok=True)
 
 
-def finished_rows(out: Path, name: str, config_hash: str) -> list[dict[str, Any]]:
-    """Rows an earlier run of part ``name`` already wrote with these settings and whose image
-    is on disk (images are renamed into place whole, so one that exists is complete)."""
-    info_path, manifest_path = out / PARTS / f"{name}.json", out / PARTS / f"{name}.manifest.csv"
-    if not (info_path.is_file() and manifest_path.is_file()):
-        return []
-    if json.loads(info_path.read_text(encoding="utf-8")).get("config_hash") != config_hash:
-        return []
-    rows = pd.read_csv(manifest_path, dtype=str, keep_default_na=False).to_dict("records")
-    return [row for row in rows if (out / row["path"]).is_file()]
+def recorded_rows(out: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every row the parts of OUT (or the named ones) recorded."""
+    rows: list[dict[str, Any]] = []
+    for name in part_names(out) if names is None else names:
+        manifest = out / PARTS / f"{name}.manifest.csv"
+        if manifest.is_file():
+            rows += pd.read_csv(manifest, dtype=str, keep_default_na=False).to_dict("records")
+    return rows
+
+
+def reusable_rows(out: Path, keys: dict[str, str], names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Rows an earlier run already made for these exact tasks: same output path, same task key
+    (source and style content, every pixel-changing option, weights, seed), image on disk
+    (images are renamed into place whole, so one that exists is complete)."""
+    return {
+        row["path"]: row
+        for row in recorded_rows(out, names)
+        if keys.get(row["path"]) == row.get("key") and (out / row["path"]).is_file()
+    }
+
+
+def remove_stale(out: Path, keep: set[str]) -> int:
+    """Delete images that earlier runs recorded and the plan no longer has. Only files named
+    in augment's own part manifests are ever deleted."""
+    removed = 0
+    for row in recorded_rows(out):
+        path = out / row["path"]
+        if row["path"] not in keep and path.is_file() and path.resolve().is_relative_to((out / "images").resolve()):
+            path.unlink()
+            removed += 1
+    return removed
 
 
 def merge(
-    outs: list[Path], *, expected_hash: str | None = None, interrupted: Interrupted | None = None
+    outs: list[Path],
+    *,
+    expected_hash: str | None = None,
+    interrupted: Interrupted | None = None,
+    counts: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Join every part under ``outs`` into ``outs[0]``; returns the run.json written there.
 
@@ -115,6 +140,7 @@ def merge(
             "tasks": sum(info["counts"]["tasks"] for _, info in infos),
             "written": len(manifest),
             "failed_rows": len(failed),
+            **(counts or {}),
         },
         "timings": {
             # Several parts: their compute adds up; the wall time is the slowest part's.

@@ -8,6 +8,7 @@ docs/scaling.md for fp32).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -23,11 +24,11 @@ import torch
 from .config import RunConfig
 from .errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, ConfigError, Interrupted, OutputError
 from .lock import OutLock, lock_name
-from .merge import PARTS, clear_parts, finished_rows, merge, part_names
-from .plan import Task, stable_hash
+from .merge import PARTS, clear_parts, merge, part_names, recorded_rows, remove_stale, reusable_rows
+from .plan import Task, stable_hash, task_keys
 from .prepare import Prepared, prepare
 from .runner import PartRun, ProgressFn, RunLog, RunSummary, describe_device, order_by_shape, resolve_device
-from .weights import resolve_for
+from .weights import file_sha256, resolve_for
 
 log = logging.getLogger(__name__)
 
@@ -105,22 +106,40 @@ def _run(config: RunConfig, progress: ProgressFn | None) -> RunSummary:
             shard = Shard.parse(config.shard)
             name = f"shard-{shard.index}-of-{shard.count}"
             tasks = [t for t in prepared.tasks if shard.owns(t)]
-            part = _run_part(config, prepared, out, name, weights, tasks, progress=progress)
+            keys = _keys(config, prepared, weights, tasks)
+            done = reusable_rows(out, keys, names=[name])
+            part = _run_part(config, prepared, out, name, weights, tasks, progress=progress, keys=keys, done=done)
             log.info("shard %s done; run `augment merge %s` once every shard has finished", config.shard, out)
             return _summary(out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name)
         workers = config.workers or (torch.cuda.device_count() if resolve_device(config.device).type == "cuda" else 1)
-        clear_parts(out)  # this run redoes every task: earlier parts are stale
+        # Incremental: tasks whose image exists with the same key are kept, not redone; images
+        # of tasks that left the plan are removed (only ones augment recorded).
+        keys = _keys(config, prepared, weights)
+        done = reusable_rows(out, keys)
+        stale = {row["path"]: row for row in recorded_rows(out) if row["path"] not in keys and (out / row["path"]).is_file()}
+        partial_plan = config.limit is not None  # a trial on the first rows: the rest is not stale
+        removed = 0
+        if config.keep_stale or partial_plan:
+            kept_stale = stale  # stay recorded, so a later run can still remove them
+        else:
+            kept_stale, removed = {}, remove_stale(out, keep=set(keys))
+        clear_parts(out)  # their rows live on in `done`
+        _remove_dead_temp_files(out)
+        counts = {"skipped": len(done), "removed": removed}
+        if done or removed:
+            log.info("%d images up to date, %d stale removed, %d to make", len(done), removed, len(keys) - len(done))
         interrupted = None
         try:
             if workers > 1:
-                _run_workers(config, prepared, out, workers, progress)
+                _run_workers(config, prepared, out, workers, progress, keys=keys, done=done, kept=kept_stale)
             else:
-                _run_part(config, prepared, out, "main", weights, prepared.tasks, progress=progress, timings={"weights_s": weights_s})
+                _run_part(config, prepared, out, "main", weights, prepared.tasks, progress=progress,
+                          timings={"weights_s": weights_s}, keys=keys, done=done, kept=kept_stale)  # fmt: skip
         except KeyboardInterrupt:
             interrupted = Interrupted(EXIT_SIGINT, "SIGINT")
         except Interrupted as err:
             interrupted = err
-        result = merge([out], expected_hash=config.config_hash(), interrupted=interrupted)
+        result = merge([out], expected_hash=config.config_hash(), interrupted=interrupted, counts=counts)
         if interrupted:
             log.warning("%s: kept %d finished images", interrupted, result["counts"]["written"])
             raise interrupted
@@ -136,20 +155,35 @@ def _run_part(
     weights: Any,
     tasks: list[Task],
     *,
+    keys: dict[str, str],
+    done: dict[str, dict[str, Any]],
+    kept: dict[str, dict[str, Any]] | None = None,
     device: str | None = None,
     progress: ProgressFn | None = None,
     timings: dict[str, float] | None = None,
 ) -> Any:
-    # A restarted shard or rank keeps what it finished before and does only the rest.
-    done = {row["path"]: row for row in finished_rows(out, name, config.config_hash())}
+    """Run ``tasks`` as part ``name``; rows in ``done`` are kept, not redone."""
     todo = [t for t in tasks if t.output not in done]
     if done:
         log.info("%s: %d of %d tasks already done, %d to go", name, len(tasks) - len(todo), len(tasks), len(todo))
     groups, failures = order_by_shape(todo, config)
-    part = PartRun(config, prepared, out, name=name, device=device, progress=progress)
+    part = PartRun(config, prepared, out, name=name, device=device, progress=progress, keys=keys)
     part.timings.update(timings or {})
-    part.rows = [done[t.output] for t in tasks if t.output in done]
-    return part.run(weights, groups, total=len(tasks), failures=failures)
+    part.rows = [done[t.output] for t in tasks if t.output in done] + list((kept or {}).values())
+    return part.run(weights, groups, total=len(tasks) + len(kept or {}), failures=failures)
+
+
+def _remove_dead_temp_files(out: Path) -> None:
+    """Temp files a killed run left (ours: ``.<name>.<random>.tmp``; this run holds the lock, so
+    no live writer owns them)."""
+    for tmp in [*(out / "images").rglob(".*.tmp"), *out.glob(".*.tmp"), *(out / PARTS).glob(".*.tmp")]:
+        tmp.unlink(missing_ok=True)
+
+
+def _keys(config: RunConfig, prepared: Prepared, weights: Any, tasks: list[Task] | None = None) -> dict[str, str]:
+    digest = functools.lru_cache(maxsize=None)(file_sha256)
+    return task_keys(prepared.tasks if tasks is None else tasks, config_hash=config.config_hash(),
+                     weights=weights.identity, digest=digest)  # fmt: skip
 
 
 def _summary(
@@ -196,7 +230,9 @@ def _run_rank(
         name = f"rank-{rank}-of-{world}"
         if rank == 0:
             clear_parts(out, keep={f"rank-{r}-of-{world}" for r in range(world)})
-        part = _run_part(config, prepared, out, name, weights, tasks, device=device, progress=progress)
+        keys = _keys(config, prepared, weights, tasks)
+        done = reusable_rows(out, keys, names=[name])
+        part = _run_part(config, prepared, out, name, weights, tasks, device=device, progress=progress, keys=keys, done=done)
         dist.barrier()
         if rank == 0:
             ranks = {f"rank-{r}-of-{world}" for r in range(world)}
@@ -211,12 +247,15 @@ def _run_rank(
 
 
 # -- local workers ----------------------------------------------------------------------------
-def _run_workers(config: RunConfig, prepared: Prepared, out: Path, workers: int, progress: ProgressFn | None) -> None:
+def _run_workers(
+    config: RunConfig, prepared: Prepared, out: Path, workers: int, progress: ProgressFn | None,
+    *, keys: dict[str, str], done: dict[str, dict[str, Any]], kept: dict[str, dict[str, Any]],
+) -> None:  # fmt: skip
     """N spawned processes pulling source images from one queue (GPUs: one each; CPU: the
     cores split between them). The parent header-reads and orders the work."""
     import multiprocessing as mp
 
-    groups, failures = order_by_shape(prepared.tasks, config)
+    groups, failures = order_by_shape([t for t in prepared.tasks if t.output not in done], config)
     index = {task.output: i for i, task in enumerate(prepared.tasks)}
     devices = _devices(config, workers)
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -226,26 +265,29 @@ def _run_workers(config: RunConfig, prepared: Prepared, out: Path, workers: int,
         queue.put([index[t.output] for t in group])
     for _ in range(workers):
         queue.put(None)
-    done = ctx.Value("i", 0)
-    # Rows failed up front or at the header read belong to no worker: a part of their own.
-    PartRun(config, prepared, out, name="header").record_failures(failures)
+    counter = ctx.Value("i", 0)
+    # Rows failed up front or at the header read, and images kept from earlier runs, belong to
+    # no worker: a part of their own.
+    header = PartRun(config, prepared, out, name="header", keys=keys)
+    header.rows = list(done.values()) + list(kept.values())
+    header.record_failures(failures)
     procs = [
-        ctx.Process(target=_worker_main, args=(config, out, f"worker-{i}-of-{workers}", devices[i], threads, queue, done),
+        ctx.Process(target=_worker_main, args=(config, out, f"worker-{i}-of-{workers}", devices[i], threads, queue, counter, keys),
                     name=f"augment-worker-{i}", daemon=True)
         for i in range(workers)
     ]  # fmt: skip
     for proc in procs:
         proc.start()
     total = len(prepared.tasks)
-    failed_up_front = total - sum(len(g) for g in groups)
+    failed_up_front = total - sum(len(g) for g in groups)  # and kept: nothing left to do for them
     while any(p.is_alive() for p in procs):
         if progress:
-            progress(failed_up_front + done.value, total)
+            progress(failed_up_front + counter.value, total)
         time.sleep(0.5)
     for proc in procs:
         proc.join()
     if progress:
-        progress(failed_up_front + done.value, total)
+        progress(failed_up_front + counter.value, total)
     failed = [p.name for p in procs if p.exitcode != 0]
     if failed:
         raise OutputError(f"worker(s) {', '.join(failed)} failed; see {out / 'run.log'}")
@@ -260,7 +302,7 @@ def _devices(config: RunConfig, workers: int) -> list[str]:
     return ["cpu"] * workers
 
 
-def _worker_main(config: RunConfig, out: Path, name: str, device: str, threads: int, queue: Any, done: Any) -> None:
+def _worker_main(config: RunConfig, out: Path, name: str, device: str, threads: int, queue: Any, done: Any, keys: dict[str, str]) -> None:
     torch.set_num_threads(threads)
     logging.getLogger("augment").setLevel(logging.INFO)
     prepared = prepare(config)
@@ -280,6 +322,6 @@ def _worker_main(config: RunConfig, out: Path, name: str, device: str, threads: 
 
     prepared.failures = []  # recorded once, by the parent's header part
     with RunLog(out / f"run.{name}.log"):
-        PartRun(config, prepared, out, name=name, device=device, progress=count).run(
+        PartRun(config, prepared, out, name=name, device=device, progress=count, keys=keys).run(
             weights, groups(), total=len(prepared.tasks), failures=[]
         )

@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from .images import FORMAT_EXT
 from .manifest import SourceRow
@@ -75,3 +76,13 @@ def plan_tasks(
                 seed=stable_hash(seed, row.source, style.name, k),
             ))  # fmt: skip
     return tasks
+
+
+def task_keys(tasks: list[Task], *, config_hash: str, weights: str, digest: Callable[[Path], str]) -> dict[str, str]:
+    """Output path -> a key that changes whenever the image would: the source's and the
+    style's content, every pixel-changing option (config hash, seed included), the weights."""
+    keys = {}
+    for task in tasks:
+        style = digest(task.style.path) if task.style.path.is_file() else task.style.name
+        keys[task.output] = f"{stable_hash(digest(task.source.path), style, config_hash, weights, task.seed):016x}"
+    return keys

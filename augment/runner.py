@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 BASE_COLUMNS = [
     "path", "label", "split", "source", "style", "k", "engine", "seed", "weights",
     "size", "width", "height", "iterations", "precision",
-    "content_loss", "style_loss", "tv_loss", "total_loss", "dream_objective", "params", "seconds",
+    "content_loss", "style_loss", "tv_loss", "total_loss", "dream_objective", "params", "key", "seconds",
 ]  # fmt: skip
 CHECKPOINT_EVERY_S = 30.0
 
@@ -189,8 +189,10 @@ class PartRun:
         name: str = "main",
         device: str | None = None,
         progress: ProgressFn | None = None,
+        keys: dict[str, str] | None = None,
     ) -> None:
         self.config, self.prepared, self.out, self.name = config, prepared, out, name
+        self.keys = keys or {}  # output path -> task key, recorded in each row
         self.progress = progress or (lambda done, total: None)
         self.device = resolve_device(device or config.device)
         self.failures: list[Failure] = list(prepared.failures)
@@ -212,7 +214,9 @@ class PartRun:
         self.total, self.done = total, len(self.rows)  # rows kept from an earlier run count as done
         self.precision = resolve_precision(self.config.precision, self.device)
         try:
-            if self.config.engine is Engine.DREAM:
+            if isinstance(groups, list) and not groups:
+                self.progress(self.total, self.total)  # nothing to make: no network is built
+            elif self.config.engine is Engine.DREAM:
                 assert weights.dream is not None
                 self._run_dream(weights.dream, groups)
             else:
@@ -487,6 +491,7 @@ class PartRun:
             **{f"{name}_loss": f"{value:.6g}" for name, value in result.losses.items()},
             "dream_objective": "" if saving.dream_objective is None else f"{saving.dream_objective:.6g}",
             "params": self._params(),
+            "key": self.keys.get(task.output, ""),
             "seconds": round(result.seconds, 3), **source.extra,
         }  # fmt: skip
 

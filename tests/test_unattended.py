@@ -70,3 +70,65 @@ def test_a_signal_keeps_finished_images_and_exits_with_its_code(dataset: tuple[P
     rows = pd.read_csv(out / "manifest.csv")
     on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file()}
     assert 1 <= len(rows) < 6 and set(rows["path"]) == on_disk  # finished kept, nothing half-written
+
+
+ARGS = ["--weights", "random", "--size", "32", "--iterations", "2", "--per-image", "2"]
+
+
+def _images(out: Path) -> dict[str, int]:
+    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in (out / "images").rglob("*") if p.is_file()}
+
+
+def test_an_unchanged_rerun_makes_nothing_and_a_change_redoes_only_its_tasks(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    assert invoke("run", manifest, "--styles", styles, "--out", out, *ARGS)[0] == 0
+    first = _images(out)
+    assert invoke("run", manifest, "--styles", styles, "--out", out, *ARGS)[0] == 0
+    assert _images(out) == first  # nothing rewritten
+    run = json.loads((out / "run.json").read_text())
+    assert run["counts"]["skipped"] == 6 and run["counts"]["written"] == 6
+    assert "6 images up to date" in (out / "run.log").read_text()
+    # New content for one source: only its two images are made again.
+    from .conftest import noise_image
+
+    noise_image(24, 20, seed=99).save(manifest.parent / "ants" / "a1.png")
+    assert invoke("run", manifest, "--styles", styles, "--out", out, *ARGS)[0] == 0
+    changed = {p for p, t in _images(out).items() if first[p] != t}
+    assert changed == {p for p in first if "/a1__" in p}
+
+
+def test_rows_that_left_the_manifest_lose_their_images_unless_kept(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    assert invoke("run", manifest, "--styles", styles, "--out", out, *ARGS)[0] == 0
+    (out / "images" / "ants" / "mine.txt").write_text("not augment's")  # never touched
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(line for line in lines if "b1.png" not in line) + "\n")
+    assert invoke("run", manifest, "--styles", styles, "--out", out, *ARGS, "--keep-stale")[0] == 0
+    assert any("/b1__" in p for p in _images(out))
+    assert invoke("run", manifest, "--styles", styles, "--out", out, *ARGS)[0] == 0
+    remaining = _images(out)
+    assert not any("/b1__" in p for p in remaining) and "images/ants/mine.txt" in remaining
+    assert json.loads((out / "run.json").read_text())["counts"]["removed"] == 2
+    assert len(pd.read_csv(out / "manifest.csv")) == 4
+
+
+def test_kill_9_then_rerun_gives_exactly_one_image_per_task(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(styles), "--out", str(out),
+               "--weights", "random", "--size", "32", "--iterations", "150", "--per-image", "2", "--batch-size", "1", "-q"]  # fmt: skip
+    proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((out / "images").rglob("*.png")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (out / "images" / ".a1__waves__0.png.dead.tmp").write_bytes(b"half")  # as a kill mid-write leaves
+    fast = [a if a != "150" else "2" for a in command[4:]]
+    code, _, err = invoke("run", *fast)
+    assert code == 0, err
+    rows = pd.read_csv(out / "manifest.csv")
+    on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file()}
+    assert len(rows) == 6 and set(rows["path"]) == on_disk
