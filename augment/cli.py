@@ -25,7 +25,7 @@ from .lock import OutLock, lock_name
 from .engines.gatys import Init, Optimizer
 from .engines.precision import Precision
 from .engines.vgg import Pooling
-from .errors import EXIT_OK, EXIT_SIGINT, EXIT_SOFTWARE, EXIT_SOME_FAILED, AugmentError, Interrupted
+from .errors import EXIT_OK, EXIT_SIGINT, EXIT_SOFTWARE, EXIT_SOME_FAILED, AugmentError, Stopped
 from .prepare import validate as validate_job
 from .runner import RunSummary
 from .parallel import run as run_job
@@ -57,7 +57,7 @@ def _exit_codes(func: F) -> F:
         except AugmentError as err:
             err_console.print(f"[bold red]augment: error:[/] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(err.exit_code) from None
-        except Interrupted as err:
+        except Stopped as err:
             err_console.print(f"augment: {err}; finished images kept")
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
@@ -169,6 +169,7 @@ def run(
     max_pixels: Annotated[int | None, Opt(help=HELP["max_pixels"])] = None,
     limit: Annotated[int | None, Opt(help=HELP["limit"])] = None,
     keep_stale: Annotated[bool | None, Opt("--keep-stale", help=HELP["keep_stale"])] = None,
+    max_failures: Annotated[str | None, Opt(help=HELP["max_failures"])] = None,
     quiet: Annotated[bool | None, Opt("--quiet", "-q", help=HELP["quiet"])] = None,
     log_level: Annotated[str | None, Opt(help=HELP["log_level"])] = None,
     as_json: Annotated[bool, Opt("--json", help="Also print the run summary as JSON on stdout.")] = False,

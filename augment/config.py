@@ -7,6 +7,7 @@ Precedence: defaults < ``--config run.yaml`` < command-line flags.
 from __future__ import annotations
 
 import difflib
+import re
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
@@ -90,6 +91,7 @@ class RunConfig:
     workers: int | None = _opt(None, "Local worker processes. Default: one per visible GPU; 1 on CPU (each of N CPU workers gets cores/N threads).")
     devices: str | None = _opt(None, "Devices for the workers, comma-separated (cuda:0,cuda:1); default: every visible GPU.")
     shard: str | None = _opt(None, "K/N: run only shard K of N (tasks split by hash); then `augment merge OUT`.")
+    max_failures: str | None = _opt(None, "Abort (exit 3) when more rows than this fail: N, or P% of the manifest's rows. Default: no limit.")
     keep_stale: bool = _opt(False, "Keep images whose source left the manifest (default: remove them, and only them).")
     # Messages (do not change pixels)
     quiet: bool = _opt(False, "No progress bar; warnings and errors only.")
@@ -140,6 +142,8 @@ class RunConfig:
             (self.limit is None or self.limit >= 1, "limit must be at least 1"),
             (self.batch_size is None or self.batch_size >= 1, "batch_size must be at least 1"),
             (self.workers is None or self.workers >= 1, "workers must be at least 1"),
+            (self.max_failures is None or re.fullmatch(r"\d+(\.\d+)?%|\d+", str(self.max_failures).strip()) is not None,
+             "max_failures takes N or P%, e.g. 10 or 5%"),
             (self.octaves >= 1 and self.octave_scale > 1.0, "octaves must be >= 1 and octave_scale > 1"),
             (0.0 <= self.dream_blend <= 1.0, "dream_blend must be between 0 and 1"),
             (self.jitter >= 0 and self.dream_step > 0 and self.dream_iterations >= 0, "jitter >= 0, dream_step > 0, dream_iterations >= 0"),
@@ -208,7 +212,7 @@ class RunConfig:
         """Hash of every option that can change output pixels (canonical JSON)."""
         # What may differ between the parts of one job: where and how it runs, not what it makes.
         ignored = {"quiet", "log_level", "limit", "out", "manifest", "styles", "download", "device",
-                   "batch_size", "workers", "devices", "shard", "keep_stale"}  # fmt: skip
+                   "batch_size", "workers", "devices", "shard", "keep_stale", "max_failures"}  # fmt: skip
         data = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

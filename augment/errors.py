@@ -34,13 +34,33 @@ class OutputError(AugmentError):
     exit_code = 3
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM: finished work is kept, then the run exits 130 or 143."""
+class Stopped(Exception):
+    """A run stopped before the end: finished work is kept and recorded, then it exits."""
+
+    status = "stopped"
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Interrupted(Stopped):
+    """SIGINT or SIGTERM: exit 130 or 143."""
+
+    status = "interrupted"
 
     def __init__(self, exit_code: int, signal_name: str) -> None:
-        super().__init__(f"interrupted by {signal_name}")
-        self.exit_code = exit_code
+        super().__init__(exit_code, f"interrupted by {signal_name}")
         self.signal_name = signal_name
+
+
+class TooManyFailures(Stopped):
+    """More failed rows than --max-failures allows: exit 3."""
+
+    status = "aborted"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(3, message)
 
 
 # Exit codes, documented in README.md and docs/cli.md.

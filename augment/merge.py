@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from .atomic import atomic_write, write_text
-from .errors import EXIT_OK, EXIT_SOME_FAILED, AugmentError, Interrupted, OutputError
+from .errors import EXIT_OK, EXIT_SOME_FAILED, AugmentError, OutputError, Stopped
 from .manifest import FAILURE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def merge(
     outs: list[Path],
     *,
     expected_hash: str | None = None,
-    interrupted: Interrupted | None = None,
+    interrupted: Stopped | None = None,
     counts: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Join every part under ``outs`` into ``outs[0]``; returns the run.json written there.
@@ -91,7 +91,7 @@ def merge(
             raise MergeError(f"{out}: no parts to merge (expected {out / PARTS}/*.json)")
         for name in names:
             info = json.loads((out / PARTS / f"{name}.json").read_text(encoding="utf-8"))
-            if info.get("status") != "finished" and not (interrupted and info.get("status") == "interrupted"):
+            if info.get("status") != "finished" and not (interrupted and info.get("status") == interrupted.status):
                 raise MergeError(f"{out / PARTS / name}.json: part {name} has not finished (status {info.get('status')})")
             infos.append((out, info))
             manifests.append((out, pd.read_csv(out / PARTS / f"{name}.manifest.csv", dtype=str, keep_default_na=False)))
@@ -124,7 +124,7 @@ def merge(
     exit_code = interrupted.exit_code if interrupted else EXIT_SOME_FAILED if len(failed) else EXIT_OK
     compute = sum(info["timings"].get("compute_s", 0.0) for _, info in infos)
     run = {
-        "status": "interrupted" if interrupted else "finished",
+        "status": interrupted.status if interrupted else "finished",
         "exit_code": exit_code,
         "exit_reason": str(interrupted) if interrupted else "failed rows" if len(failed) else "all done",
         "started": min(info["started"] for _, info in infos),

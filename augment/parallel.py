@@ -22,12 +22,12 @@ from typing import Any
 import torch
 
 from .config import RunConfig
-from .errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, ConfigError, Interrupted, OutputError
+from .errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, ConfigError, Interrupted, OutputError, Stopped, TooManyFailures
 from .lock import OutLock, lock_name
 from .merge import PARTS, clear_parts, merge, part_names, recorded_rows, remove_stale, reusable_rows
 from .plan import Task, stable_hash, task_keys
 from .prepare import Prepared, prepare
-from .runner import PartRun, ProgressFn, RunLog, RunSummary, describe_device, order_by_shape, resolve_device
+from .runner import PartRun, ProgressFn, RunLog, RunSummary, describe_device, failure_limit, order_by_shape, resolve_device
 from .weights import file_sha256, resolve_for
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,9 @@ def _run(config: RunConfig, progress: ProgressFn | None) -> RunSummary:
         clear_parts(out)  # their rows live on in `done`
         _remove_dead_temp_files(out)
         counts = {"skipped": len(done), "removed": removed}
+        limit = failure_limit(config, prepared)
+        if limit is not None and len(prepared.failures) > limit:
+            raise TooManyFailures(f"{len(prepared.failures)} rows failed up front, more than --max-failures {config.max_failures} allows")
         if done or removed:
             log.info("%d images up to date, %d stale removed, %d to make", len(done), removed, len(keys) - len(done))
         interrupted = None
@@ -137,7 +140,7 @@ def _run(config: RunConfig, progress: ProgressFn | None) -> RunSummary:
                           timings={"weights_s": weights_s}, keys=keys, done=done, kept=kept_stale)  # fmt: skip
         except KeyboardInterrupt:
             interrupted = Interrupted(EXIT_SIGINT, "SIGINT")
-        except Interrupted as err:
+        except Stopped as err:
             interrupted = err
         result = merge([out], expected_hash=config.config_hash(), interrupted=interrupted, counts=counts)
         if interrupted:

@@ -32,7 +32,7 @@ from .engines.gatys import GatysBatcher, Job, Result, Stage
 from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image
 from .engines.dream import dream, guide_features, octave_sizes
 from .engines.precision import HALF_DTYPES, Precision, enable_fast_fp32, resolve_precision
-from .errors import Interrupted, OutputError
+from .errors import Interrupted, OutputError, Stopped, TooManyFailures
 from .images import ImageProblem, fit_long_side, load_rgb, probe, resize_long_side, save_atomic, to_image, to_tensor
 from .manifest import Failure, SourceRow, write_csv, write_failures
 from .merge import PARTS
@@ -107,6 +107,16 @@ def _prefetch(items: Iterable[Any], work: Callable[[Any], Any], *, depth: int) -
         while queue:
             head, future = queue.popleft()
             yield head, future.result()
+
+
+def failure_limit(config: RunConfig, prepared: Prepared) -> int | None:
+    """--max-failures as a number of rows (N, or P% of the manifest's rows); None: no limit."""
+    if config.max_failures is None:
+        return None
+    text = str(config.max_failures).strip()
+    if text.endswith("%"):
+        return int(float(text[:-1]) / 100.0 * (len(prepared.rows) + len(prepared.failures)))
+    return int(text)
 
 
 def order_by_shape(tasks: list[Task], config: RunConfig) -> tuple[list[list[Task]], list[Failure]]:
@@ -193,6 +203,7 @@ class PartRun:
     ) -> None:
         self.config, self.prepared, self.out, self.name = config, prepared, out, name
         self.keys = keys or {}  # output path -> task key, recorded in each row
+        self.max_failures = failure_limit(config, prepared)
         self.progress = progress or (lambda done, total: None)
         self.device = resolve_device(device or config.device)
         self.failures: list[Failure] = list(prepared.failures)
@@ -214,6 +225,7 @@ class PartRun:
         self.total, self.done = total, len(self.rows)  # rows kept from an earlier run count as done
         self.precision = resolve_precision(self.config.precision, self.device)
         try:
+            self._check_failures()
             if isinstance(groups, list) and not groups:
                 self.progress(self.total, self.total)  # nothing to make: no network is built
             elif self.config.engine is Engine.DREAM:
@@ -225,11 +237,11 @@ class PartRun:
                     assert weights.dream is not None
                     self._build_dream_net(weights.dream)
                 self._run_gatys(weights.gatys, groups)
-        except (KeyboardInterrupt, Interrupted):
+        except (KeyboardInterrupt, Stopped) as err:
             # Keep what is finished: images already written are recorded, then re-raise.
             self._collect([p for p in self._pending if p.future.done() and not p.future.exception()], wait=True)
             self._write_outputs()
-            self._write_part_json("interrupted")
+            self._write_part_json(err.status if isinstance(err, Stopped) else Interrupted.status)
             raise
         self._write_outputs()
         self._write_part_json("finished")
@@ -529,6 +541,11 @@ class PartRun:
         # One failures.csv row per input row, even when several of its tasks fail.
         if not any(f.row == row and f.path == path for f in self.failures):
             self.failures.append(Failure(row, path, label, reason, message))
+        self._check_failures()
+
+    def _check_failures(self) -> None:
+        if self.max_failures is not None and len(self.failures) > self.max_failures:
+            raise TooManyFailures(f"{len(self.failures)} rows failed, more than --max-failures {self.config.max_failures} allows")
 
     def _maybe_checkpoint(self) -> None:
         if time.monotonic() - self.last_checkpoint >= CHECKPOINT_EVERY_S:

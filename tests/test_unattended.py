@@ -132,3 +132,69 @@ def test_kill_9_then_rerun_gives_exactly_one_image_per_task(dataset: tuple[Path,
     rows = pd.read_csv(out / "manifest.csv")
     on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file()}
     assert len(rows) == 6 and set(rows["path"]) == on_disk
+
+
+def _hostile_dataset(root: Path) -> tuple[Path, int]:
+    """Valid-but-odd rows and broken rows; returns the manifest and the number of valid rows."""
+    import numpy as np
+    from PIL import Image
+
+    from .conftest import noise_image
+
+    data = root / "data"
+    (data / "odd").mkdir(parents=True)
+    base = noise_image(30, 20, 1)
+    odd = {
+        "rgba.png": base.convert("RGBA"), "la.png": base.convert("LA"), "p.gif": base.convert("P"),
+        "cmyk.jpg": base.convert("CMYK"), "grey16.png": Image.fromarray((np.arange(600).reshape(20, 30) * 100).astype(np.uint16)),
+        "photo.webp": base, "tiny.png": noise_image(7, 5, 2),
+    }  # fmt: skip
+    for name, img in odd.items():
+        img.save(data / "odd" / name)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    base.save(data / "odd" / "rotated.jpg", exif=exif.tobytes())
+    (data / "odd" / "empty.jpg").write_bytes(b"")
+    (data / "odd" / "text.png").write_text("not an image")
+    full = (data / "odd" / "cut.jpg")
+    noise_image(64, 64, 3).save(full)
+    full.write_bytes(full.read_bytes()[:300])
+    Image.new("L", (3000, 3000)).save(data / "odd" / "bomb.png")  # over --max-pixels 1000000
+    (root / "outside.png").write_bytes((data / "odd" / "rgba.png").read_bytes())
+    valid = [f"odd/{name},ok" for name in [*odd, "rotated.jpg"]] + ["odd/rgba.png,Ünïcode"]
+    broken = ["odd/gone.png,ok", "odd/empty.jpg,ok", "odd/text.png,ok", "odd/cut.jpg,ok", "odd/bomb.png,ok",
+              "odd/rgba.png,..", "odd/rgba.png,a/b", "odd/rgba.png,", "../outside.png,ok", f"odd/rgba.png,{root}"]  # fmt: skip
+    manifest = data / "manifest.csv"
+    manifest.write_text("path,label\n" + "\n".join(valid + broken) + "\n", encoding="utf-8")
+    return manifest, len(valid)
+
+
+def test_hostile_input_every_valid_row_written_every_broken_row_explained(tmp_path: Path) -> None:
+    from .conftest import make_styles
+
+    manifest, valid = _hostile_dataset(tmp_path)
+    styles = make_styles(tmp_path)
+    before = {p for p in tmp_path.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--max-pixels", "1000000",
+                          "--weights", "random", "--size", "32", "--iterations", "1")  # fmt: skip
+    assert code == 1, err
+    rows = pd.read_csv(out / "manifest.csv", keep_default_na=False)
+    assert len(rows) == valid and "Ünïcode" in set(rows["label"])
+    failures = pd.read_csv(out / "failures.csv", keep_default_na=False)
+    assert list(failures["reason"]) == ["missing", "undecodable", "undecodable", "undecodable", "too_large",
+                                        "bad_label", "bad_label", "bad_label", "outside_root", "bad_label"]  # fmt: skip
+    written = {p for p in tmp_path.rglob("*") if p.is_file()} - before
+    assert all(out in p.parents for p in written)  # nothing outside OUT
+
+
+def test_max_failures_aborts_with_exit_3(tmp_path: Path) -> None:
+    from .conftest import make_styles
+
+    manifest, _ = _hostile_dataset(tmp_path)
+    styles = make_styles(tmp_path)
+    common = ["--styles", styles, "--weights", "random", "--size", "32", "--iterations", "1", "--max-pixels", "1000000"]
+    code, _, err = invoke("run", manifest, "--out", tmp_path / "a", "--max-failures", "3", *common)
+    assert code == 3 and "more than --max-failures 3" in err
+    code, _, err = invoke("run", manifest, "--out", tmp_path / "b", "--max-failures", "60%", *common)
+    assert code == 1, err  # 10 of 19 rows failed: within 60%
