@@ -16,7 +16,7 @@ from types import TracebackType
 
 from filelock import FileLock, Timeout
 
-from .errors import EXIT_LOCKED, AugmentError
+from .errors import EXIT_LOCKED, AugmentError, OutputError
 
 
 class RunLocked(AugmentError):
@@ -41,11 +41,13 @@ class OutLock:
 
     def __enter__(self) -> OutLock:
         self.created = not self.path.parent.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
         except Timeout:
             raise RunLocked(f"{self.path.parent} is in use by another run ({self._holder()}); try again when it ends") from None
+        except OSError as err:  # read-only or full file system: exit 3 with one line
+            raise OutputError(f"cannot write to {self.path.parent}: {err}") from err
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "command": " ".join(sys.argv)}  # fmt: skip
         self.info.write_text(json.dumps(holder) + "\n", encoding="utf-8")
