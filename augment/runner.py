@@ -326,12 +326,7 @@ class PartRun:
 
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="augment-save") as saver:
             batch: list[tuple[Task, torch.Tensor]] = []
-            for group, decoded in _prefetch(groups, lambda g: self._decode(g[0].source), depth=4):
-                source = group[0].source
-                if isinstance(decoded, ImageProblem):
-                    self._fail(source.row, source.source, source.label, decoded.reason, str(decoded))
-                    self._advance(len(group))
-                    continue
+            for group, decoded in self._decoded(groups):
                 content = decoded[-1]
                 for task in group:
                     if batch and (batch[0][1].shape != content.shape or len(batch) >= self.batch_size):
@@ -420,12 +415,8 @@ class PartRun:
     def _jobs(self, groups: Iterable[list[Task]], batcher: GatysBatcher) -> Iterator[Job]:
         """Jobs in group order; decoding runs ahead in a thread while the device computes."""
         iterations = self.config.stage_iterations
-        for group, decoded in _prefetch(groups, lambda g: self._decode(g[0].source), depth=4):
+        for group, decoded in self._decoded(groups):
             source = group[0].source
-            if isinstance(decoded, ImageProblem):
-                self._fail(source.row, source.source, source.label, decoded.reason, str(decoded))
-                self._advance(len(group))
-                continue
             contents = [c.to(self.device) for c in decoded]  # one per scale, full size last
             features = [batcher.content_features(c) for c in contents]  # once per image, shared by its styles
             for task in group:
@@ -441,6 +432,17 @@ class PartRun:
                     options=self.config.gatys_options(**task.style.overrides), seed=task.seed,
                     content_features=features[-1], coarse=coarse,
                 )  # fmt: skip
+
+    def _decoded(self, groups: Iterable[list[Task]]) -> Iterator[tuple[list[Task], list[torch.Tensor]]]:
+        """Each group with its source decoded (one tensor per scale, full size last), decoding
+        a few ahead in a thread; an undecodable source becomes a failure and is skipped."""
+        for group, decoded in _prefetch(groups, lambda g: self._decode(g[0].source), depth=4):
+            if isinstance(decoded, ImageProblem):
+                source = group[0].source
+                self._fail(source.row, source.source, source.label, decoded.reason, str(decoded))
+                self._advance(len(group))
+                continue
+            yield group, decoded
 
     def _decode(self, source: SourceRow) -> list[torch.Tensor] | ImageProblem:
         try:
