@@ -170,6 +170,7 @@ def run(
     limit: Annotated[int | None, Opt(help=HELP["limit"])] = None,
     keep_stale: Annotated[bool | None, Opt("--keep-stale", help=HELP["keep_stale"])] = None,
     max_failures: Annotated[str | None, Opt(help=HELP["max_failures"])] = None,
+    max_seconds: Annotated[float | None, Opt(help=HELP["max_seconds"])] = None,
     quiet: Annotated[bool | None, Opt("--quiet", "-q", help=HELP["quiet"])] = None,
     log_level: Annotated[str | None, Opt(help=HELP["log_level"])] = None,
     as_json: Annotated[bool, Opt("--json", help="Also print the run summary as JSON on stdout.")] = False,

@@ -91,6 +91,7 @@ class RunConfig:
     workers: int | None = _opt(None, "Local worker processes. Default: one per visible GPU; 1 on CPU (each of N CPU workers gets cores/N threads).")
     devices: str | None = _opt(None, "Devices for the workers, comma-separated (cuda:0,cuda:1); default: every visible GPU.")
     shard: str | None = _opt(None, "K/N: run only shard K of N (tasks split by hash); then `augment merge OUT`.")
+    max_seconds: float | None = _opt(None, "Stop cleanly after this many seconds (exit 75: the next run resumes), for cron windows.")
     max_failures: str | None = _opt(None, "Abort (exit 3) when more rows than this fail: N, or P% of the manifest's rows. Default: no limit.")
     keep_stale: bool = _opt(False, "Keep images whose source left the manifest (default: remove them, and only them).")
     # Messages (do not change pixels)
@@ -142,6 +143,7 @@ class RunConfig:
             (self.limit is None or self.limit >= 1, "limit must be at least 1"),
             (self.batch_size is None or self.batch_size >= 1, "batch_size must be at least 1"),
             (self.workers is None or self.workers >= 1, "workers must be at least 1"),
+            (self.max_seconds is None or self.max_seconds > 0, "max_seconds must be > 0"),
             (self.max_failures is None or re.fullmatch(r"\d+(\.\d+)?%|\d+", str(self.max_failures).strip()) is not None,
              "max_failures takes N or P%, e.g. 10 or 5%"),
             (self.octaves >= 1 and self.octave_scale > 1.0, "octaves must be >= 1 and octave_scale > 1"),
@@ -212,7 +214,7 @@ class RunConfig:
         """Hash of every option that can change output pixels (canonical JSON)."""
         # What may differ between the parts of one job: where and how it runs, not what it makes.
         ignored = {"quiet", "log_level", "limit", "out", "manifest", "styles", "download", "device",
-                   "batch_size", "workers", "devices", "shard", "keep_stale", "max_failures"}  # fmt: skip
+                   "batch_size", "workers", "devices", "shard", "keep_stale", "max_failures", "max_seconds"}  # fmt: skip
         data = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -54,6 +54,15 @@ class Interrupted(Stopped):
         self.signal_name = signal_name
 
 
+class BudgetExhausted(Stopped):
+    """--max-seconds reached: finished work kept, exit 75 so the next run carries on."""
+
+    status = "budget"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(75, f"stopped after --max-seconds {seconds:g}; the next run resumes")
+
+
 class TooManyFailures(Stopped):
     """More failed rows than --max-failures allows: exit 3."""
 

@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -59,9 +60,10 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None, lock: bool = T
     and SIGTERM keep what is finished and raise Interrupted. ``lock=False``: the caller
     already holds OUT's lock (the CLI takes it before reading the other options)."""
     rank = int(os.environ.get("RANK", 0))
+    deadline = None if config.max_seconds is None else time.time() + config.max_seconds
     held = OutLock(Path(config.out), lock_name(config.shard, rank)) if lock else contextlib.nullcontext()
     with held, _signals_raise():
-        return _run(config, progress)
+        return _run(config, progress, deadline)
 
 
 @contextlib.contextmanager
@@ -81,7 +83,7 @@ def _signals_raise() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run(config: RunConfig, progress: ProgressFn | None) -> RunSummary:
+def _run(config: RunConfig, progress: ProgressFn | None, deadline: float | None) -> RunSummary:
     prepared = prepare(config)
     # Weights before OUT: a run that cannot start leaves nothing behind.
     t0 = time.perf_counter()
@@ -101,14 +103,14 @@ def _run(config: RunConfig, progress: ProgressFn | None) -> RunSummary:
             out.resolve(), len(prepared.rows), len(prepared.failures), len(prepared.styles), len(prepared.tasks),
         )  # fmt: skip
         if world > 1:
-            return _run_rank(config, prepared, out, weights, rank, world, progress, started)
+            return _run_rank(config, prepared, out, weights, rank, world, progress, started, deadline)
         if config.shard:
             shard = Shard.parse(config.shard)
             name = f"shard-{shard.index}-of-{shard.count}"
             tasks = [t for t in prepared.tasks if shard.owns(t)]
             keys = _keys(config, prepared, weights, tasks)
             done = reusable_rows(out, keys, names=[name])
-            part = _run_part(config, prepared, out, name, weights, tasks, progress=progress, keys=keys, done=done)
+            part = _run_part(config, prepared, out, name, weights, tasks, progress=progress, keys=keys, done=done, deadline=deadline)
             log.info("shard %s done; run `augment merge %s` once every shard has finished", config.shard, out)
             return _summary(out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name)
         workers = config.workers or (torch.cuda.device_count() if resolve_device(config.device).type == "cuda" else 1)
@@ -134,10 +136,10 @@ def _run(config: RunConfig, progress: ProgressFn | None) -> RunSummary:
         interrupted = None
         try:
             if workers > 1:
-                _run_workers(config, prepared, out, workers, progress, keys=keys, done=done, kept=kept_stale)
+                _run_workers(config, prepared, out, workers, progress, keys=keys, done=done, kept=kept_stale, deadline=deadline)
             else:
                 _run_part(config, prepared, out, "main", weights, prepared.tasks, progress=progress,
-                          timings={"weights_s": weights_s}, keys=keys, done=done, kept=kept_stale)  # fmt: skip
+                          timings={"weights_s": weights_s}, keys=keys, done=done, kept=kept_stale, deadline=deadline)  # fmt: skip
         except KeyboardInterrupt:
             interrupted = Interrupted(EXIT_SIGINT, "SIGINT")
         except Stopped as err:
@@ -161,6 +163,7 @@ def _run_part(
     keys: dict[str, str],
     done: dict[str, dict[str, Any]],
     kept: dict[str, dict[str, Any]] | None = None,
+    deadline: float | None = None,
     device: str | None = None,
     progress: ProgressFn | None = None,
     timings: dict[str, float] | None = None,
@@ -170,7 +173,7 @@ def _run_part(
     if done:
         log.info("%s: %d of %d tasks already done, %d to go", name, len(tasks) - len(todo), len(tasks), len(todo))
     groups, failures = order_by_shape(todo, config)
-    part = PartRun(config, prepared, out, name=name, device=device, progress=progress, keys=keys)
+    part = PartRun(config, prepared, out, name=name, device=device, progress=progress, keys=keys, deadline=deadline)
     part.timings.update(timings or {})
     part.rows = [done[t.output] for t in tasks if t.output in done] + list((kept or {}).values())
     return part.run(weights, groups, total=len(tasks) + len(kept or {}), failures=failures)
@@ -213,7 +216,7 @@ def _read_failures(path: Path) -> list[dict[str, Any]]:
 # -- torchrun ---------------------------------------------------------------------------------
 def _run_rank(
     config: RunConfig, prepared: Prepared, out: Path, weights: Any, rank: int, world: int,
-    progress: ProgressFn | None, started: float,
+    progress: ProgressFn | None, started: float, deadline: float | None,
 ) -> RunSummary:  # fmt: skip
     """One rank of ``torchrun -m augment run``: tasks split by hash, no padding, no duplicates;
     rank 0 merges after a barrier. A restarted rank redoes only its own part."""
@@ -235,7 +238,7 @@ def _run_rank(
             clear_parts(out, keep={f"rank-{r}-of-{world}" for r in range(world)})
         keys = _keys(config, prepared, weights, tasks)
         done = reusable_rows(out, keys, names=[name])
-        part = _run_part(config, prepared, out, name, weights, tasks, device=device, progress=progress, keys=keys, done=done)
+        part = _run_part(config, prepared, out, name, weights, tasks, device=device, progress=progress, keys=keys, done=done, deadline=deadline)
         dist.barrier()
         if rank == 0:
             ranks = {f"rank-{r}-of-{world}" for r in range(world)}
@@ -252,7 +255,7 @@ def _run_rank(
 # -- local workers ----------------------------------------------------------------------------
 def _run_workers(
     config: RunConfig, prepared: Prepared, out: Path, workers: int, progress: ProgressFn | None,
-    *, keys: dict[str, str], done: dict[str, dict[str, Any]], kept: dict[str, dict[str, Any]],
+    *, keys: dict[str, str], done: dict[str, dict[str, Any]], kept: dict[str, dict[str, Any]], deadline: float | None,
 ) -> None:  # fmt: skip
     """N spawned processes pulling source images from one queue (GPUs: one each; CPU: the
     cores split between them). The parent header-reads and orders the work."""
@@ -275,7 +278,7 @@ def _run_workers(
     header.rows = list(done.values()) + list(kept.values())
     header.record_failures(failures)
     procs = [
-        ctx.Process(target=_worker_main, args=(config, out, f"worker-{i}-of-{workers}", devices[i], threads, queue, counter, keys),
+        ctx.Process(target=_worker_main, args=(config, out, f"worker-{i}-of-{workers}", devices[i], threads, queue, counter, keys, deadline),
                     name=f"augment-worker-{i}", daemon=True)
         for i in range(workers)
     ]  # fmt: skip
@@ -305,7 +308,23 @@ def _devices(config: RunConfig, workers: int) -> list[str]:
     return ["cpu"] * workers
 
 
-def _worker_main(config: RunConfig, out: Path, name: str, device: str, threads: int, queue: Any, done: Any, keys: dict[str, str]) -> None:
+def _die_with_parent() -> None:
+    """Linux: the kernel sends this worker SIGTERM when its parent dies, even by kill -9, so no
+    worker outlives the run that started it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() == 1:  # the parent died before the line above ran
+            os._exit(1)
+
+
+def _worker_main(
+    config: RunConfig, out: Path, name: str, device: str, threads: int, queue: Any, done: Any,
+    keys: dict[str, str], deadline: float | None,
+) -> None:  # fmt: skip
+    _die_with_parent()
     torch.set_num_threads(threads)
     logging.getLogger("augment").setLevel(logging.INFO)
     prepared = prepare(config)
@@ -325,6 +344,6 @@ def _worker_main(config: RunConfig, out: Path, name: str, device: str, threads: 
 
     prepared.failures = []  # recorded once, by the parent's header part
     with RunLog(out / f"run.{name}.log"):
-        PartRun(config, prepared, out, name=name, device=device, progress=count, keys=keys).run(
+        PartRun(config, prepared, out, name=name, device=device, progress=count, keys=keys, deadline=deadline).run(
             weights, groups(), total=len(prepared.tasks), failures=[]
         )

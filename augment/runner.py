@@ -32,7 +32,7 @@ from .engines.gatys import GatysBatcher, Job, Result, Stage
 from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image
 from .engines.dream import dream, guide_features, octave_sizes
 from .engines.precision import HALF_DTYPES, Precision, enable_fast_fp32, resolve_precision
-from .errors import Interrupted, OutputError, Stopped, TooManyFailures
+from .errors import BudgetExhausted, Interrupted, OutputError, Stopped, TooManyFailures
 from .images import ImageProblem, fit_long_side, load_rgb, probe, resize_long_side, save_atomic, to_image, to_tensor
 from .manifest import Failure, SourceRow, write_csv, write_failures
 from .merge import PARTS
@@ -200,10 +200,12 @@ class PartRun:
         device: str | None = None,
         progress: ProgressFn | None = None,
         keys: dict[str, str] | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.config, self.prepared, self.out, self.name = config, prepared, out, name
         self.keys = keys or {}  # output path -> task key, recorded in each row
         self.max_failures = failure_limit(config, prepared)
+        self.deadline = deadline  # --max-seconds, as a time.time() the caller computed
         self.progress = progress or (lambda done, total: None)
         self.device = resolve_device(device or config.device)
         self.failures: list[Failure] = list(prepared.failures)
@@ -524,6 +526,8 @@ class PartRun:
         return {Engine.GATYS: gatys, Engine.DREAM: dream}.get(c.engine, f"{gatys} {dream}")
 
     def _advance(self, count: int) -> None:
+        if self.deadline is not None and time.time() > self.deadline:
+            raise BudgetExhausted(self.config.max_seconds or 0.0)  # drops the rest of the current batch
         self.done += count
         self.progress(self.done, self.total)
         self._maybe_checkpoint()

@@ -198,3 +198,18 @@ def test_max_failures_aborts_with_exit_3(tmp_path: Path) -> None:
     assert code == 3 and "more than --max-failures 3" in err
     code, _, err = invoke("run", manifest, "--out", tmp_path / "b", "--max-failures", "60%", *common)
     assert code == 1, err  # 10 of 19 rows failed: within 60%
+
+
+def test_max_seconds_stops_cleanly_with_exit_75_and_the_next_run_resumes(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    slow = ["--weights", "random", "--size", "32", "--per-image", "2", "--batch-size", "1"]
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, *slow, "--iterations", "60", "--max-seconds", "1.5")
+    assert code == 75, err
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "budget" and run["exit_code"] == 75
+    rows = pd.read_csv(out / "manifest.csv")
+    assert len(rows) < 6 and set(rows["path"]) == {p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")}
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, *slow, "--iterations", "60")
+    assert code == 0, err
+    assert json.loads((out / "run.json").read_text())["counts"]["skipped"] == len(rows)
