@@ -91,11 +91,12 @@ def merge(
             raise MergeError(f"{out}: no parts to merge (expected {out / PARTS}/*.json)")
         for name in names:
             info = json.loads((out / PARTS / f"{name}.json").read_text(encoding="utf-8"))
-            if info.get("status") != "finished" and not (interrupted and info.get("status") == interrupted.status):
+            # A stopped run merges what its parts recorded, whatever state they were left in.
+            if info.get("status") != "finished" and interrupted is None:
                 raise MergeError(f"{out / PARTS / name}.json: part {name} has not finished (status {info.get('status')})")
             infos.append((out, info))
-            manifests.append((out, pd.read_csv(out / PARTS / f"{name}.manifest.csv", dtype=str, keep_default_na=False)))
-            failures.append(pd.read_csv(out / PARTS / f"{name}.failures.csv", dtype=str, keep_default_na=False))
+            manifests.append((out, _read_part_csv(out / PARTS / f"{name}.manifest.csv")))
+            failures.append(_read_part_csv(out / PARTS / f"{name}.failures.csv"))
     hashes = {info["config_hash"] for _, info in infos}
     if expected_hash is not None:
         hashes.add(expected_hash)
@@ -128,7 +129,7 @@ def merge(
         "exit_code": exit_code,
         "exit_reason": str(interrupted) if interrupted else "failed rows" if len(failed) else "all done",
         "started": min(info["started"] for _, info in infos),
-        "finished": max(info["finished"] for _, info in infos),
+        "finished": max((info["finished"] for _, info in infos if info.get("finished")), default=None),
         "config": first["config"],
         "config_hash": first["config_hash"],
         "engine": first["engine"],
@@ -153,6 +154,13 @@ def merge(
     write_text(target / "run.json", json.dumps(run, indent=2, ensure_ascii=False) + "\n")
     log.info("merged %d parts into %s: %d images, %d failed rows", len(infos), target, len(manifest), len(failed))
     return run
+
+
+def _read_part_csv(path: Path) -> pd.DataFrame:
+    """A part's CSV; a part stopped before its first checkpoint has none yet (nothing recorded)."""
+    if not path.is_file():
+        return pd.DataFrame({"path": pd.Series(dtype=str), "row": pd.Series(dtype=str)})
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
 def _copy_images(source: Path, target: Path, paths: pd.Series) -> None:

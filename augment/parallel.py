@@ -286,12 +286,16 @@ def _run_workers(
         proc.start()
     total = len(prepared.tasks)
     failed_up_front = total - sum(len(g) for g in groups)  # and kept: nothing left to do for them
-    while any(p.is_alive() for p in procs):
-        if progress:
-            progress(failed_up_front + counter.value, total)
-        time.sleep(0.5)
-    for proc in procs:
-        proc.join()
+    try:
+        while any(p.is_alive() for p in procs):
+            if progress:
+                progress(failed_up_front + counter.value, total)
+            time.sleep(0.5)
+    finally:  # interrupted: stop the workers before the merge reads their parts
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
     if progress:
         progress(failed_up_front + counter.value, total)
     failed = [p.name for p in procs if p.exitcode != 0]
