@@ -21,6 +21,7 @@ from .manifest import FAILURE_COLUMNS
 log = logging.getLogger(__name__)
 
 PARTS = "parts"
+JOURNAL = ".journal.jsonl"
 
 
 class MergeError(AugmentError):
@@ -35,7 +36,7 @@ def clear_parts(out: Path, keep: set[str] = frozenset()) -> None:  # type: ignor
     """Forget earlier parts (a whole-job run redoes every task); only part files are removed."""
     for name in part_names(out):
         if name not in keep:
-            for suffix in (".json", ".manifest.csv", ".failures.csv"):
+            for suffix in (".json", ".manifest.csv", ".failures.csv", JOURNAL):
                 (out / PARTS / f"{name}{suffix}").unlink(missing_ok=True)
 
 
@@ -43,10 +44,25 @@ def recorded_rows(out: Path, names: list[str] | None = None) -> list[dict[str, A
     """Every row the parts of OUT (or the named ones) recorded."""
     rows: list[dict[str, Any]] = []
     for name in part_names(out) if names is None else names:
-        manifest = out / PARTS / f"{name}.manifest.csv"
-        if manifest.is_file():
-            rows += pd.read_csv(manifest, dtype=str, keep_default_na=False).to_dict("records")
+        rows += part_rows(out, name)
     return rows
+
+
+def part_rows(out: Path, name: str) -> list[dict[str, Any]]:
+    """A part's rows: its manifest checkpoint plus its journal (rows appended as each image is
+    written, so even a kill -9 between checkpoints loses none). Later entries win."""
+    rows: dict[str, dict[str, Any]] = {}
+    manifest, journal = out / PARTS / f"{name}.manifest.csv", out / PARTS / f"{name}{JOURNAL}"
+    if manifest.is_file():
+        rows.update((r["path"], r) for r in pd.read_csv(manifest, dtype=str, keep_default_na=False).to_dict("records"))
+    if journal.is_file():
+        for line in journal.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # the last line of a killed run may be cut short
+                continue
+            rows[row["path"]] = {k: "" if v is None else str(v) for k, v in row.items()}
+    return list(rows.values())
 
 
 def reusable_rows(out: Path, keys: dict[str, str], names: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -95,7 +111,8 @@ def merge(
             if info.get("status") != "finished" and interrupted is None:
                 raise MergeError(f"{out / PARTS / name}.json: part {name} has not finished (status {info.get('status')})")
             infos.append((out, info))
-            manifests.append((out, _read_part_csv(out / PARTS / f"{name}.manifest.csv")))
+            rows = part_rows(out, name)
+            manifests.append((out, pd.DataFrame.from_records(rows) if rows else _read_part_csv(out / PARTS / f"{name}.manifest.csv")))
             failures.append(_read_part_csv(out / PARTS / f"{name}.failures.csv"))
     hashes = {info["config_hash"] for _, info in infos}
     if expected_hash is not None:
@@ -104,12 +121,12 @@ def merge(
         described = ", ".join(f"{out / PARTS / info['part']}: {info['config_hash']}" for out, info in infos)
         raise MergeError(f"parts were made with different settings (config hashes {described})")
 
-    rows = []
+    frames = []
     for out, frame in manifests:
         if out != target:
             _copy_images(out, target, frame["path"])
-        rows.append(frame)
-    manifest = pd.concat(rows, ignore_index=True).drop_duplicates("path").sort_values("path", kind="stable")
+        frames.append(frame)
+    manifest = pd.concat(frames, ignore_index=True).drop_duplicates("path").sort_values("path", kind="stable")
     failed = pd.concat(failures, ignore_index=True).drop_duplicates(["row", "path"])
     failed = failed.assign(_row=pd.to_numeric(failed["row"], errors="coerce")).sort_values(["_row", "path"]).drop(columns="_row")
     try:

@@ -9,10 +9,12 @@ tensors to ``engines.gatys`` and gets tensors back.
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
+import os
 import platform
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -20,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from PIL import Image
@@ -35,7 +37,7 @@ from .engines.precision import HALF_DTYPES, Precision, enable_fast_fp32, resolve
 from .errors import BudgetExhausted, Interrupted, OutputError, Stopped, TooManyFailures
 from .images import ImageProblem, fit_long_side, load_rgb, probe, resize_long_side, save_atomic, to_image, to_tensor
 from .manifest import Failure, SourceRow, write_csv, write_failures
-from .merge import PARTS
+from .merge import JOURNAL, PARTS
 from .plan import Task
 from .prepare import Prepared
 from .styles import Style
@@ -63,6 +65,7 @@ class _Saving:
     precision: Precision
     future: Future[None]
     dream_objective: float | None = None
+    row: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -217,6 +220,8 @@ class PartRun:
         self.last_checkpoint = time.monotonic()
         self._grams: dict[tuple[str, int], dict[str, torch.Tensor] | ImageProblem] = {}
         self._pending: list[_Saving] = []  # images being written in the background
+        self._journal: IO[str] | None = None
+        self._journal_lock = threading.Lock()
 
     def run(
         self, weights: NetWeights, groups: Iterable[list[Task]], *, total: int, failures: Iterable[Failure] = ()
@@ -247,6 +252,9 @@ class PartRun:
             raise
         self._write_outputs()
         self._write_part_json("finished")
+        if self._journal is not None:  # the part manifest now holds every row
+            self._journal.close()
+            self._part(JOURNAL).unlink(missing_ok=True)
         log.info("%s done: %d images written, %d rows failed", self.name, len(self.rows), len(self.failures))
         return PartSummary(self.name, len(self.rows), len(self.failures), self.device)
 
@@ -469,18 +477,21 @@ class PartRun:
     ) -> _Saving:
         """Encode and write in a thread so the device goes on computing."""
         task: Task = result.key
-        future = saver.submit(self._save, to_image(result.image), task.output)
-        return _Saving(task, result, precision, future, dream_objective)
+        saving = _Saving(task, result, precision, None, dream_objective)  # type: ignore[arg-type]
+        saving.row = self._manifest_row(saving)
+        saving.future = saver.submit(self._save, to_image(result.image), task.output, saving.row)
+        return saving
 
     def _fail_non_finite(self, result: Result) -> None:
         task: Task = result.key
         self._fail(task.source.row, task.source.source, task.source.label, "non_finite",
                    f"{task.output}: the loss became {result.losses['total']}")  # fmt: skip
 
-    def _save(self, image: Image.Image, output: str) -> None:
+    def _save(self, image: Image.Image, output: str, row: dict[str, Any]) -> None:
         path = self.out / output
         try:
             save_atomic(image, path, fmt=self.config.format, quality=self.config.quality)
+            self._journal_append(row)
         except OSError as err:
             raise OutputError(f"cannot write {path}: {err}") from err
 
@@ -492,8 +503,18 @@ class PartRun:
                 still.append(saving)
                 continue
             saving.future.result()
-            self.rows.append(self._manifest_row(saving))
+            self.rows.append(saving.row)
         return still
+
+    def _journal_append(self, row: dict[str, Any]) -> None:
+        """One JSON line per written image, flushed to disk right after the image is renamed
+        into place: what a kill -9 cannot take back. Called from the saving threads."""
+        with self._journal_lock:
+            if self._journal is None:
+                self._journal = self._part(JOURNAL).open("a", encoding="utf-8")
+            self._journal.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
 
     def _manifest_row(self, saving: _Saving) -> dict[str, Any]:
         task, result, source = saving.task, saving.result, saving.task.source
@@ -563,6 +584,9 @@ class PartRun:
         self.failures += list(failures)
         self._write_outputs()
         self._write_part_json("finished")
+        if self._journal is not None:  # the part manifest now holds every row
+            self._journal.close()
+            self._part(JOURNAL).unlink(missing_ok=True)
 
     def _part(self, suffix: str) -> Path:
         return self.out / PARTS / f"{self.name}{suffix}"

@@ -126,6 +126,11 @@ def test_kill_9_then_rerun_gives_exactly_one_image_per_task(dataset: tuple[Path,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     (out / "images" / ".a1__waves__0.png.dead.tmp").write_bytes(b"half")  # as a kill mid-write leaves
+    # The journal recorded the images written before the kill, though no checkpoint ran.
+    from augment.merge import part_rows
+
+    journal = {row["path"] for row in part_rows(out, "main")}
+    assert journal and journal <= {p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")}
     fast = [a if a != "150" else "2" for a in command[4:]]
     code, _, err = invoke("run", *fast)
     assert code == 0, err
