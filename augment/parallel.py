@@ -348,6 +348,6 @@ def _worker_main(
 
     prepared.failures = []  # recorded once, by the parent's header part
     with RunLog(out / f"run.{name}.log"):
-        PartRun(config, prepared, out, name=name, device=device, progress=count, keys=keys, deadline=deadline).run(
-            weights, groups(), total=len(prepared.tasks), failures=[]
-        )
+        part = PartRun(config, prepared, out, name=name, device=device, progress=count, keys=keys, deadline=deadline)
+        part.prefetch = 1
+        part.run(weights, groups(), total=len(prepared.tasks), failures=[])

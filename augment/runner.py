@@ -222,6 +222,9 @@ class PartRun:
         self._pending: list[_Saving] = []  # images being written in the background
         self._journal: IO[str] | None = None
         self._journal_lock = threading.Lock()
+        # Sources decoded ahead of the device. Workers sharing one queue take 1, so that one
+        # worker does not pull (and hoard) work the others are waiting for.
+        self.prefetch = 4
 
     def run(
         self, weights: NetWeights, groups: Iterable[list[Task]], *, total: int, failures: Iterable[Failure] = ()
@@ -446,7 +449,7 @@ class PartRun:
     def _decoded(self, groups: Iterable[list[Task]]) -> Iterator[tuple[list[Task], list[torch.Tensor]]]:
         """Each group with its source decoded (one tensor per scale, full size last), decoding
         a few ahead in a thread; an undecodable source becomes a failure and is skipped."""
-        for group, decoded in _prefetch(groups, lambda g: self._decode(g[0].source), depth=4):
+        for group, decoded in _prefetch(groups, lambda g: self._decode(g[0].source), depth=self.prefetch):
             if isinstance(decoded, ImageProblem):
                 source = group[0].source
                 self._fail(source.row, source.source, source.label, decoded.reason, str(decoded))

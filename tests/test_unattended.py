@@ -218,3 +218,59 @@ def test_max_seconds_stops_cleanly_with_exit_75_and_the_next_run_resumes(dataset
     code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, *slow, "--iterations", "60")
     assert code == 0, err
     assert json.loads((out / "run.json").read_text())["counts"]["skipped"] == len(rows)
+
+
+def _workers_of(pid: int) -> set[int]:
+    """The spawned worker processes of ``pid`` (not multiprocessing's resource tracker)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"spawn_main" in cmdline:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _start_workers_run(manifest: Path, styles: Path, out: Path) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(styles), "--out", str(out),
+               "--weights", "random", "--size", "32", "--iterations", "60", "--per-image", "2", "--workers", "2",
+               "--batch-size", "1", "-q"]  # fmt: skip
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "images").rglob("*.png")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_workers_stop_with_sigterm_and_die_with_a_killed_parent(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    proc = _start_workers_run(manifest, styles, tmp_path / "term")
+    workers = _workers_of(proc.pid)
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    rows = pd.read_csv(tmp_path / "term" / "manifest.csv")
+    assert len(rows) >= 1  # what the workers finished is recorded (their journals)
+    assert not any(_alive(pid) for pid in workers)
+
+    proc = _start_workers_run(manifest, styles, tmp_path / "kill")
+    workers = _workers_of(proc.pid)
+    assert len(workers) == 2
+    proc.kill()  # kill -9: the parent cannot clean up; the kernel tells the workers
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived its killed parent"
+        time.sleep(0.2)
