@@ -156,15 +156,13 @@ class Result:
 
 
 def style_targets(net: VGG19Features, style: torch.Tensor, options: GatysOptions) -> dict[str, torch.Tensor]:
-    """Gram matrices of a style image ``[1, 3, H, W]``: compute once, reuse for every image."""
-    with torch.no_grad():
-        feats = net(style)
-        return {layer: gram(feats[layer]) for layer in options.style_layers}
+    """Gram matrices of a style image ``[1, 3, H, W]`` in fp32: compute once, reuse for every image."""
+    return GatysBatcher(net, options, batch_size=1).style_targets(style)
 
 
 def content_target(net: VGG19Features, content: torch.Tensor, options: GatysOptions) -> torch.Tensor:
-    with torch.no_grad():
-        return net(content)[options.content_layer].detach()
+    """The content target of an image ``[1, 3, H, W]`` in fp32."""
+    return GatysBatcher(net, options, batch_size=1).content_features(content)
 
 
 LOSS_WEIGHTS = ("content_weight", "style_weight", "tv_weight", "tv_beta")
