@@ -37,7 +37,7 @@ def test_octaves_keep_the_shape_and_never_go_below_what_the_net_accepts(net: Goo
     assert out.shape == (1, 3, 50, 36) and 0 <= out.min() and out.max() <= 1
 
 
-def test_same_seed_same_dream_other_seed_other_jitter(net: GoogLeNetFeatures) -> None:
+def test_same_seed_same_dream_other_seed_other_jitter(net: GoogLeNetFeatures, one_thread: None) -> None:
     options = DreamOptions(octaves=2, iterations=2, jitter=8)
     a, _ = dream(net, _images(), options, seeds=[3])
     b, _ = dream(net, _images(), options, seeds=[3])

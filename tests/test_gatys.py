@@ -74,7 +74,7 @@ def test_an_image_alone_and_in_a_batch_of_four_gives_the_same_result() -> None:
         assert together[i].losses["total"] == pytest.approx(alone.losses["total"], rel=1e-5)
 
 
-def test_long_runs_alone_and_batched_reach_the_same_quality() -> None:
+def test_long_runs_alone_and_batched_reach_the_same_quality(one_thread: None) -> None:
     # Batched kernels round differently from single-image ones (~1e-7), and L-BFGS with
     # clamped pixels can amplify that over many steps; the images then differ, the quality not.
     options = GatysOptions(iterations=30, style_weight=1e5)
@@ -114,7 +114,7 @@ def test_adam_lowers_the_loss_too() -> None:
     assert stylize(net, content, grams, options).losses["total"] < before * 0.8
 
 
-def test_same_seed_same_pixels_and_noise_init_depends_on_seed() -> None:
+def test_same_seed_same_pixels_and_noise_init_depends_on_seed(one_thread: None) -> None:
     options = GatysOptions(iterations=3, init="noise")
     net, content, style = _setup(options)
     grams = style_targets(net, style, options)
