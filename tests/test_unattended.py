@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from PIL import Image
 
 from augment.lock import OutLock
 
@@ -57,7 +61,7 @@ def test_a_signal_keeps_finished_images_and_exits_with_its_code(dataset: tuple[P
     manifest, styles = dataset
     out = tmp_path / "out"
     command = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(styles), "--out", str(out),
-               "--weights", "random", "--size", "32", "--iterations", "150", "--per-image", "2", "--batch-size", "1", "-q"]  # fmt: skip
+               "--weights", "random", "--size", "32", "--iterations", "50", "--per-image", "2", "--batch-size", "1", "-q"]  # fmt: skip
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list((out / "images").rglob("*.png")) and time.monotonic() < deadline:
@@ -114,29 +118,119 @@ def test_rows_that_left_the_manifest_lose_their_images_unless_kept(dataset: tupl
     assert len(pd.read_csv(out / "manifest.csv")) == 4
 
 
-def test_kill_9_then_rerun_gives_exactly_one_image_per_task(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+def _wait_for(condition, seconds: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the run never got there"
+        time.sleep(0.05)
+
+
+def _pngs(out: Path) -> list[Path]:
+    return list((out / "images").rglob("*.png")) if (out / "images").exists() else []
+
+
+KILL_POINTS = {
+    # Before the model is loaded: only the lock and the log exist.
+    "start-up": lambda out: (out / ".augment.lock").exists(),
+    "first image": lambda out: len(_pngs(out)) >= 1,
+    "mid-run": lambda out: len(_pngs(out)) >= 3,
+}
+
+
+# fp32 on one thread: results repeat to the byte, so resumed images can be compared.
+KILL_OPTIONS = ["--weights", "random", "--size", "32", "--iterations", "15", "--per-image", "2",
+                "--batch-size", "1", "--precision", "fp32", "-q"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def unbroken_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The images an uninterrupted run makes of the `dataset` fixture's data."""
+    from .conftest import make_dataset, make_styles
+
+    root = tmp_path_factory.mktemp("unbroken")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code, _, err = invoke("run", make_dataset(root), "--styles", make_styles(root), *KILL_OPTIONS, "--out", root / "out")
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    return root / "out"
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_kill_9_then_rerun_gives_exactly_one_image_per_task_identical_to_an_unbroken_run(
+    dataset: tuple[Path, Path], tmp_path: Path, point: str, one_thread: None, unbroken_run: Path
+) -> None:
     manifest, styles = dataset
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(styles), "--out", str(out),
-               "--weights", "random", "--size", "32", "--iterations", "150", "--per-image", "2", "--batch-size", "1", "-q"]  # fmt: skip
-    proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list((out / "images").rglob("*.png")) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    options = [str(manifest), "--styles", str(styles), *KILL_OPTIONS]
+    proc = subprocess.Popen([sys.executable, "-m", "augment", "run", *options, "--out", str(out)],
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    _wait_for(lambda: KILL_POINTS[point](out))
+    time.sleep(random.Random(point).uniform(0.0, 0.2))  # somewhere after the point, not at it
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    (out / "images" / ".a1__waves__0.png.dead.tmp").write_bytes(b"half")  # as a kill mid-write leaves
-    # The journal recorded the images written before the kill, though no checkpoint ran.
-    from augment.merge import part_rows
+    assert proc.wait() == -signal.SIGKILL  # killed, not finished
+    # What a kill can leave: a temp file from a write cut short ...
+    (out / "images" / "ants").mkdir(parents=True, exist_ok=True)
+    (out / "images" / "ants" / ".a1__waves__0.png.dead.tmp").write_bytes(b"half")
+    # ... and an image renamed into place whose journal line was never written.
+    from augment.merge import JOURNAL, PARTS, part_rows
 
-    journal = {row["path"] for row in part_rows(out, "main")}
-    assert journal and journal <= {p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")}
-    fast = [a if a != "150" else "2" for a in command[4:]]
-    code, _, err = invoke("run", *fast)
+    journal = out / PARTS / f"main{JOURNAL}"
+    if journal.exists() and journal.read_text().strip():
+        recorded = {row["path"] for row in part_rows(out, "main")}
+        assert recorded <= {p.relative_to(out).as_posix() for p in _pngs(out)}  # journal never runs ahead
+        lines = journal.read_text().splitlines(keepends=True)
+        journal.write_text("".join(lines[:-1]))
+
+    code, _, err = invoke("run", *options, "--out", out)
     assert code == 0, err
     rows = pd.read_csv(out / "manifest.csv")
-    on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file()}
-    assert len(rows) == 6 and set(rows["path"]) == on_disk
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and "images" in p.parts}
+    assert len(rows) == 6 and rows["path"].is_unique and set(rows["path"]) == on_disk  # no orphan, no temp file
+    assert not list(out.rglob("*.tmp"))
+    for path in rows["path"]:
+        assert (out / path).read_bytes() == (unbroken_run / path).read_bytes(), path
+
+
+def _can_mount_tmpfs() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null || mount -t tmpfs -o size=64k tmpfs /tmp"],
+                           capture_output=True)  # fmt: skip
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -rm` and a tmpfs mount (user namespaces) to make a small disk")
+def test_a_full_disk_or_read_only_out_stops_with_exit_3_and_one_line_leaving_no_partial_file(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    out.mkdir()
+    run = f"{sys.executable} -m augment run {manifest} --styles {styles} --out {out} --weights random --size 64 --iterations 2 --per-image 2 -q"
+    # A private 40 KiB file system on OUT: room for two or three images. The copy to `kept`
+    # shows what was on the full disk; then the disk grows and the same run finishes; then
+    # the file system turns read-only and a run that has work to do stops.
+    script = (f"mount -t tmpfs -o size=40k tmpfs {out} && {{ {run} 2>{tmp_path}/err1; echo $? >{tmp_path}/code1; "
+              f"cp -a {out} {kept}; mount -o remount,size=10m {out}; {run} 2>{tmp_path}/err2; echo $? >{tmp_path}/code2; "
+              f"cp -a {out}/. {kept}-after; mount -o remount,ro {out}; {run} --per-image 3 2>{tmp_path}/err3; echo $? >{tmp_path}/code3; }}")  # fmt: skip
+    subprocess.run(["unshare", "-rm", "sh", "-c", script], check=True, timeout=180)
+    assert (tmp_path / "code1").read_text().strip() == "3"
+    err = (tmp_path / "err1").read_text().strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and err[0].startswith("augment: error: cannot write")
+    images = [p for p in kept.rglob("*") if p.is_file() and "images" in p.parts]
+    assert images and not list(kept.rglob("*.tmp"))  # what was written is whole; no temp file left
+    for path in images:
+        Image.open(path).load()  # a truncated file would raise here
+    assert (tmp_path / "code2").read_text().strip() == "0", (tmp_path / "err2").read_text()
+    after = tmp_path / "kept-after"
+    rows = pd.read_csv(after / "manifest.csv")
+    assert len(rows) == 6 and set(rows["path"]) == {p.relative_to(after).as_posix() for p in (after / "images").rglob("*") if p.is_file()}
+    assert 1 <= json.loads((after / "run.json").read_text())["counts"]["skipped"] <= len(images)  # kept, not redone
+    # A read-only OUT: the same exit and one line.
+    assert (tmp_path / "code3").read_text().strip() == "3"
+    err = (tmp_path / "err3").read_text().strip().splitlines()
+    assert len(err) == 1 and "Read-only file system" in err[0], err
 
 
 def _hostile_dataset(root: Path) -> tuple[Path, int]:
@@ -209,13 +303,13 @@ def test_max_seconds_stops_cleanly_with_exit_75_and_the_next_run_resumes(dataset
     manifest, styles = dataset
     out = tmp_path / "out"
     slow = ["--weights", "random", "--size", "32", "--per-image", "2", "--batch-size", "1"]
-    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, *slow, "--iterations", "60", "--max-seconds", "1.5")
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, *slow, "--iterations", "25", "--max-seconds", "1.0")
     assert code == 75, err
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "budget" and run["exit_code"] == 75
     rows = pd.read_csv(out / "manifest.csv")
     assert len(rows) < 6 and set(rows["path"]) == {p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")}
-    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, *slow, "--iterations", "60")
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, *slow, "--iterations", "25")
     assert code == 0, err
     assert json.loads((out / "run.json").read_text())["counts"]["skipped"] == len(rows)
 
@@ -243,7 +337,7 @@ def _alive(pid: int) -> bool:
 
 def _start_workers_run(manifest: Path, styles: Path, out: Path) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(styles), "--out", str(out),
-               "--weights", "random", "--size", "32", "--iterations", "60", "--per-image", "2", "--workers", "2",
+               "--weights", "random", "--size", "32", "--iterations", "40", "--per-image", "2", "--workers", "2",
                "--batch-size", "1", "-q"]  # fmt: skip
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
