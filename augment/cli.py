@@ -21,15 +21,17 @@ from rich.table import Table
 
 from . import __version__
 from .config import HELP, Engine, RunConfig, WeightsFlavour, build_config, load_yaml
-from .lock import OutLock, lock_name
 from .engines.gatys import Init, Optimizer
 from .engines.precision import Precision
 from .engines.vgg import Pooling
 from .errors import EXIT_OK, EXIT_SIGINT, EXIT_SOFTWARE, EXIT_SOME_FAILED, AugmentError, Stopped
-from .prepare import validate as validate_job
-from .runner import RunSummary
-from .parallel import run as run_job
+from .lock import OutLock, lock_name
 from .merge import merge as merge_parts
+from .parallel import run as run_job
+from .plan import Assignment
+from .prepare import validate as validate_job
+from .report import write_report
+from .runner import RunSummary
 from .weights import MODELS, OFFLINE_ENV, cached_weights, download_weights, hub_checkpoint_dir
 
 app = typer.Typer(
@@ -130,10 +132,19 @@ def run(
     per_image: Annotated[int | None, Opt("--per-image", "-k", help=HELP["per_image"])] = None,
     out: Annotated[str | None, Opt("--out", "-o", help=HELP["out"])] = None,
     config: Annotated[Path | None, Opt("--config", "-c", help="YAML file with any of these options; flags override it.")] = None,
+    include_originals: Annotated[bool | None, Opt("--include-originals", help=HELP["include_originals"])] = None,
+    splits: Annotated[str | None, Opt(help=HELP["splits"] + " Comma-separated.")] = None,
+    balance: Annotated[bool | None, Opt("--balance", help=HELP["balance"])] = None,
+    target_per_class: Annotated[int | None, Opt(help=HELP["target_per_class"])] = None,
+    style_assignment: Annotated[Assignment | None, Opt(help=HELP["style_assignment"])] = None,
+    alpha: Annotated[str | None, Opt(help=HELP["alpha"])] = None,
+    blend: Annotated[str | None, Opt(help=HELP["blend"])] = None,
+    preserve_color: Annotated[bool | None, Opt("--preserve-color", help=HELP["preserve_color"])] = None,
+    style_scale: Annotated[float | None, Opt(help=HELP["style_scale"])] = None,
     size: Annotated[int | None, Opt(help=HELP["size"])] = None,
     iterations: Annotated[int | None, Opt(help=HELP["iterations"])] = None,
     content_weight: Annotated[float | None, Opt(help=HELP["content_weight"])] = None,
-    style_weight: Annotated[float | None, Opt(help=HELP["style_weight"])] = None,
+    style_weight: Annotated[str | None, Opt(help=HELP["style_weight"])] = None,
     tv_weight: Annotated[float | None, Opt(help=HELP["tv_weight"])] = None,
     tv_beta: Annotated[float | None, Opt(help=HELP["tv_beta"])] = None,
     content_layer: Annotated[str | None, Opt(help=HELP["content_layer"])] = None,
@@ -165,6 +176,7 @@ def run(
     devices: Annotated[str | None, Opt(help=HELP["devices"])] = None,
     shard: Annotated[str | None, Opt(help=HELP["shard"])] = None,
     format: Annotated[str | None, Opt("--format", help=HELP["format"])] = None,
+    webdataset: Annotated[bool | None, Opt("--webdataset", help=HELP["webdataset"])] = None,
     quality: Annotated[int | None, Opt(help=HELP["quality"])] = None,
     max_pixels: Annotated[int | None, Opt(help=HELP["max_pixels"])] = None,
     limit: Annotated[int | None, Opt(help=HELP["limit"])] = None,
@@ -203,6 +215,11 @@ def validate(
     styles: Annotated[str | None, Opt("--styles", "-s", help=HELP["styles"])] = None,
     per_image: Annotated[int | None, Opt("--per-image", "-k", help=HELP["per_image"])] = None,
     config: Annotated[Path | None, Opt("--config", "-c", help="YAML file with run options.")] = None,
+    include_originals: Annotated[bool | None, Opt("--include-originals", help=HELP["include_originals"])] = None,
+    splits: Annotated[str | None, Opt(help=HELP["splits"] + " Comma-separated.")] = None,
+    balance: Annotated[bool | None, Opt("--balance", help=HELP["balance"])] = None,
+    target_per_class: Annotated[int | None, Opt(help=HELP["target_per_class"])] = None,
+    style_assignment: Annotated[Assignment | None, Opt(help=HELP["style_assignment"])] = None,
     size: Annotated[int | None, Opt(help=HELP["size"])] = None,
     format: Annotated[str | None, Opt("--format", help=HELP["format"])] = None,
     limit: Annotated[int | None, Opt(help=HELP["limit"])] = None,
@@ -241,6 +258,18 @@ def merge(
     counts = run_json["counts"]
     err_console.print(f"{counts['written']} images, {counts['failed_rows']} failed rows in {outs[0]}", highlight=False)
     raise typer.Exit(run_json["exit_code"])
+
+
+@app.command()
+@_exit_codes
+def report(
+    out: Annotated[Path, typer.Argument(help="An augment output folder.")],
+    sample: Annotated[int, Opt(help="Sources shown in the contact sheet.")] = 12,
+    seed: Annotated[int, Opt(help="Which sources the contact sheet shows.")] = 0,
+) -> None:
+    """Write OUT/report.html: counts per class and style, a contact sheet, failures, timings."""
+    path = write_report(out, sample=sample, seed=seed)
+    err_console.print(f"report written to {path}", highlight=False)
 
 
 @weights_app.callback(invoke_without_command=True)

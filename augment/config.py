@@ -7,22 +7,23 @@ Precedence: defaults < ``--config run.yaml`` < command-line flags.
 from __future__ import annotations
 
 import difflib
-import re
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .engines.dream import DreamOptions
 from .engines.gatys import DEFAULT_STYLE_LAYERS, GatysOptions, Init, Optimizer, scale_iterations
+from .engines.googlenet import INCEPTION_LAYERS
+from .engines.googlenet import MIN_SIDE as GOOGLENET_MIN_SIDE
 from .engines.precision import Precision
 from .engines.vgg import CONV_LAYERS, Pooling
 from .errors import ConfigError
-from .engines.dream import DreamOptions
-from .engines.googlenet import INCEPTION_LAYERS
-from .engines.googlenet import MIN_SIDE as GOOGLENET_MIN_SIDE
 from .images import DEFAULT_MAX_PIXELS, FORMAT_EXT, MIN_SIDE
+from .plan import Assignment, PlanOptions, Spread
 from .yamlfile import read_mapping
 
 
@@ -50,14 +51,25 @@ class RunConfig:
     out: str = _opt("augmented", "Output folder; created if missing.")
     per_image: int = _opt(1, "Stylized variants per source image (distinct styles while the bank lasts).")
     limit: int | None = _opt(None, "Only the first N rows of the manifest (or of the folder listing): a quick trial.")
-    format: str = _opt("png", "Output image format: png, jpg or webp.")
+    format: str = _opt("png", "Output image format: png, jpg or webp; add ,webdataset (or give just webdataset) to also write tar shards.")
+    webdataset: bool = _opt(False, "Also write webdataset tar shards of the output to OUT/webdataset/.")
     quality: int = _opt(95, "JPEG/WebP quality (1-100).")
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "Refuse images larger than this many pixels (decompression bombs).")
+    # What goes into the dataset (docs/training.md)
+    include_originals: bool = _opt(False, "Also put each source image in the output, re-encoded at --size (style 'original').")
+    splits: tuple[str, ...] = _opt(("train",), "With a split column: the splits to stylize. Rows of other splits are copied with --include-originals, else left out.")
+    balance: bool = _opt(False, "More variants for smaller classes so every class ends with as many images as the largest.")
+    target_per_class: int | None = _opt(None, "Images per class to end with (originals + variants); implies --balance.")
+    style_assignment: Assignment = _opt(Assignment.RANDOM, "random (weighted draw, distinct per image), cycle (even use of every style over the dataset) or all (every style for every image).")
+    alpha: Spread = _opt(1.0, "Blend of the stylized image with its source: 1 all style, 0.5 half. A range lo:hi is sampled per image.")
+    blend: Spread = _opt(0.0, "Weight of a second style mixed into every variant (0: none). A range lo:hi is sampled per image.")
+    preserve_color: bool = _opt(False, "Keep the source's colours: only the luminance takes the style.")
+    style_scale: float = _opt(1.0, "Size of the style image relative to --size: smaller gives finer brush strokes.")
     # The method
     size: int = _opt(512, "Long side of the output in pixels; aspect ratio kept.")
     iterations: int = _opt(300, "Optimiser iterations per image (one VGG19 forward+backward each).")
     content_weight: float = _opt(10.0, "α, weight of the content loss.")
-    style_weight: float = _opt(40.0, "β, weight of the style loss.")
+    style_weight: Spread = _opt(40.0, "β, weight of the style loss. A range lo:hi (e.g. 1e4:1e6) is sampled per image, log-uniformly.")
     tv_weight: float = _opt(1.0, "λ_TV, weight of the total-variation regulariser.")
     tv_beta: float = _opt(1.25, "Exponent inside the total-variation sum.")
     content_layer: str = _opt("conv4_2", "VGG19 layer for the content loss.")
@@ -107,8 +119,21 @@ class RunConfig:
             set_("weights_flavour", WeightsFlavour(self.weights_flavour))
             set_("precision", Precision(self.precision))
             set_("engine", Engine(self.engine))
+            set_("style_assignment", Assignment(self.style_assignment))
         except ValueError as err:
             raise ConfigError(str(err)) from err
+        for name in ("style_weight", "alpha", "blend"):
+            set_(name, _spread(name, getattr(self, name)))
+        if isinstance(self.splits, str):
+            set_("splits", tuple(s.strip() for s in self.splits.split(",") if s.strip()))
+        set_("splits", tuple(self.splits))
+        formats = [f.strip() for f in self.format.split(",") if f.strip()] if isinstance(self.format, str) else list(self.format)
+        if "webdataset" in formats:
+            formats.remove("webdataset")
+            set_("webdataset", True)
+        set_("format", formats[0] if len(formats) == 1 else "png" if not formats else ",".join(formats))
+        if self.target_per_class is not None:
+            set_("balance", True)
         if isinstance(self.style_layers, str):
             set_("style_layers", tuple(s.strip() for s in self.style_layers.split(",") if s.strip()))
         set_("style_layers", tuple(self.style_layers))
@@ -150,7 +175,12 @@ class RunConfig:
             (0.0 <= self.dream_blend <= 1.0, "dream_blend must be between 0 and 1"),
             (self.jitter >= 0 and self.dream_step > 0 and self.dream_iterations >= 0, "jitter >= 0, dream_step > 0, dream_iterations >= 0"),
             (self.tol >= 0, "tol must be >= 0"),
-            (min(self.content_weight, self.style_weight, self.tv_weight) >= 0, "loss weights must be >= 0"),
+            (min(self.content_weight, _low(self.style_weight), self.tv_weight) >= 0, "loss weights must be >= 0"),
+            (0.0 <= _low(self.alpha) and _high(self.alpha) <= 1.0, "alpha must be between 0 and 1"),
+            (0.0 <= _low(self.blend) and _high(self.blend) < 1.0, "blend must be at least 0 and under 1"),
+            (self.style_scale > 0, "style_scale must be > 0"),
+            (self.target_per_class is None or self.target_per_class >= 1, "target_per_class must be at least 1"),
+            (bool(self.splits), "splits must name at least one split"),
             (self.tv_beta > 0, "tv_beta must be > 0"),
             (self.log_level.lower() in ("debug", "info", "warning", "error"), "log_level must be debug, info, warning or error"),
         ]  # fmt: skip
@@ -158,13 +188,23 @@ class RunConfig:
             if not ok:
                 raise ConfigError(message)
 
+    def plan_options(self) -> PlanOptions:
+        sampled_weight = self.style_weight if isinstance(self.style_weight, tuple) else None
+        return PlanOptions(
+            per_image=self.per_image, seed=self.seed, fmt=self.format,
+            include_originals=self.include_originals, splits=self.splits,
+            assignment=self.style_assignment, balance=self.balance, target_per_class=self.target_per_class,
+            style_weight=sampled_weight, alpha=self.alpha, blend=self.blend,
+            blend_repeats=self.engine is not Engine.DREAM or self.guide,
+        )  # fmt: skip
+
     def gatys_options(self, **overrides: float) -> GatysOptions:
-        """The engine's options, with per-style overrides from styles.yaml applied. With
+        """The engine's options, with per-image and per-style overrides applied. With
         several scales, ``iterations`` is the full-size stage's share."""
         return GatysOptions(
             iterations=self.stage_iterations[-1],
             content_weight=overrides.get("content_weight", self.content_weight),
-            style_weight=overrides.get("style_weight", self.style_weight),
+            style_weight=overrides.get("style_weight", _low(self.style_weight)),
             tv_weight=overrides.get("tv_weight", self.tv_weight),
             tv_beta=overrides.get("tv_beta", self.tv_beta),
             content_layer=self.content_layer,
@@ -215,8 +255,42 @@ class RunConfig:
         # What may differ between the parts of one job: where and how it runs, not what it makes.
         ignored = {"quiet", "log_level", "limit", "out", "manifest", "styles", "download", "device",
                    "batch_size", "workers", "devices", "shard", "keep_stale", "max_failures", "max_seconds"}  # fmt: skip
+        # What a variant's pixels do not depend on: which rows and how many variants (each
+        # task's key has its own sampled settings), and the copies of the originals.
+        ignored |= {"include_originals", "splits", "balance", "target_per_class", "style_assignment", "per_image", "webdataset"}
         data = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def copy_hash(self) -> str:
+        """Hash of what changes a copied original: its size and encoding."""
+        data = {k: getattr(self, k) for k in ("size", "format", "quality", "max_pixels")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _spread(name: str, value: Any) -> Spread:
+    """A number, or a range "lo:hi" / [lo, hi] with lo <= hi."""
+    try:
+        if isinstance(value, str):
+            parts = [float(p) for p in value.split(":")]
+        elif isinstance(value, (list, tuple)):
+            parts = [float(p) for p in value]
+        else:
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected a number or a range lo:hi, got {value!r}") from None
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) != 2 or parts[0] > parts[1]:
+        raise ConfigError(f"{name}: a range is lo:hi with lo <= hi, got {value!r}")
+    return (parts[0], parts[1]) if parts[0] != parts[1] else parts[0]
+
+
+def _low(value: Spread) -> float:
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _high(value: Spread) -> float:
+    return value[1] if isinstance(value, tuple) else value
 
 
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))

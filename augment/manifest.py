@@ -21,6 +21,13 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("path", "label")
 FAILURE_COLUMNS = ("row", "path", "label", "reason", "message")
+# The output manifest's columns (the input's own extra columns follow them).
+BASE_COLUMNS = [
+    "path", "label", "split", "source", "style", "k", "engine", "seed", "weights",
+    "style_mix", "style_weight", "alpha",
+    "size", "width", "height", "iterations", "precision",
+    "content_loss", "style_loss", "tv_loss", "total_loss", "dream_objective", "params", "key", "seconds",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -104,9 +111,16 @@ def _load_csv(path: Path) -> InputRows:
     extra_columns = [c for c in frame.columns if c not in (*REQUIRED_COLUMNS, "split")]
     rows, failures = [], []
     seen: set[tuple[Path, str]] = set()
+    # A split column with values: every row needs one (it names a folder under OUT/images).
+    has_splits = "split" in frame.columns and (frame["split"].str.strip() != "").any()
     for index, record in enumerate(frame.to_dict("records"), start=1):
         source, label = record["path"].strip(), record["label"]
         checked = _check_row(index, source, label, root)
+        split = record.get("split", "").strip()
+        if not isinstance(checked, Failure) and has_splits:
+            problem = "empty split (other rows have one)" if not split else label_problem(split)
+            if problem:
+                checked = Failure(index, source, label, "bad_split", f"row {index}: {problem.replace('label', 'split')}")
         if isinstance(checked, Failure):
             failures.append(checked)
             continue
@@ -116,7 +130,7 @@ def _load_csv(path: Path) -> InputRows:
         seen.add((checked, label))
         rows.append(SourceRow(
             row=index, source=source, path=checked, label=label,
-            split=record.get("split", "").strip(),
+            split=split,
             extra={c: record[c] for c in extra_columns},
         ))  # fmt: skip
     return InputRows(rows=rows, failures=failures, root=root, extra_columns=extra_columns)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from .atomic import atomic_write, write_text
 from .errors import EXIT_OK, EXIT_SOME_FAILED, AugmentError, OutputError, Stopped
+from .export import write_exports
 from .manifest import FAILURE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ def merge(
         "finished": max((info["finished"] for _, info in infos if info.get("finished")), default=None),
         "config": first["config"],
         "config_hash": first["config_hash"],
+        "inputs_root": first.get("inputs_root"),
         "engine": first["engine"],
         "weights": first["weights"],
         "versions": first["versions"],
@@ -168,6 +170,10 @@ def merge(
             "seconds_per_image": round(compute / len(manifest), 3) if len(manifest) else None,
         },
     }
+    try:
+        write_exports(target, webdataset=bool(first["config"].get("webdataset")))
+    except OSError as err:
+        raise OutputError(f"cannot write to {target}: {err}") from err
     write_text(target / "run.json", json.dumps(run, indent=2, ensure_ascii=False) + "\n")
     log.info("merged %d parts into %s: %d images, %d failed rows", len(infos), target, len(manifest), len(failed))
     return run

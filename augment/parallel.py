@@ -23,13 +23,32 @@ from typing import Any
 import torch
 
 from .config import RunConfig
-from .errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, ConfigError, Interrupted, OutputError, Stopped, TooManyFailures
+from .errors import (
+    EXIT_OK,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_SOME_FAILED,
+    ConfigError,
+    Interrupted,
+    OutputError,
+    Stopped,
+    TooManyFailures,
+)
 from .lock import OutLock, lock_name
 from .merge import PARTS, clear_parts, merge, part_names, recorded_rows, remove_stale, reusable_rows
 from .plan import Task, stable_hash, task_keys
 from .prepare import Prepared, prepare
-from .runner import PartRun, ProgressFn, RunLog, RunSummary, describe_device, failure_limit, order_by_shape, resolve_device
-from .weights import file_sha256, resolve_for
+from .runner import (
+    PartRun,
+    ProgressFn,
+    RunLog,
+    RunSummary,
+    describe_device,
+    failure_limit,
+    order_by_shape,
+    resolve_device,
+)
+from .weights import NetWeights, file_sha256, resolve_for
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +106,8 @@ def _run(config: RunConfig, progress: ProgressFn | None, deadline: float | None)
     prepared = prepare(config)
     # Weights before OUT: a run that cannot start leaves nothing behind.
     t0 = time.perf_counter()
-    weights = resolve_for(config)
+    # Copies of originals need no network: a copy-only job (say, only val/test rows) needs no weights.
+    weights = _weights(config, prepared)
     weights_s = time.perf_counter() - t0
     out = Path(config.out)
     try:
@@ -186,10 +206,16 @@ def _remove_dead_temp_files(out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _weights(config: RunConfig, prepared: Prepared) -> NetWeights:
+    """The networks the job needs; copies of originals need none, so a copy-only job (only
+    val/test rows, say) runs without weights."""
+    return resolve_for(config) if any(not t.original for t in prepared.tasks) else NetWeights(None, None)
+
+
 def _keys(config: RunConfig, prepared: Prepared, weights: Any, tasks: list[Task] | None = None) -> dict[str, str]:
     digest = functools.lru_cache(maxsize=None)(file_sha256)
     return task_keys(prepared.tasks if tasks is None else tasks, config_hash=config.config_hash(),
-                     weights=weights.identity, digest=digest)  # fmt: skip
+                     copy_hash=config.copy_hash(), weights=weights.identity, digest=digest)  # fmt: skip
 
 
 def _summary(
@@ -332,7 +358,7 @@ def _worker_main(
     torch.set_num_threads(threads)
     logging.getLogger("augment").setLevel(logging.INFO)
     prepared = prepare(config)
-    weights = resolve_for(config)
+    weights = _weights(config, prepared)
 
     def groups() -> Any:
         while (indices := queue.get()) is not None:

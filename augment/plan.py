@@ -1,16 +1,28 @@
-"""Sources x styles x per-image -> a deterministic list of tasks.
+"""Sources x styles x variants -> a deterministic list of tasks.
 
 Every choice is seeded from (run seed, source path[, style, k]), never from row order or from
-which worker runs a task, so the same inputs always plan the same tasks and names.
+which worker runs a task, so the same inputs always plan the same tasks and names. What a
+source gets:
+
+- its original, re-encoded at the output size, with ``include_originals``;
+- ``per_image`` stylized variants if its split is one to stylize (all rows when the manifest
+  has no split column), or with ``balance``/``target_per_class`` as many as its class needs
+  to reach the target (``variant_counts``);
+- styles by ``assignment``: ``random`` (weighted draw, no repeat while the bank lasts),
+  ``cycle`` (round robin over the bank, even coverage of the whole dataset) or ``all``;
+- a variant that would repeat a style already used for the same source becomes a blend of two
+  styles, so extra variants for a minority class are new images, not copies.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path, PurePosixPath
 
 from .images import FORMAT_EXT
@@ -18,21 +30,80 @@ from .manifest import SourceRow
 from .styles import Style
 
 NAME_SEPARATOR = "__"
+ORIGINAL = Style("original", Path(), "original", weight=0.0)  # the style of a copied source
+# A number, or a (low, high) range sampled per task.
+Spread = float | tuple[float, float]
+# Mix of the second style in the blends that stand in for repeated styles.
+REPEAT_MIX = (0.25, 0.75)
+
+
+class Assignment(str, Enum):
+    RANDOM = "random"
+    CYCLE = "cycle"
+    ALL = "all"
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    per_image: int = 1
+    seed: int = 0
+    fmt: str = "png"
+    include_originals: bool = False
+    splits: tuple[str, ...] = ("train",)  # stylized when the manifest has a split column
+    assignment: Assignment = Assignment.RANDOM
+    balance: bool = False
+    target_per_class: int | None = None
+    style_weight: Spread | None = None  # None: the run's (or the style's) β
+    alpha: Spread = 1.0
+    blend: Spread = 0.0  # weight of a second style in every variant (0: none)
+    blend_repeats: bool = True  # False where "styles" are dream layers: a repeat differs by its seed
 
 
 @dataclass(frozen=True)
 class Task:
     source: SourceRow
     style: Style
-    k: int  # variant index for this source, 0..per_image-1
-    output: str  # relative to OUT, posix: images/<label>/<stem>__<style>__<k>.<ext>
+    k: int  # variant index for this source, 0..variants-1 (0 for an original)
+    output: str  # relative to OUT, posix: images/[<split>/]<label>/<stem>__<style>__<k>.<ext>
     seed: int
+    style2: Style | None = None  # blended in with weight `mix`
+    mix: float = 0.0
+    style_weight: float | None = None  # sampled β for this image; None: the run's
+    alpha: float = 1.0  # 1: the stylized image; lower: blended back toward the source
+
+    @property
+    def original(self) -> bool:
+        return self.style is ORIGINAL
+
+    @property
+    def style_name(self) -> str:
+        """What the manifest's style column says: ``a``, ``a+b`` for a blend, ``original``."""
+        return f"{self.style.name}+{self.style2.name}" if self.style2 else self.style.name
+
+
+@dataclass
+class Plan:
+    tasks: list[Task]
+    left_out: int = 0  # rows of splits neither stylized nor copied
+    targets: dict[str, int] = field(default_factory=dict)  # label -> images wanted (balance)
+    short: dict[str, int] = field(default_factory=dict)  # label -> images it ends with, when not the target
 
 
 def stable_hash(*parts: object) -> int:
     """A 63-bit hash that is the same in every process and on every machine."""
     text = "\0".join(str(p) for p in parts)
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+def sample(value: Spread, rng: random.Random, *, log: bool = False) -> float:
+    """A number as is; a range sampled uniformly (``log``: uniformly in log space, for
+    weights that span orders of magnitude)."""
+    if not isinstance(value, tuple):
+        return float(value)
+    low, high = value
+    if log and low > 0:
+        return math.exp(rng.uniform(math.log(low), math.log(high)))
+    return rng.uniform(low, high)
 
 
 def choose_styles(styles: list[Style], count: int, rng: random.Random) -> list[Style]:
@@ -50,39 +121,129 @@ def choose_styles(styles: list[Style], count: int, rng: random.Random) -> list[S
     return chosen
 
 
-def plan_tasks(
-    rows: list[SourceRow],
-    styles: list[Style],
-    *,
-    per_image: int,
-    seed: int,
-    fmt: str = "png",
-) -> list[Task]:
-    # Two sources with the same label and stem (x.jpg and x.webp, train/x.jpg and val/x.jpg)
+def is_stylized(row: SourceRow, splits: tuple[str, ...]) -> bool:
+    """Rows without a split are stylized; with one, only the chosen splits (train by default)."""
+    return not row.split or row.split.lower() in {s.lower() for s in splits}
+
+
+def variant_counts(rows: list[SourceRow], options: PlanOptions, base: int) -> tuple[dict[SourceRow, int], dict[str, int]]:
+    """Stylized variants per source, and the per-class target when balancing.
+
+    Balance rule: target T = --target-per-class, else the largest class's count with ``base``
+    variants per source (plus its originals with --include-originals). A class of n sources
+    needs V = T - (n if originals else 0) variants: each source gets V // n, and the first
+    V % n sources in seeded order one more. A class whose originals alone exceed T keeps them
+    all and gets no variants (real images are never dropped).
+    """
+    stylized = [r for r in rows if is_stylized(r, options.splits)]
+    if not (options.balance or options.target_per_class):
+        return {r: base for r in stylized}, {}
+    classes: dict[str, list[SourceRow]] = defaultdict(list)
+    for row in sorted(stylized, key=lambda r: stable_hash(options.seed, "balance", r.source)):
+        classes[row.label].append(row)
+    originals = 1 if options.include_originals else 0
+    target = options.target_per_class or max(len(members) * (base + originals) for members in classes.values())
+    counts: dict[SourceRow, int] = {}
+    for members in classes.values():
+        needed = max(0, target - originals * len(members))
+        each, extra = divmod(needed, len(members))
+        counts.update((row, each + (i < extra)) for i, row in enumerate(members))
+    return counts, {label: target for label in classes}
+
+
+def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Plan:
+    # Two sources with the same split, label and stem (x.jpg and x.webp, a/x.jpg and b/x.jpg)
     # would write the same names: those get a short hash of their source path.
-    stems = Counter((row.label, PurePosixPath(row.source).stem) for row in rows)
-    ext = FORMAT_EXT[fmt]
-    tasks = []
+    stems = Counter((row.split, row.label, PurePosixPath(row.source).stem) for row in rows)
+    ext = FORMAT_EXT[options.fmt]
+    pool = [s for s in styles if s.weight > 0]
+    base = len(pool) if options.assignment is Assignment.ALL else options.per_image
+    counts, targets = variant_counts(rows, options, base)
+    cycle_at = _cycle_offsets(counts, options.seed) if options.assignment is Assignment.CYCLE else {}
+    tasks: list[Task] = []
+    left_out = 0
     for row in rows:
         stem = PurePosixPath(row.source).stem
-        if stems[(row.label, stem)] > 1:
+        if stems[(row.split, row.label, stem)] > 1:
             stem = f"{stem}-{stable_hash(row.source) % 16**6:06x}"
-        rng = random.Random(stable_hash(seed, row.source))
-        for k, style in enumerate(choose_styles(styles, per_image, rng)):
-            name = NAME_SEPARATOR.join((stem, style.name, str(k))) + ext
-            tasks.append(Task(
-                source=row, style=style, k=k,
-                output=f"images/{row.label}/{name}",
-                seed=stable_hash(seed, row.source, style.name, k),
-            ))  # fmt: skip
-    return tasks
+        folder = f"images/{row.split}/{row.label}" if row.split else f"images/{row.label}"
+
+        def output(style_name: str, k: int, folder: str = folder, stem: str = stem) -> str:
+            return f"{folder}/{NAME_SEPARATOR.join((stem, style_name, str(k)))}{ext}"
+
+        if options.include_originals:
+            tasks.append(Task(row, ORIGINAL, 0, output("original", 0), stable_hash(options.seed, row.source, "original")))
+        if row not in counts:
+            left_out += not options.include_originals
+            continue
+        count = counts[row]
+        rng = random.Random(stable_hash(options.seed, row.source))
+        if options.assignment is Assignment.RANDOM:
+            firsts = choose_styles(pool, count, rng)
+        else:
+            start = cycle_at.get(row, 0)
+            firsts = [pool[(start + k) % len(pool)] for k in range(count)]
+        used: set[str] = set()
+        for k, style in enumerate(firsts):
+            task_rng = random.Random(stable_hash(options.seed, row.source, "variant", k))
+            style2, mix = None, sample(options.blend, task_rng)
+            if mix > 0 or (style.name in used and options.blend_repeats):
+                if mix <= 0:  # a repeat: blend in another style instead of making a copy
+                    mix = task_rng.uniform(*REPEAT_MIX)
+                style2 = _partner(pool, style, used, task_rng)
+            task = Task(
+                source=row, style=style, k=k, seed=stable_hash(options.seed, row.source, style.name, k),
+                output="", style2=style2, mix=round(mix, 4) if style2 else 0.0,
+                style_weight=None if options.style_weight is None else sample(options.style_weight, task_rng, log=True),
+                alpha=round(sample(options.alpha, task_rng), 4),
+            )  # fmt: skip
+            used.add(task.style_name)
+            tasks.append(_with_output(task, output(task.style_name, k)))
+    final = Counter(t.source.label for t in tasks if is_stylized(t.source, options.splits))
+    short = {label: final[label] for label, target in targets.items() if final[label] != target}
+    return Plan(tasks=tasks, left_out=left_out, targets=targets, short=short)
 
 
-def task_keys(tasks: list[Task], *, config_hash: str, weights: str, digest: Callable[[Path], str]) -> dict[str, str]:
+def plan_tasks(rows: list[SourceRow], styles: list[Style], *, per_image: int, seed: int, fmt: str = "png") -> list[Task]:
+    """The plain plan: ``per_image`` random styles per source."""
+    return plan(rows, styles, PlanOptions(per_image=per_image, seed=seed, fmt=fmt)).tasks
+
+
+def _with_output(task: Task, output: str) -> Task:
+    return Task(**{**task.__dict__, "output": output})
+
+
+def _partner(pool: list[Style], style: Style, used: set[str], rng: random.Random) -> Style | None:
+    """A second style for a blend: one not yet paired with ``style`` for this source."""
+    others = [s for s in pool if s is not style]
+    if not others:
+        return None
+    fresh = [s for s in others if f"{style.name}+{s.name}" not in used]
+    candidates = fresh or others
+    return rng.choices(candidates, weights=[s.weight for s in candidates])[0]
+
+
+def _cycle_offsets(counts: dict[SourceRow, int], seed: int) -> dict[SourceRow, int]:
+    """Round robin over the bank across the whole dataset, sources in seeded order: every
+    style is used the same number of times, give or take one."""
+    offsets, at = {}, 0
+    for row in sorted(counts, key=lambda r: stable_hash(seed, "cycle", r.source)):
+        offsets[row] = at
+        at += counts[row]
+    return offsets
+
+
+def task_keys(tasks: list[Task], *, config_hash: str, copy_hash: str, weights: str, digest: Callable[[Path], str]) -> dict[str, str]:
     """Output path -> a key that changes whenever the image would: the source's and the
-    style's content, every pixel-changing option (config hash, seed included), the weights."""
+    style's content, every pixel-changing option (config hash, seed included), the weights,
+    the task's own sampled settings. An original's key depends only on the source and the
+    options that change a copy (size, format, quality)."""
     keys = {}
     for task in tasks:
-        style = digest(task.style.path) if task.style.path.is_file() else task.style.name
-        keys[task.output] = f"{stable_hash(digest(task.source.path), style, config_hash, weights, task.seed):016x}"
+        if task.original:
+            keys[task.output] = f"{stable_hash(digest(task.source.path), 'original', copy_hash):016x}"
+            continue
+        styles = [digest(s.path) if s.path.is_file() else s.name for s in (task.style, task.style2) if s is not None]
+        sampled = (task.mix, task.style_weight, task.alpha)
+        keys[task.output] = f"{stable_hash(digest(task.source.path), *styles, *sampled, config_hash, weights, task.seed):016x}"
     return keys

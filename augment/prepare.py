@@ -6,16 +6,19 @@ also reads each image's header so ``augment validate`` catches unreadable files 
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .config import Engine, RunConfig
 from .errors import ConfigError
 from .images import ImageProblem, fit_long_side, probe
 from .manifest import Failure, InputRows, SourceRow, load_input
-from .plan import Task, plan_tasks
+from .plan import Plan, Task, plan
 from .styles import Style, load_style_bank
+
+log = logging.getLogger(__name__)
 
 # Rough bytes per output pixel for a stylized image, for the disk estimate only.
 BYTES_PER_PIXEL = {"png": 2.0, "jpg": 0.45, "webp": 0.3}
@@ -28,6 +31,7 @@ class Prepared:
     failures: list[Failure]
     styles: list[Style]
     tasks: list[Task]
+    plan: Plan | None = None
 
 
 @dataclass
@@ -54,8 +58,12 @@ def prepare(config: RunConfig) -> Prepared:
     if config.limit is not None:
         rows = [r for r in rows if r.row <= config.limit]
         failures = [f for f in failures if f.row is None or f.row <= config.limit]
-    tasks = plan_tasks(rows, styles, per_image=config.per_image, seed=config.seed, fmt=config.format)
-    return Prepared(inputs=inputs, rows=rows, failures=list(failures), styles=styles, tasks=tasks)
+    made = plan(rows, styles, config.plan_options())
+    if made.left_out:
+        log.info("%d rows of splits other than %s left out (--include-originals copies them)", made.left_out, ",".join(config.splits))
+    for label, count in made.short.items():
+        log.warning("class %s: %d images, not the balance target %d (its originals alone exceed it)", label, count, made.targets[label])
+    return Prepared(inputs=inputs, rows=rows, failures=list(failures), styles=styles, tasks=made.tasks, plan=made)
 
 
 def validate(config: RunConfig) -> Validation:

@@ -30,13 +30,24 @@ from PIL import Image
 from . import __version__
 from .atomic import write_text
 from .config import Engine, RunConfig
-from .engines.gatys import GatysBatcher, Job, Result, Stage
-from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image
+from .engines.color import blend, preserve_color
 from .engines.dream import dream, guide_features, octave_sizes
+from .engines.gatys import GatysBatcher, Job, Result, Stage
+from .engines.losses import mix_grams, rescale_grams
+from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image
 from .engines.precision import HALF_DTYPES, Precision, enable_fast_fp32, resolve_precision
 from .errors import BudgetExhausted, Interrupted, OutputError, Stopped, TooManyFailures
-from .images import ImageProblem, fit_long_side, load_rgb, probe, resize_long_side, save_atomic, to_image, to_tensor
-from .manifest import Failure, SourceRow, write_csv, write_failures
+from .images import (
+    ImageProblem,
+    fit_long_side,
+    load_rgb,
+    probe,
+    resize_long_side,
+    save_atomic,
+    to_image,
+    to_tensor,
+)
+from .manifest import BASE_COLUMNS, Failure, SourceRow, write_csv, write_failures
 from .merge import JOURNAL, PARTS
 from .plan import Task
 from .prepare import Prepared
@@ -45,11 +56,6 @@ from .weights import NetWeights, ResolvedWeights, build_dream_net, build_vgg19
 
 log = logging.getLogger(__name__)
 
-BASE_COLUMNS = [
-    "path", "label", "split", "source", "style", "k", "engine", "seed", "weights",
-    "size", "width", "height", "iterations", "precision",
-    "content_loss", "style_loss", "tv_loss", "total_loss", "dream_objective", "params", "key", "seconds",
-]  # fmt: skip
 CHECKPOINT_EVERY_S = 30.0
 
 
@@ -218,7 +224,9 @@ class PartRun:
         self.timings: dict[str, float] = {}
         self.weights_id = ""
         self.last_checkpoint = time.monotonic()
-        self._grams: dict[tuple[str, int], dict[str, torch.Tensor] | ImageProblem] = {}
+        # (style, long side) -> (Gram targets, the style image's pixel count)
+        self._grams: dict[tuple[str, int], tuple[dict[str, torch.Tensor], int] | ImageProblem] = {}
+        self._contents: dict[Task, torch.Tensor] = {}  # sources kept for --preserve-color / --alpha
         self._pending: list[_Saving] = []  # images being written in the background
         self._journal: IO[str] | None = None
         self._journal_lock = threading.Lock()
@@ -238,6 +246,8 @@ class PartRun:
             self._check_failures()
             if isinstance(groups, list) and not groups:
                 self.progress(self.total, self.total)  # nothing to make: no network is built
+            elif weights.gatys is None and weights.dream is None:
+                self._run_copies(groups)  # only originals to copy
             elif self.config.engine is Engine.DREAM:
                 assert weights.dream is not None
                 self._run_dream(weights.dream, groups)
@@ -333,15 +343,19 @@ class PartRun:
                 for j, i in enumerate(keep):
                     steps = self._dream_steps(*images.shape[-2:])
                     result = Result(key=tasks[i], image=out[j : j + 1].cpu(), losses={}, iterations=steps, seconds=share)
-                    self._pending.append(self._submit(saver, result, self.precision, dream_objective=objective[j]))
+                    self._pending.append(self._submit(saver, result, self.precision, dream_objective=objective[j], content=batch[i][1]))
             self._advance(len(tasks))
             self._pending = self._collect(self._pending, wait=False)
 
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="augment-save") as saver:
+            self._saver = saver
             batch: list[tuple[Task, torch.Tensor]] = []
             for group, decoded in self._decoded(groups):
                 content = decoded[-1]
                 for task in group:
+                    if task.original:
+                        self._save_copy(task, content)
+                        continue
                     if batch and (batch[0][1].shape != content.shape or len(batch) >= self.batch_size):
                         flush(batch, saver)
                         batch = []
@@ -377,6 +391,7 @@ class PartRun:
         compute_t0 = time.perf_counter()
         self._eta_t0, self._eta_logged = time.monotonic(), 0.0
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="augment-save") as saver:
+            self._saver = saver
             retry = self._consume(batcher, groups, saver, self.precision)
             if retry:  # mixed precision overflowed for these: redo them in fp32
                 log.warning("%d images had a non-finite loss in %s; redoing them in fp32", len(retry), self.precision.value)
@@ -400,7 +415,8 @@ class PartRun:
         for result in batcher.run(self._jobs(groups, batcher)):
             if math.isfinite(result.losses["total"]):
                 objective = self._dream_one(result) if self.config.engine is Engine.GATYS_DREAM else None
-                self._pending.append(self._submit(saver, result, precision, dream_objective=objective))
+                content = self._contents.pop(result.key, None)
+                self._pending.append(self._submit(saver, result, precision, dream_objective=objective, content=content))
             elif precision is not Precision.FP32:
                 retry.append(result.key)
                 continue
@@ -433,18 +449,67 @@ class PartRun:
             contents = [c.to(self.device) for c in decoded]  # one per scale, full size last
             features = [batcher.content_features(c) for c in contents]  # once per image, shared by its styles
             for task in group:
-                grams = [self._style_grams(task.style, size) for size in self.config.stage_sizes()]
+                if task.original:
+                    self._save_copy(task, contents[-1])
+                    continue
+                grams = [self._targets(task, size, c) for size, c in zip(self.config.stage_sizes(), contents)]
                 problem = next((g for g in grams if isinstance(g, ImageProblem)), None)
                 if problem is not None:
-                    self._fail(source.row, source.source, source.label, "bad_style", f"style {task.style.name}: {problem}")
+                    self._fail(source.row, source.source, source.label, "bad_style", f"style {task.style_name}: {problem}")
                     self._advance(1)
                     continue
+                if self._finishing(task):
+                    self._contents[task] = contents[-1]
                 coarse = [Stage(c, g, n, f) for c, g, n, f in zip(contents, grams, iterations, features)][:-1]  # type: ignore[arg-type]
                 yield Job(
                     key=task, content=contents[-1], grams=grams[-1],  # type: ignore[arg-type]
-                    options=self.config.gatys_options(**task.style.overrides), seed=task.seed,
+                    options=self.config.gatys_options(**self._overrides(task)), seed=task.seed,
                     content_features=features[-1], coarse=coarse,
                 )  # fmt: skip
+
+    def _overrides(self, task: Task) -> dict[str, float]:
+        """Loss weights for this image: its sampled β, then the style's styles.yaml settings
+        (the more specific wins)."""
+        sampled = {} if task.style_weight is None else {"style_weight": task.style_weight}
+        return {**sampled, **task.style.overrides}
+
+    def _finishing(self, task: Task) -> bool:
+        return self.config.preserve_color or task.alpha < 1.0
+
+    def _targets(self, task: Task, size: int, content: torch.Tensor) -> dict[str, torch.Tensor] | ImageProblem:
+        """Gram targets of the task's style (or blend of two) for a content image of this size."""
+        pixels = content.shape[-2] * content.shape[-1]
+        targets = []
+        for style in (task.style, task.style2):
+            if style is None:
+                continue
+            found = self._style_grams(style, size)
+            if isinstance(found, ImageProblem):
+                return found
+            grams, style_pixels = found
+            targets.append(rescale_grams(grams, style_pixels, pixels))
+        return mix_grams(targets[0], targets[1], task.mix) if len(targets) == 2 else targets[0]
+
+    def _save_copy(self, task: Task, content: torch.Tensor) -> None:
+        """An original, re-encoded at the output size: no network involved."""
+        result = Result(key=task, image=content.cpu(), losses={}, iterations=0, seconds=0.0)
+        self._pending.append(self._submit(self._saver, result, Precision.FP32))
+        self._advance(1)
+
+    def _run_copies(self, groups: Iterable[list[Task]]) -> None:
+        """A part with only originals to copy (rows of splits that are not stylized)."""
+        t0 = time.perf_counter()
+        self.progress(self.done, self.total)
+        self.batch_size = 1
+        self._eta_t0, self._eta_logged = time.monotonic(), 0.0
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="augment-save") as saver:
+            self._saver = saver
+            for group, decoded in self._decoded(groups):
+                for task in group:
+                    self._save_copy(task, decoded[-1])
+                self._pending = self._collect(self._pending, wait=False)
+            self._collect(self._pending, wait=True)
+        self.timings["compute_s"] = time.perf_counter() - t0
 
     def _decoded(self, groups: Iterable[list[Task]]) -> Iterator[tuple[list[Task], list[torch.Tensor]]]:
         """Each group with its source decoded (one tensor per scale, full size last), decoding
@@ -464,22 +529,30 @@ class PartRun:
             return err
         return [to_tensor(resize_long_side(image, size)) for size in self.config.stage_sizes()]
 
-    def _style_grams(self, style: Style, size: int) -> dict[str, torch.Tensor] | ImageProblem:
-        """Style Gram targets, computed once per style and size per run."""
+    def _style_grams(self, style: Style, size: int) -> tuple[dict[str, torch.Tensor], int] | ImageProblem:
+        """Style Gram targets and the style image's pixel count, once per style and size per
+        run. The style image is --style-scale times the content's long side."""
         key = (style.name, size)
         if key not in self._grams:
             try:
-                image = resize_long_side(load_rgb(style.path, max_pixels=self.config.max_pixels), size)
-                self._grams[key] = self._batcher.style_targets(to_tensor(image))
+                style_size = max(16, round(size * self.config.style_scale))
+                image = resize_long_side(load_rgb(style.path, max_pixels=self.config.max_pixels), style_size)
+                self._grams[key] = (self._batcher.style_targets(to_tensor(image)), image.width * image.height)
             except ImageProblem as err:
                 self._grams[key] = err
         return self._grams[key]
 
     def _submit(
-        self, saver: ThreadPoolExecutor, result: Result, precision: Precision, *, dream_objective: float | None = None
-    ) -> _Saving:
+        self, saver: ThreadPoolExecutor, result: Result, precision: Precision, *,
+        dream_objective: float | None = None, content: torch.Tensor | None = None,
+    ) -> _Saving:  # fmt: skip
         """Encode and write in a thread so the device goes on computing."""
         task: Task = result.key
+        if content is not None and not task.original:
+            content = content.to(result.image)
+            if self.config.preserve_color:
+                result.image = preserve_color(result.image, content)
+            result.image = blend(result.image, content, task.alpha)
         saving = _Saving(task, result, precision, None, dream_objective)  # type: ignore[arg-type]
         saving.row = self._manifest_row(saving)
         saving.future = saver.submit(self._save, to_image(result.image), task.output, saving.row)
@@ -524,16 +597,23 @@ class PartRun:
         height, width = result.image.shape[-2:]
         return {
             "path": task.output, "label": source.label, "split": source.split,
-            "source": source.source, "style": task.style.name, "k": task.k, "engine": self._engine_name(),
-            "seed": task.seed, "weights": self.weights_id, "size": self.config.size,
+            "source": source.source, "style": task.style_name, "k": task.k,
+            "engine": "original" if task.original else self._engine_name(),
+            "seed": "" if task.original else task.seed, "weights": "" if task.original else self.weights_id,
+            "style_mix": task.mix if task.style2 else "",
+            "style_weight": "" if task.original or self.config.engine is Engine.DREAM else f"{self._style_weight(task):.6g}",
+            "alpha": "" if task.original else task.alpha, "size": self.config.size,
             "width": width, "height": height, "iterations": result.iterations,
             "precision": saving.precision.value,
             **{f"{name}_loss": f"{value:.6g}" for name, value in result.losses.items()},
             "dream_objective": "" if saving.dream_objective is None else f"{saving.dream_objective:.6g}",
-            "params": self._params(),
+            "params": "" if task.original else self._params(),
             "key": self.keys.get(task.output, ""),
             "seconds": round(result.seconds, 3), **source.extra,
         }  # fmt: skip
+
+    def _style_weight(self, task: Task) -> float:
+        return self.config.gatys_options(**self._overrides(task)).style_weight
 
     def _engine_name(self) -> str:
         engine = self.config.engine.value
@@ -542,7 +622,9 @@ class PartRun:
     def _params(self) -> str:
         """The engine's settings, in the manifest row (the full config is in run.json)."""
         c = self.config
-        gatys = f"content_weight={c.content_weight} style_weight={c.style_weight} tv_weight={c.tv_weight}"
+        gatys = f"content_weight={c.content_weight} tv_weight={c.tv_weight}"
+        extras = [f"style_scale={c.style_scale}"] * (c.style_scale != 1.0) + ["preserve_color"] * c.preserve_color
+        gatys = " ".join([gatys, *extras])
         dream = (
             f"layers={','.join(c.dream_layers)} octaves={c.octaves} octave_scale={c.octave_scale} "
             f"iterations={c.dream_options().iterations} step={c.dream_step} jitter={c.jitter} blend={c.dream_blend}"
@@ -612,6 +694,7 @@ class PartRun:
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds") if status == "finished" else None,
             "config": self.config.to_dict(),
             "config_hash": self.config.config_hash(),
+            "inputs_root": str(self.prepared.inputs.root),  # relative sources are relative to it
             "engine": self._engine_name(),
             "weights": self.weights_id or None,
             "device": describe_device(self.device),

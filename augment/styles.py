@@ -82,7 +82,8 @@ def load_style_bank(folder: str | Path, *, max_pixels: int | None = None) -> lis
 
 def _unique_names(files: list[Path]) -> list[str]:
     """Safe names, made distinct: a.jpg and a.png become a-jpg and a-png."""
-    base = [safe_name(f.stem) for f in files]
+    # "original" names the copied sources in the manifest's style column.
+    base = [safe_name(f.stem) if safe_name(f.stem) != "original" else "original-style" for f in files]
     names = [
         safe_name(f"{b}-{f.suffix.lstrip('.')}") if base.count(b) > 1 else b for b, f in zip(base, files)
     ]

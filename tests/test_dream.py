@@ -7,7 +7,13 @@ import dataclasses
 import pytest
 import torch
 
-from augment.engines.dream import DreamOptions, activation_objective, dream, guide_features, octave_sizes
+from augment.engines.dream import (
+    DreamOptions,
+    activation_objective,
+    dream,
+    guide_features,
+    octave_sizes,
+)
 from augment.engines.googlenet import GoogLeNetFeatures
 from augment.engines.vgg import VGG19Features
 

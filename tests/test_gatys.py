@@ -5,7 +5,15 @@ import dataclasses
 import pytest
 import torch
 
-from augment.engines.gatys import GatysBatcher, GatysOptions, Job, content_target, objective, style_targets, stylize
+from augment.engines.gatys import (
+    GatysBatcher,
+    GatysOptions,
+    Job,
+    content_target,
+    objective,
+    style_targets,
+    stylize,
+)
 from augment.engines.precision import Precision, cpu_has_native_bf16
 from augment.engines.vgg import VGG19Features
 

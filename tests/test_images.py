@@ -9,7 +9,13 @@ import pytest
 from PIL import Image
 
 from augment.images import (
-    ImageProblem, load_rgb, probe, resize_long_side, save_atomic, to_image, to_tensor,
+    ImageProblem,
+    load_rgb,
+    probe,
+    resize_long_side,
+    save_atomic,
+    to_image,
+    to_tensor,
 )  # fmt: skip
 
 

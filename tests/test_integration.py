@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-
 from .conftest import SHARED
 from .test_cli import invoke
 
@@ -40,3 +39,45 @@ def test_real_photos_and_paintings(tmp_path: Path) -> None:
 def test_image_folder_of_real_photos_validates() -> None:
     code, stdout, _ = invoke("validate", DATA / "hymenoptera-mini", "--styles", DATA / "styles", "--per-image", "3")
     assert code == 0 and "66 tasks" in stdout
+
+
+@pytest.fixture(scope="module")
+def balanced_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 ants + 4 bees, a manifest in another folder with absolute paths, balanced with originals."""
+    root = tmp_path_factory.mktemp("balanced")
+    source = DATA / "hymenoptera-mini"
+    ants = sorted((source / "ants").iterdir())[:12]
+    bees = sorted((source / "bees").iterdir())[:4]
+    manifest = root / "elsewhere" / "manifest.csv"
+    manifest.parent.mkdir()
+    manifest.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in ants + bees))
+    out = root / "out"
+    code, _, err = invoke("run", manifest, "--styles", DATA / "styles", "--per-image", "1", "--balance", "--include-originals",
+                          "--weights", "random", "--size", "32", "--iterations", "2", "--out", out)  # fmt: skip
+    assert code == 0, err
+    return out
+
+
+def test_balanced_real_dataset_loads_in_imagefolder_with_a_report(balanced_out: Path) -> None:
+    import torchvision
+
+    rows = pd.read_csv(balanced_out / "manifest.csv", dtype=str, keep_default_na=False)
+    counts = rows.groupby(["label", rows["style"] == "original"]).size().to_dict()
+    assert counts == {("ants", True): 12, ("ants", False): 12, ("bees", True): 4, ("bees", False): 20}
+    folder = torchvision.datasets.ImageFolder(balanced_out / "images")
+    assert sorted(Path(p).relative_to(balanced_out).as_posix() for p, _ in folder.samples) == sorted(rows["path"])
+    assert folder.class_to_idx == {"ants": 0, "bees": 1}
+    code, _, err = invoke("report", balanced_out)
+    assert code == 0, err
+    page = (balanced_out / "report.html").read_text()
+    assert page.count("<figure") >= 12 and "not readable" not in page
+
+
+def test_balanced_real_dataset_loads_in_hugging_face(balanced_out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is not installed (pip install -e '.[test]')")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(balanced_out / "images"), split="train", cache_dir=str(tmp_path / "hf"))
+    assert len(loaded) == 48 and sorted(set(loaded["label"])) == ["ants", "bees"]
+    assert loaded["label"].count("bees") == 24

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .memory import next_batch_size
 from .losses import content_loss, gram, style_loss, total_variation
+from .memory import next_batch_size
 from .optim import BatchAdam, BatchLBFGS
 from .precision import HALF_DTYPES, Precision
 from .vgg import VGG19Features, check_layers

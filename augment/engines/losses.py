@@ -46,6 +46,21 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     return per_image_matmul(flat, flat.transpose(1, 2))
 
 
+def mix_grams(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], mix: float) -> dict[str, torch.Tensor]:
+    """Style targets for a blend of two styles: ``mix`` of the second's Gram matrices."""
+    return {layer: (1.0 - mix) * first[layer] + mix * second[layer] for layer in first}
+
+
+def rescale_grams(grams: dict[str, torch.Tensor], style_pixels: int, image_pixels: int) -> dict[str, torch.Tensor]:
+    """Gram targets of a style image for an image of another pixel count. A Gram matrix sums
+    over positions, so it grows with the image; scaled by the ratio, a style's targets mean
+    the same for any content size, aspect ratio or --style-scale."""
+    if style_pixels == image_pixels:
+        return grams
+    ratio = image_pixels / style_pixels
+    return {layer: g * ratio for layer, g in grams.items()}
+
+
 def style_layer_loss(gram_generated: torch.Tensor, gram_target: torch.Tensor, hw: int) -> torch.Tensor:
     """J_style^[l] = 1/(4·nC²·(nH·nW)²) · Σ_ij (G_S − G_G)²  (seed, "Style cost function").
 

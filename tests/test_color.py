@@ -1,0 +1,43 @@
+"""Finishing maths: luminance-only transfer, blending back, style targets of other sizes."""
+
+from __future__ import annotations
+
+import torch
+
+from augment.engines.color import _RGB_TO_YIQ, blend, preserve_color
+from augment.engines.losses import gram, mix_grams, rescale_grams
+
+
+def _yiq(image: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,bjhw->bihw", _RGB_TO_YIQ, image)
+
+
+def test_preserve_color_keeps_the_stylized_luminance_and_the_source_colour() -> None:
+    g = torch.Generator().manual_seed(0)
+    stylized = 0.3 + 0.4 * torch.rand(1, 3, 8, 8, generator=g)  # mid-range: no clamping
+    content = 0.3 + 0.4 * torch.rand(1, 3, 8, 8, generator=g)
+    out = preserve_color(stylized, content)
+    assert torch.allclose(_yiq(out)[:, 0], _yiq(stylized)[:, 0], atol=1e-5)
+    assert torch.allclose(_yiq(out)[:, 1:], _yiq(content)[:, 1:], atol=1e-5)
+    assert not torch.allclose(out, stylized, atol=1e-2)
+
+
+def test_blend_is_linear_between_source_and_stylized() -> None:
+    a, b = torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2)
+    assert torch.equal(blend(b, a, 1.0), b)
+    assert torch.allclose(blend(b, a, 0.25), torch.full_like(a, 0.25))
+    assert torch.equal(blend(b, a, 0.0), a)
+
+
+def test_rescaled_targets_of_a_larger_style_image_match_the_smaller_one() -> None:
+    features = torch.randn(1, 4, 3, 5, generator=torch.Generator().manual_seed(1))
+    tiled = features.repeat(1, 1, 2, 2)  # the same texture over 4x the positions
+    small, large = {"l": gram(features)}, {"l": gram(tiled)}
+    assert torch.allclose(large["l"], 4 * small["l"], rtol=1e-5)
+    assert torch.allclose(rescale_grams(large, 4 * 15, 15)["l"], small["l"], rtol=1e-5)
+    assert rescale_grams(small, 15, 15) is small
+
+
+def test_mixed_targets_are_the_weighted_sum() -> None:
+    first, second = {"l": torch.ones(1, 2, 2)}, {"l": torch.full((1, 2, 2), 3.0)}
+    assert torch.allclose(mix_grams(first, second, 0.25)["l"], torch.full((1, 2, 2), 1.5))

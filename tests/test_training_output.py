@@ -1,0 +1,140 @@
+"""The output as a training set: originals, sampled settings, exports, the Dataset, the report."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from .conftest import FAST, make_dataset, make_styles
+from .test_cli import invoke
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255.0
+
+
+def _yiq(rgb: np.ndarray) -> np.ndarray:
+    matrix = np.array([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]])
+    return rgb @ matrix.T
+
+
+def _by_style(out: Path) -> dict[tuple[str, str], Path]:
+    rows = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    return {(r.source, r.style): out / r.path for r in rows.itertuples()}
+
+
+def test_originals_alpha_and_preserve_color(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "zero"
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--include-originals", "--alpha", "0", *FAST)
+    assert code == 0, err
+    rows = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    originals = rows[rows["style"] == "original"]
+    assert len(originals) == 3 and set(originals["engine"]) == {"original"} and (originals["seed"] == "").all()
+    assert all(max(Image.open(out / p).size) == 32 for p in originals["path"])  # re-encoded at --size
+    # alpha 0: all source, no style. The variant is the original, pixel for pixel.
+    images = _by_style(out)
+    for row in rows[rows["style"] != "original"].itertuples():
+        assert np.array_equal(_pixels(out / row.path), _pixels(images[(row.source, "original")]))
+
+    out = tmp_path / "colour"
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--include-originals", "--preserve-color",
+                          "--weights", "random", "--size", "32", "--iterations", "10")  # fmt: skip
+    assert code == 0, err
+    images = _by_style(out)
+    for (source, style), path in images.items():
+        if style == "original":
+            continue
+        stylized, original = _yiq(_pixels(path)), _yiq(_pixels(images[(source, "original")]))
+        colour_gap = np.abs(stylized[..., 1:] - original[..., 1:]).mean()
+        luminance_gap = np.abs(stylized[..., 0] - original[..., 0]).mean()
+        assert colour_gap < 0.02 < luminance_gap, (colour_gap, luminance_gap)  # colour kept, brightness styled
+
+
+def test_blends_and_sampled_style_weights_are_recorded(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--blend", "0.5",
+                          "--style-weight", "1e4:1e6", "--per-image", "2", *FAST)  # fmt: skip
+    assert code == 0, err
+    rows = pd.read_csv(out / "manifest.csv")
+    assert set(rows["style"]) == {"waves+grey_stone", "grey_stone+waves"} and (rows["style_mix"] == 0.5).all()
+    assert rows["style_weight"].between(1e4, 1e6).all() and rows["style_weight"].nunique() == len(rows)
+    # Two styles at half weight each is a different target from either style alone.
+    single = tmp_path / "single"
+    assert invoke("run", manifest, "--styles", styles, "--out", single, "--per-image", "2", *FAST)[0] == 0
+    blended = {(r.source, r.style.split("+")[0]): r.total_loss for r in rows.itertuples()}
+    alone = {(r.source, r.style): r.total_loss for r in pd.read_csv(single / "manifest.csv").itertuples()}
+    assert all(blended[key] != alone[key] for key in blended)
+
+
+def test_exports_load_in_imagefolder_manifest_dataset_and_webdataset(tmp_path: Path) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    manifest = make_dataset(tmp_path, rows=[("zebra/z1.png", "zebra"), ("Ant/a1.png", "Ant"), ("ant/a2.png", "ant")])
+    out = tmp_path / "out"
+    code, _, err = invoke("run", manifest, "--styles", make_styles(tmp_path), "--out", out, "--include-originals",
+                          "--per-image", "2", "--format", "webdataset", *FAST)  # fmt: skip
+    assert code == 0, err
+    rows = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    classes = json.loads((out / "classes.json").read_text())
+    folder = torchvision.datasets.ImageFolder(out / "images")
+    assert classes == folder.class_to_idx == {"Ant": 0, "ant": 1, "zebra": 2}  # torchvision's order
+    assert sorted(Path(p).relative_to(out).as_posix() for p, _ in folder.samples) == sorted(rows["path"])
+
+    from augment.data import ManifestDataset
+
+    data = ManifestDataset(out)
+    assert len(data) == len(rows) == 9
+    image, label = data[0]
+    assert image.mode == "RGB" and label == classes[data.rows["label"][0]]
+    assert len(ManifestDataset(out, styles=["original"])) == 3
+    assert len(ManifestDataset(out, exclude_styles=["original"], engines=["gatys"])) == 6
+    assert ManifestDataset(out, transform=lambda im: im.size)[0][0] == image.size
+
+    metadata = pd.read_csv(out / "images" / "metadata.csv", dtype=str, keep_default_na=False)
+    assert sorted("images/" + metadata["file_name"]) == sorted(rows["path"]) and "key" not in metadata
+
+    with tarfile.open(out / "webdataset" / "train-000000.tar") as tar:
+        names = tar.getnames()
+        assert len(names) == 27  # image, .cls, .json per sample
+        cls = {n[: -len(".cls")]: int(tar.extractfile(n).read()) for n in names if n.endswith(".cls")}  # type: ignore[union-attr]
+    assert all(cls[key] == classes[key.split("/")[0]] for key in cls)
+
+
+def test_hugging_face_imagefolder_reads_the_labels(dataset: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is not installed (pip install -e '.[test]')")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    assert invoke("run", manifest, "--styles", styles, "--out", out, "--include-originals", *FAST)[0] == 0
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out / "images"), split="train", cache_dir=str(tmp_path / "hf"))
+    rows = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    assert sorted(zip(loaded["label"], loaded["style"])) == sorted(zip(rows["label"], rows["style"]))
+    assert loaded[0]["image"].size[0] <= 32
+
+
+def test_report_shows_counts_sources_and_failures_outside_images(tmp_path: Path) -> None:
+    manifest = make_dataset(tmp_path)
+    with manifest.open("a") as handle:
+        handle.write("ants/gone.png,ants\n")
+    out = tmp_path / "out"
+    assert invoke("run", manifest, "--styles", make_styles(tmp_path), "--out", out, "--per-image", "2", *FAST)[0] == 1
+    before = sorted(p for p in (out / "images").rglob("*"))
+    code, _, err = invoke("report", out, "--sample", "2")
+    assert code == 0, err
+    page = (out / "report.html").read_text()
+    assert page.count("<figure") == 2 * 3  # two sources, each beside its two variants
+    assert page.count("not readable") == 0  # the sources were found (relative to the manifest)
+    assert "Failures (1)" in page and "gone.png" in page and "Made with random weights" in page
+    assert len(list((out / "report").glob("*.jpg"))) == 6
+    assert sorted(p for p in (out / "images").rglob("*")) == before  # nothing added under images/
+    code, _, err = invoke("report", tmp_path / "nothing-here")
+    assert code == 2 and "no manifest.csv" in err
