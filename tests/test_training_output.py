@@ -138,3 +138,39 @@ def test_report_shows_counts_sources_and_failures_outside_images(tmp_path: Path)
     assert sorted(p for p in (out / "images").rglob("*")) == before  # nothing added under images/
     code, _, err = invoke("report", tmp_path / "nothing-here")
     assert code == 2 and "no manifest.csv" in err
+
+
+def test_copying_other_splits_needs_no_weights_and_toggling_originals_keeps_the_variants(tmp_path: Path) -> None:
+    manifest = make_dataset(tmp_path)
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([lines[0] + ",split"] + [f"{line},val" for line in lines[1:]]) + "\n")
+    styles = make_styles(tmp_path)
+    # Only val rows: nothing to stylize, so no network and no weights (offline, none cached).
+    out = tmp_path / "copies"
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--include-originals", "--size", "32")
+    assert code == 0, err
+    rows = pd.read_csv(out / "manifest.csv")
+    assert len(rows) == 3 and set(rows["style"]) == {"original"} and all(p.startswith("images/val/") for p in rows["path"])
+
+    manifest.write_text(manifest.read_text().replace(",val", ",train"))
+    out = tmp_path / "toggle"
+    assert invoke("run", manifest, "--styles", styles, "--out", out, "--per-image", "2", *FAST)[0] == 0
+    variants = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
+    assert invoke("run", manifest, "--styles", styles, "--out", out, "--per-image", "2", "--include-originals", *FAST)[0] == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["counts"]["skipped"] == 6 and run["counts"]["written"] == 9  # only the 3 copies were made
+    assert all(p.stat().st_mtime_ns == t for p, t in variants.items())
+    assert invoke("run", manifest, "--styles", styles, "--out", out, "--per-image", "2", *FAST)[0] == 0
+    assert json.loads((out / "run.json").read_text())["counts"]["removed"] == 3 and not list((out / "images").rglob("*original*"))
+
+
+def test_dream_variants_with_originals_and_alpha(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, _ = dataset
+    out = tmp_path / "out"
+    code, _, err = invoke("run", manifest, "--engine", "dream", "--out", out, "--include-originals", "--alpha", "0", *FAST)
+    assert code == 0, err
+    rows = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    assert sorted(rows["engine"]) == ["dream"] * 3 + ["original"] * 3
+    images = _by_style(out)
+    for row in rows[rows["engine"] == "dream"].itertuples():  # alpha 0: the source itself
+        assert np.array_equal(_pixels(out / row.path), _pixels(images[(row.source, "original")]))
