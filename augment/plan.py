@@ -73,7 +73,7 @@ class Task:
 
     @property
     def original(self) -> bool:
-        return self.style is ORIGINAL
+        return self.style == ORIGINAL  # equality, not identity: tasks travel to worker processes
 
     @property
     def style_name(self) -> str:
