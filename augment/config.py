@@ -126,7 +126,7 @@ class RunConfig:
             set_(name, _spread(name, getattr(self, name)))
         if isinstance(self.splits, str):
             set_("splits", tuple(s.strip() for s in self.splits.split(",") if s.strip()))
-        set_("splits", tuple(self.splits))
+        set_("splits", tuple(s.lower() for s in self.splits))  # split names are read lowercase
         formats = [f.strip() for f in self.format.split(",") if f.strip()] if isinstance(self.format, str) else list(self.format)
         if "webdataset" in formats:
             formats.remove("webdataset")
@@ -179,6 +179,7 @@ class RunConfig:
             (0.0 <= _low(self.alpha) and _high(self.alpha) <= 1.0, "alpha must be between 0 and 1"),
             (0.0 <= _low(self.blend) and _high(self.blend) < 1.0, "blend must be at least 0 and under 1"),
             (self.style_scale > 0, "style_scale must be > 0"),
+            (self.engine is not Engine.DREAM or self.blend == 0.0, "blend mixes styles for gatys and gatys+dream, not for --engine dream"),
             (self.target_per_class is None or self.target_per_class >= 1, "target_per_class must be at least 1"),
             (bool(self.splits), "splits must name at least one split"),
             (self.tv_beta > 0, "tv_beta must be > 0"),
@@ -195,7 +196,7 @@ class RunConfig:
             include_originals=self.include_originals, splits=self.splits,
             assignment=self.style_assignment, balance=self.balance, target_per_class=self.target_per_class,
             style_weight=sampled_weight, alpha=self.alpha, blend=self.blend,
-            blend_repeats=self.engine is not Engine.DREAM or self.guide,
+            blend_repeats=self.engine is not Engine.DREAM,  # dream variants differ by layer and seed
         )  # fmt: skip
 
     def gatys_options(self, **overrides: float) -> GatysOptions:

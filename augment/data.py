@@ -57,7 +57,9 @@ class ManifestDataset(Dataset[tuple[Any, int]]):
         if engines is not None:
             keep &= rows["engine"].isin(list(engines))
         if split is not None:
-            keep &= rows["split"] == split
+            if not (rows["split"] != "").any():
+                raise ValueError(f"{self.root}: the dataset has no splits (its manifest had no split column); leave split=None")
+            keep &= rows["split"] == split.lower()
         self.rows = rows[keep].reset_index(drop=True)
         self.samples = [(str(self.root / p), self.class_to_idx[label]) for p, label in zip(self.rows["path"], self.rows["label"])]
         self.targets = [target for _, target in self.samples]

@@ -27,6 +27,7 @@ CLASSES = "classes.json"
 METADATA = "metadata.csv"
 WEBDATASET = "webdataset"
 SAMPLES_PER_SHARD = 1000
+STAMP = "manifest.sha256"  # marks OUT/webdataset as augment's, and what it was made from
 # Manifest columns a training loader has no use for (all of them stay in manifest.csv).
 INTERNAL = ("key", "params", "weights", "seconds", "precision")
 # What metadata.csv carries besides file_name: what a training script filters or groups by.
@@ -49,6 +50,8 @@ def write_exports(out: Path, *, webdataset: bool = False) -> None:
     _write_metadata(out, manifest)
     if webdataset:
         _write_webdataset(out, manifest, classes)
+    elif (out / WEBDATASET / STAMP).is_file():  # shards of an earlier run that asked for them
+        shutil.rmtree(out / WEBDATASET)
 
 
 def _write_metadata(out: Path, manifest: pd.DataFrame) -> None:
@@ -72,7 +75,7 @@ def _write_metadata(out: Path, manifest: pd.DataFrame) -> None:
 def _write_webdataset(out: Path, manifest: pd.DataFrame, classes: dict[str, int]) -> None:
     """Tar shards, rewritten only when the manifest changed since they were made."""
     folder = out / WEBDATASET
-    stamp = folder / "manifest.sha256"
+    stamp = folder / STAMP
     digest = hashlib.sha256((out / "manifest.csv").read_bytes()).hexdigest()
     if stamp.is_file() and stamp.read_text().strip() == digest:
         return
@@ -82,17 +85,31 @@ def _write_webdataset(out: Path, manifest: pd.DataFrame, classes: dict[str, int]
     has_split = "split" in manifest and (manifest["split"] != "").any()
     for split, rows in manifest.groupby(manifest["split"] if has_split else pd.Series("train", index=manifest.index)):
         records = rows.to_dict("records")
+        keys = _sample_keys(records)
         for shard, start in enumerate(range(0, len(records), SAMPLES_PER_SHARD)):
             with atomic_write(folder / f"{split}-{shard:06d}.tar") as handle, tarfile.open(fileobj=handle, mode="w") as tar:
-                for row in records[start : start + SAMPLES_PER_SHARD]:
-                    _add_sample(tar, out, row, classes)
+                for row, key in zip(records[start : start + SAMPLES_PER_SHARD], keys[start : start + SAMPLES_PER_SHARD]):
+                    _add_sample(tar, out, row, key, classes)
     write_text(stamp, digest + "\n")
 
 
-def _add_sample(tar: tarfile.TarFile, out: Path, row: dict[str, str], classes: dict[str, int]) -> None:
+def _sample_keys(records: list[dict[str, str]]) -> list[str]:
+    """``<label>/<file stem>``, unique. webdataset splits a sample's key from its extensions at
+    the first dot of the file name, so dots become ``_``; a key that then clashes (a.b and
+    a_b) gets a short hash of its path."""
+    keys, seen = [], set()
+    for row in records:
+        path = PurePosixPath(row["path"])
+        key = f"{row['label']}/{path.stem.replace('.', '_')}"
+        if key in seen:
+            key = f"{key}-{hashlib.sha256(row['path'].encode()).hexdigest()[:8]}"
+        seen.add(key)
+        keys.append(key)
+    return keys
+
+
+def _add_sample(tar: tarfile.TarFile, out: Path, row: dict[str, str], key: str, classes: dict[str, int]) -> None:
     path = PurePosixPath(row["path"])
-    # webdataset splits a sample's key from its extensions at the first dot of the file name.
-    key = f"{row['label']}/{path.stem.replace('.', '_')}"
     meta = {k: v for k, v in row.items() if k not in INTERNAL}
     members = {
         f"{key}{path.suffix}": (out / path).read_bytes(),

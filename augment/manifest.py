@@ -28,6 +28,8 @@ BASE_COLUMNS = [
     "size", "width", "height", "iterations", "precision",
     "content_loss", "style_loss", "tv_loss", "total_loss", "dream_objective", "params", "key", "seconds",
 ]  # fmt: skip
+# Output columns an input column may not overwrite (and metadata.csv's file_name).
+RESERVED_COLUMNS = (frozenset(BASE_COLUMNS) - {"path", "label", "split"}) | {"file_name"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ def _load_csv(path: Path) -> InputRows:
             " (a manifest needs path,label and may have split)"
         )
     root = path.parent.resolve()
+    # The input's own columns travel to the output manifest; one named like an output column
+    # (style, source, key, ...) is kept as input_<name> rather than overwrite augment's.
+    frame = frame.rename(columns={c: f"input_{c}" for c in frame.columns if c in RESERVED_COLUMNS})
     extra_columns = [c for c in frame.columns if c not in (*REQUIRED_COLUMNS, "split")]
     rows, failures = [], []
     seen: set[tuple[Path, str]] = set()
@@ -116,7 +121,7 @@ def _load_csv(path: Path) -> InputRows:
     for index, record in enumerate(frame.to_dict("records"), start=1):
         source, label = record["path"].strip(), record["label"]
         checked = _check_row(index, source, label, root)
-        split = record.get("split", "").strip()
+        split = record.get("split", "").strip().lower()  # Train and train are one split
         if not isinstance(checked, Failure) and has_splits:
             problem = "empty split (other rows have one)" if not split else label_problem(split)
             if problem:

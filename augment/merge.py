@@ -81,11 +81,17 @@ def remove_stale(out: Path, keep: set[str]) -> int:
     """Delete images that earlier runs recorded and the plan no longer has. Only files named
     in augment's own part manifests are ever deleted."""
     removed = 0
+    images = (out / "images").resolve()
     for row in recorded_rows(out):
         path = out / row["path"]
-        if row["path"] not in keep and path.is_file() and path.resolve().is_relative_to((out / "images").resolve()):
+        if row["path"] not in keep and path.is_file() and path.resolve().is_relative_to(images):
             path.unlink()
             removed += 1
+            # A class folder left empty would make ImageFolder fail ("no valid file for the classes").
+            folder = path.parent.resolve()
+            while folder != images and folder.is_relative_to(images) and not any(folder.iterdir()):
+                folder.rmdir()
+                folder = folder.parent
     return removed
 
 

@@ -87,6 +87,7 @@ class Plan:
     left_out: int = 0  # rows of splits neither stylized nor copied
     targets: dict[str, int] = field(default_factory=dict)  # label -> images wanted (balance)
     short: dict[str, int] = field(default_factory=dict)  # label -> images it ends with, when not the target
+    copies: int = 0  # variants that repeat an earlier one (too few styles to make them differ)
 
 
 def stable_hash(*parts: object) -> int:
@@ -123,7 +124,7 @@ def choose_styles(styles: list[Style], count: int, rng: random.Random) -> list[S
 
 def is_stylized(row: SourceRow, splits: tuple[str, ...]) -> bool:
     """Rows without a split are stylized; with one, only the chosen splits (train by default)."""
-    return not row.split or row.split.lower() in {s.lower() for s in splits}
+    return not row.split or row.split in splits
 
 
 def variant_counts(rows: list[SourceRow], options: PlanOptions, base: int) -> tuple[dict[SourceRow, int], dict[str, int]]:
@@ -133,22 +134,31 @@ def variant_counts(rows: list[SourceRow], options: PlanOptions, base: int) -> tu
     variants per source (plus its originals with --include-originals). A class of n sources
     needs V = T - (n if originals else 0) variants: each source gets V // n, and the first
     V % n sources in seeded order one more. A class whose originals alone exceed T keeps them
-    all and gets no variants (real images are never dropped).
+    all and gets no variants (real images are never dropped). Each stylized split is balanced
+    on its own. Targets are keyed by ``class_key``.
     """
     stylized = [r for r in rows if is_stylized(r, options.splits)]
     if not (options.balance or options.target_per_class):
         return {r: base for r in stylized}, {}
-    classes: dict[str, list[SourceRow]] = defaultdict(list)
+    splits: dict[str, dict[str, list[SourceRow]]] = defaultdict(lambda: defaultdict(list))
     for row in sorted(stylized, key=lambda r: stable_hash(options.seed, "balance", r.source)):
-        classes[row.label].append(row)
+        splits[row.split][row.label].append(row)
     originals = 1 if options.include_originals else 0
-    target = options.target_per_class or max(len(members) * (base + originals) for members in classes.values())
     counts: dict[SourceRow, int] = {}
-    for members in classes.values():
-        needed = max(0, target - originals * len(members))
-        each, extra = divmod(needed, len(members))
-        counts.update((row, each + (i < extra)) for i, row in enumerate(members))
-    return counts, {label: target for label in classes}
+    targets: dict[str, int] = {}
+    for classes in splits.values():
+        target = options.target_per_class or max(len(members) * (base + originals) for members in classes.values())
+        for members in classes.values():
+            needed = max(0, target - originals * len(members))
+            each, extra = divmod(needed, len(members))
+            counts.update((row, each + (i < extra)) for i, row in enumerate(members))
+            targets[class_key(members[0])] = target
+    return counts, targets
+
+
+def class_key(row: SourceRow) -> str:
+    """A class within its split: ``train/ants``, or ``ants`` without splits."""
+    return f"{row.split}/{row.label}" if row.split else row.label
 
 
 def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Plan:
@@ -161,7 +171,7 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Pl
     counts, targets = variant_counts(rows, options, base)
     cycle_at = _cycle_offsets(counts, options.seed) if options.assignment is Assignment.CYCLE else {}
     tasks: list[Task] = []
-    left_out = 0
+    left_out = copies = 0
     for row in rows:
         stem = PurePosixPath(row.source).stem
         if stems[(row.split, row.label, stem)] > 1:
@@ -184,6 +194,7 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Pl
             start = cycle_at.get(row, 0)
             firsts = [pool[(start + k) % len(pool)] for k in range(count)]
         used: set[str] = set()
+        made: set[tuple[object, ...]] = set()
         for k, style in enumerate(firsts):
             task_rng = random.Random(stable_hash(options.seed, row.source, "variant", k))
             style2, mix = None, sample(options.blend, task_rng)
@@ -198,10 +209,14 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Pl
                 alpha=round(sample(options.alpha, task_rng), 4),
             )  # fmt: skip
             used.add(task.style_name)
+            # With too few styles to blend (a one-style bank), a repeat is the same image again.
+            settings = (task.style_name, task.mix, task.style_weight, task.alpha)
+            copies += settings in made and options.blend_repeats
+            made.add(settings)
             tasks.append(_with_output(task, output(task.style_name, k)))
-    final = Counter(t.source.label for t in tasks if is_stylized(t.source, options.splits))
-    short = {label: final[label] for label, target in targets.items() if final[label] != target}
-    return Plan(tasks=tasks, left_out=left_out, targets=targets, short=short)
+    final = Counter(class_key(t.source) for t in tasks if is_stylized(t.source, options.splits))
+    short = {key: final[key] for key, target in targets.items() if final[key] != target}
+    return Plan(tasks=tasks, left_out=left_out, targets=targets, short=short, copies=copies)
 
 
 def plan_tasks(rows: list[SourceRow], styles: list[Style], *, per_image: int, seed: int, fmt: str = "png") -> list[Task]:
@@ -245,5 +260,7 @@ def task_keys(tasks: list[Task], *, config_hash: str, copy_hash: str, weights: s
             continue
         styles = [digest(s.path) if s.path.is_file() else s.name for s in (task.style, task.style2) if s is not None]
         sampled = (task.mix, task.style_weight, task.alpha)
-        keys[task.output] = f"{stable_hash(digest(task.source.path), *styles, *sampled, config_hash, weights, task.seed):016x}"
+        # styles.yaml loss settings change pixels too.
+        overrides = [sorted(s.overrides.items()) for s in (task.style, task.style2) if s is not None]
+        keys[task.output] = f"{stable_hash(digest(task.source.path), *styles, *sampled, *overrides, config_hash, weights, task.seed):016x}"
     return keys

@@ -61,6 +61,9 @@ def prepare(config: RunConfig) -> Prepared:
     made = plan(rows, styles, config.plan_options())
     if made.left_out:
         log.info("%d rows of splits other than %s left out (--include-originals copies them)", made.left_out, ",".join(config.splits))
+    if made.copies:
+        log.warning("%d variants repeat an earlier one of the same image (the bank has too few styles to vary them): "
+                    "add styles, or lower --per-image / the balance target", made.copies)  # fmt: skip
     for label, count in made.short.items():
         log.warning("class %s: %d images, not the balance target %d (its originals alone exceed it)", label, count, made.targets[label])
     return Prepared(inputs=inputs, rows=rows, failures=list(failures), styles=styles, tasks=made.tasks, plan=made)

@@ -87,6 +87,8 @@ def _summary(out: Path, run: dict[str, Any], manifest: pd.DataFrame, failures: p
 
 
 def _counts(manifest: pd.DataFrame) -> str:
+    if manifest.empty:
+        return "<h2>Images per class and style</h2><p>No images.</p>"
     group = ["split", "label"] if (manifest["split"] != "").any() else ["label"]
     table = pd.crosstab([manifest[c] for c in group], manifest["style"], margins=True, margins_name="total")
     styles = sorted(table.columns.drop("total"), key=lambda s: (s != "original", s))
@@ -129,7 +131,8 @@ def _thumb_cell(path: Path | None, thumbs: Path, caption: str, title: str) -> st
             image.save(thumbs / name, quality=85)
         except ImageProblem:
             name = None
-    picture = f"<img src='{THUMBS}/{name}' alt='{_e(caption)}'>" if name else "<div class='missing'>not readable</div>"
+    missing = "not found" if path is None or not path.is_file() else "not readable"
+    picture = f"<img src='{THUMBS}/{name}' alt='{_e(caption)}'>" if name else f"<div class='missing'>{missing}</div>"
     return f"<figure title='{_e(title)}'>{picture}<figcaption>{_e(caption)}</figcaption></figure>"
 
 

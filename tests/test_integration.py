@@ -70,7 +70,7 @@ def test_balanced_real_dataset_loads_in_imagefolder_with_a_report(balanced_out: 
     code, _, err = invoke("report", balanced_out)
     assert code == 0, err
     page = (balanced_out / "report.html").read_text()
-    assert page.count("<figure") >= 12 and "not readable" not in page
+    assert page.count("<figure") >= 12 and "class='missing'" not in page
 
 
 def test_balanced_real_dataset_loads_in_hugging_face(balanced_out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

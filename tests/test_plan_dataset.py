@@ -114,3 +114,47 @@ def test_a_split_column_needs_a_split_on_every_row(tmp_path: Path) -> None:
     assert [r.label for r in inputs.rows] == ["cat"]
     assert [(f.row, f.reason) for f in inputs.failures] == [(2, "bad_split"), (3, "bad_split")]
     assert "empty split" in inputs.failures[0].message
+
+
+def test_each_split_is_balanced_on_its_own_and_split_names_are_lowercase(tmp_path: Path) -> None:
+    rows = [SourceRow(i + 1, f"{i}.jpg", Path(f"/x/{i}.jpg"), label, split)
+            for i, (label, split) in enumerate([("a", "train")] * 4 + [("b", "train")] * 2 + [("a", "val"), ("b", "val")])]  # fmt: skip
+    made = plan(rows, _styles(3), PlanOptions(balance=True, splits=("train", "val")))
+    assert made.targets == {"train/a": 4, "train/b": 4, "val/a": 1, "val/b": 1}
+    assert Counter((t.source.split, t.source.label) for t in made.tasks) == {("train", "a"): 4, ("train", "b"): 4, ("val", "a"): 1, ("val", "b"): 1}
+    from .conftest import noise_image
+
+    noise_image(8, 8, 0).save(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("path,label,split\na.png,cat,Train\n")
+    assert load_input(tmp_path / "m.csv").rows[0].split == "train"
+    assert RunConfig(splits="Train,VAL").splits == ("train", "val")
+
+
+def test_a_one_style_bank_counts_its_repeated_variants_and_dream_never_blends() -> None:
+    (row,) = _rows(cat=1)
+    made = plan([row], _styles(1), PlanOptions(per_image=3))
+    assert made.copies == 2 and all(t.style2 is None for t in made.tasks)
+    dream = plan([row], _styles(2), RunConfig(engine="dream", guide=True, per_image=4).plan_options())
+    assert all(t.style2 is None for t in dream.tasks) and dream.copies == 0
+    with pytest.raises(ConfigError, match="blend"):
+        RunConfig(engine="dream", blend=0.5)
+
+
+def test_input_columns_named_like_output_columns_are_kept_apart(tmp_path: Path) -> None:
+    from .conftest import noise_image
+
+    noise_image(8, 8, 0).save(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("path,label,style,key,photographer\na.png,cat,noir,k1,Ann\n")
+    (row,) = load_input(tmp_path / "m.csv").rows
+    assert row.extra == {"input_style": "noir", "input_key": "k1", "photographer": "Ann"}
+
+
+def test_task_keys_change_with_a_styles_yaml_override() -> None:
+    from augment.plan import task_keys
+
+    (row,) = _rows(cat=1)
+    plain = Style("s0", Path("s0.png"), "s0")
+    tuned = Style("s0", Path("s0.png"), "s0", overrides={"style_weight": 5000.0})
+    keys = [task_keys(plan([row], [s], PlanOptions()).tasks, config_hash="c", copy_hash="c", weights="w", digest=str)
+            for s in (plain, tuned)]  # fmt: skip
+    assert keys[0].keys() == keys[1].keys() and keys[0] != keys[1]

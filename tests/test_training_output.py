@@ -132,7 +132,7 @@ def test_report_shows_counts_sources_and_failures_outside_images(tmp_path: Path)
     assert code == 0, err
     page = (out / "report.html").read_text()
     assert page.count("<figure") == 2 * 3  # two sources, each beside its two variants
-    assert page.count("not readable") == 0  # the sources were found (relative to the manifest)
+    assert "class='missing'" not in page  # the sources were found (relative to the manifest)
     assert "Failures (1)" in page and "gone.png" in page and "Made with random weights" in page
     assert len(list((out / "report").glob("*.jpg"))) == 6
     assert sorted(p for p in (out / "images").rglob("*")) == before  # nothing added under images/
@@ -174,3 +174,47 @@ def test_dream_variants_with_originals_and_alpha(dataset: tuple[Path, Path], tmp
     images = _by_style(out)
     for row in rows[rows["engine"] == "dream"].itertuples():  # alpha 0: the source itself
         assert np.array_equal(_pixels(out / row.path), _pixels(images[(row.source, "original")]))
+
+
+def test_exports_follow_the_dataset_as_it_changes(tmp_path: Path) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    from augment.data import ManifestDataset
+
+    manifest = make_dataset(tmp_path, rows=[("ants/a.b.png", "ants"), ("ants/a_b.png", "ants"), ("bees/b1.png", "bees")])
+    styles, out = make_styles(tmp_path), tmp_path / "out"
+    assert invoke("run", manifest, "--styles", styles, "--out", out, "--format", "webdataset", *FAST)[0] == 0
+    with tarfile.open(out / "webdataset" / "train-000000.tar") as tar:
+        names = tar.getnames()
+    assert len(names) == len(set(names)) == 9  # a.b and a_b: two samples, not one key twice
+    with pytest.raises(ValueError, match="no splits"):
+        ManifestDataset(out, split="train")
+    # The bees leave the manifest, and webdataset is no longer asked for.
+    manifest.write_text("\n".join(line for line in manifest.read_text().splitlines() if "bees" not in line) + "\n")
+    assert invoke("run", manifest, "--styles", styles, "--out", out, *FAST)[0] == 0
+    assert not (out / "images" / "bees").exists() and not (out / "webdataset").exists()
+    assert torchvision.datasets.ImageFolder(out / "images").classes == ["ants"]  # no empty class folder left
+    assert json.loads((out / "classes.json").read_text()) == {"ants": 0}
+
+
+def test_a_report_of_a_run_where_every_row_failed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.csv").write_text("path,label\ngone.png,cat\n")
+    out = tmp_path / "out"
+    assert invoke("run", data / "manifest.csv", "--styles", make_styles(tmp_path), "--out", out, *FAST)[0] == 1
+    code, _, err = invoke("report", out)
+    assert code == 0, err
+    page = (out / "report.html").read_text()
+    assert "No images." in page and "Failures (1)" in page
+
+
+def test_a_changed_styles_yaml_setting_redoes_that_style(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    args = ["run", manifest, "--styles", styles, "--out", out, "--per-image", "2", *FAST]
+    assert invoke(*args)[0] == 0
+    (styles / "styles.yaml").write_text("waves: {style_weight: 5000}\n")
+    assert invoke(*args)[0] == 0
+    rows = pd.read_csv(out / "manifest.csv")
+    assert json.loads((out / "run.json").read_text())["counts"]["skipped"] == 3  # the grey_stone images
+    assert set(rows.loc[rows["style"] == "waves", "style_weight"]) == {5000}
