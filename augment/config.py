@@ -262,6 +262,12 @@ class RunConfig:
         data = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
+    def plan_hash(self) -> str:
+        """Hash of what decides which images a job makes (the parts of one job must agree)."""
+        keys = ("include_originals", "splits", "balance", "target_per_class", "style_assignment", "per_image", "limit")
+        data = {k: self.to_dict()[k] for k in keys}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
     def copy_hash(self) -> str:
         """Hash of what changes a copied original: its size and encoding."""
         data = {k: getattr(self, k) for k in ("size", "format", "quality", "max_pixels")}

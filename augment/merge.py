@@ -121,11 +121,12 @@ def merge(
             rows = part_rows(out, name)
             manifests.append((out, pd.DataFrame.from_records(rows) if rows else _read_part_csv(out / PARTS / f"{name}.manifest.csv")))
             failures.append(_read_part_csv(out / PARTS / f"{name}.failures.csv"))
-    hashes = {info["config_hash"] for _, info in infos}
+    # Pixel settings (config hash) and what was planned (originals, splits, balance, ...).
+    hashes = {_settings(info) for _, info in infos}
     if expected_hash is not None:
         hashes.add(expected_hash)
     if len(hashes) > 1:
-        described = ", ".join(f"{out / PARTS / info['part']}: {info['config_hash']}" for out, info in infos)
+        described = ", ".join(f"{out / PARTS / info['part']}: {_settings(info)}" for out, info in infos)
         raise MergeError(f"parts were made with different settings (config hashes {described})")
 
     frames = []
@@ -183,6 +184,10 @@ def merge(
     write_text(target / "run.json", json.dumps(run, indent=2, ensure_ascii=False) + "\n")
     log.info("merged %d parts into %s: %d images, %d failed rows", len(infos), target, len(manifest), len(failed))
     return run
+
+
+def _settings(info: dict[str, Any]) -> str:
+    return f"{info['config_hash']}/{info.get('plan_hash', '')}"
 
 
 def _read_part_csv(path: Path) -> pd.DataFrame:

@@ -164,7 +164,7 @@ def _run(config: RunConfig, progress: ProgressFn | None, deadline: float | None)
             interrupted = Interrupted(EXIT_SIGINT, "SIGINT")
         except Stopped as err:
             interrupted = err
-        result = merge([out], expected_hash=config.config_hash(), interrupted=interrupted, counts=counts)
+        result = merge([out], expected_hash=f"{config.config_hash()}/{config.plan_hash()}", interrupted=interrupted, counts=counts)
         if interrupted:
             log.warning("%s: kept %d finished images", interrupted, result["counts"]["written"])
             raise interrupted
@@ -271,7 +271,7 @@ def _run_rank(
             missing = ranks - set(part_names(out))
             if missing:
                 raise OutputError(f"{out}: parts {', '.join(sorted(missing))} are missing after the barrier")
-            result = merge([out], expected_hash=config.config_hash())
+            result = merge([out], expected_hash=f"{config.config_hash()}/{config.plan_hash()}")
             return _summary(out, result["counts"]["written"], result["counts"]["failed_rows"], len(prepared.tasks), started, weights.identity, part.device)
         return _summary(out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name)
     finally:

@@ -15,7 +15,7 @@ from .config import Engine, RunConfig
 from .errors import ConfigError
 from .images import ImageProblem, fit_long_side, probe
 from .manifest import Failure, InputRows, SourceRow, load_input
-from .plan import Plan, Task, plan
+from .plan import Plan, Task, class_key, plan
 from .styles import Style, load_style_bank
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def validate(config: RunConfig) -> Validation:
     prepared.rows = good
     prepared.tasks = [t for t in prepared.tasks if t.source in pixels_per_source]
     pixels = sum(pixels_per_source[t.source] for t in prepared.tasks)
-    counts = Counter(t.source.label for t in prepared.tasks)
+    counts = Counter(class_key(t.source) for t in prepared.tasks)
     return Validation(
         prepared=prepared,
         class_counts=dict(sorted(counts.items())),

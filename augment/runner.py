@@ -694,6 +694,7 @@ class PartRun:
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds") if status == "finished" else None,
             "config": self.config.to_dict(),
             "config_hash": self.config.config_hash(),
+            "plan_hash": self.config.plan_hash(),
             "inputs_root": str(self.prepared.inputs.root),  # relative sources are relative to it
             "engine": self._engine_name(),
             "weights": self.weights_id or None,

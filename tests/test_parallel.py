@@ -127,3 +127,11 @@ def test_a_restarted_shard_does_only_what_is_left(dataset: tuple[Path, Path], tm
     assert all((out / p).stat().st_mtime_ns == t for p, t in kept.items())  # not redone
     assert len(pd.read_csv(out / "parts" / "shard-0-of-1.manifest.csv")) == len(rows)
     assert "5 of 6 tasks already done" in (out / "run.log").read_text()
+
+
+def test_merge_refuses_shards_that_planned_different_images(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    _run(manifest, styles, tmp_path / "out", "--shard", "0/2")
+    _run(manifest, styles, tmp_path / "out", "--shard", "1/2", "--include-originals")  # same pixels, other plan
+    code, _, err = invoke("merge", tmp_path / "out")
+    assert code == 2 and "different settings" in err
