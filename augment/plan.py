@@ -163,8 +163,9 @@ def class_key(row: SourceRow) -> str:
 
 def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Plan:
     # Two sources with the same split, label and stem (x.jpg and x.webp, a/x.jpg and b/x.jpg)
-    # would write the same names: those get a short hash of their source path.
-    stems = Counter((row.split, row.label, PurePosixPath(row.source).stem) for row in rows)
+    # would write the same names: those get a short hash of their source path. Compared
+    # case-folded: A.jpg and a.jpg are one file name on macOS and Windows file systems.
+    stems = Counter((row.split, row.label, PurePosixPath(row.source).stem.casefold()) for row in rows)
     ext = FORMAT_EXT[options.fmt]
     pool = [s for s in styles if s.weight > 0]
     base = len(pool) if options.assignment is Assignment.ALL else options.per_image
@@ -174,7 +175,7 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Pl
     left_out = copies = 0
     for row in rows:
         stem = PurePosixPath(row.source).stem
-        if stems[(row.split, row.label, stem)] > 1:
+        if stems[(row.split, row.label, stem.casefold())] > 1:
             stem = f"{stem}-{stable_hash(row.source) % 16**6:06x}"
         folder = f"images/{row.split}/{row.label}" if row.split else f"images/{row.label}"
 
