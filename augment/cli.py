@@ -229,7 +229,8 @@ def validate(
     """Check a job without running it: rows, styles, tasks per class and the disk it will need."""
     flags = {k: v for k, v in locals().items() if k != "config"}
     flags["manifest"] = str(manifest)
-    report = validate_job(build_config(config, **flags))
+    cfg = build_config(config, **flags)
+    report = validate_job(cfg)
     prepared = report.prepared
     table = Table("class", "images out", title=f"{len(prepared.tasks)} tasks")
     for label, count in report.class_counts.items():
@@ -240,6 +241,8 @@ def validate(
         f"about {report.estimated_bytes / 1e6:.1f} MB of output",
         highlight=False,
     )
+    if prepared.plan and prepared.plan.left_out:
+        out_console.print(f"{prepared.plan.left_out} rows of splits other than {','.join(cfg.splits)} left out (--include-originals copies them)", highlight=False)
     for failure in prepared.failures[:20]:
         out_console.print(f"  {failure.reason}: {failure.message}", highlight=False, markup=False)
     if len(prepared.failures) > 20:

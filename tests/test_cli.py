@@ -143,6 +143,18 @@ def test_validate_reports_tasks_classes_and_failures(dataset: tuple[Path, Path])
     assert code == 1 and "undecodable" in stdout
 
 
+def test_validate_shows_the_balanced_plan_per_split(dataset: tuple[Path, Path]) -> None:
+    manifest, styles = dataset
+    lines = manifest.read_text().splitlines()
+    splits = ["train", "train", "test"]
+    manifest.write_text("\n".join([lines[0] + ",split"] + [f"{line},{s}" for line, s in zip(lines[1:], splits)]) + "\n")
+    code, stdout, _ = invoke("validate", manifest, "--styles", styles, "--balance", "--include-originals")
+    assert code == 0, stdout
+    assert "train/ants" in stdout and "test/bees" in stdout and "left out" not in stdout
+    code, stdout, _ = invoke("validate", manifest, "--styles", styles)
+    assert "1 rows of splits other than train left out" in stdout and "test/bees" not in stdout
+
+
 def test_weights_command_shows_the_cache(tmp_path: Path) -> None:
     code, stdout, _ = invoke("weights")
     assert code == 0 and "vgg19-dcbb9e9d.pth" in stdout and "not cached" in stdout
