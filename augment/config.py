@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -259,18 +260,20 @@ class RunConfig:
         # What a variant's pixels do not depend on: which rows and how many variants (each
         # task's key has its own sampled settings), and the copies of the originals.
         ignored |= {"include_originals", "splits", "balance", "target_per_class", "style_assignment", "per_image", "webdataset"}
-        data = {k: v for k, v in self.to_dict().items() if k not in ignored}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return self._hash(k for k in FIELD_NAMES if k not in ignored)
 
     def plan_hash(self) -> str:
         """Hash of what decides which images a job makes (the parts of one job must agree)."""
-        keys = ("include_originals", "splits", "balance", "target_per_class", "style_assignment", "per_image", "limit")
-        data = {k: self.to_dict()[k] for k in keys}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return self._hash(("include_originals", "splits", "balance", "target_per_class", "style_assignment", "per_image", "limit"))
 
     def copy_hash(self) -> str:
         """Hash of what changes a copied original: its size and encoding."""
-        data = {k: getattr(self, k) for k in ("size", "format", "quality", "max_pixels")}
+        return self._hash(("size", "format", "quality", "max_pixels"))
+
+    def _hash(self, names: Iterable[str]) -> str:
+        """Short hash of these options' values (canonical JSON)."""
+        values = self.to_dict()
+        data = {name: values[name] for name in names}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -56,8 +56,9 @@ def write_exports(out: Path, *, webdataset: bool = False) -> None:
 
 def _write_metadata(out: Path, manifest: pd.DataFrame) -> None:
     images = out / "images"
-    for stale in images.rglob(METADATA):
-        stale.unlink()
+    # Only where it is ever written (images/ and images/<split>/): no walk of the whole tree.
+    for stale in [images / METADATA, *images.glob(f"*/{METADATA}")]:
+        stale.unlink(missing_ok=True)
     # The input manifest's own columns come along; columns with no value anywhere do not.
     extra = [c for c in manifest.columns if c not in BASE_COLUMNS]
     columns = [c for c in (*METADATA_COLUMNS, *extra) if c in manifest and (manifest[c] != "").any()]

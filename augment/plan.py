@@ -21,7 +21,7 @@ import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path, PurePosixPath
 
@@ -209,12 +209,13 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Pl
                 style_weight=None if options.style_weight is None else sample(options.style_weight, task_rng, log=True),
                 alpha=round(sample(options.alpha, task_rng), 4),
             )  # fmt: skip
+            task = replace(task, output=output(task.style_name, k))  # the name says which styles
             used.add(task.style_name)
             # With too few styles to blend (a one-style bank), a repeat is the same image again.
             settings = (task.style_name, task.mix, task.style_weight, task.alpha)
             copies += settings in made and options.blend_repeats
             made.add(settings)
-            tasks.append(_with_output(task, output(task.style_name, k)))
+            tasks.append(task)
     final = Counter(class_key(t.source) for t in tasks if is_stylized(t.source, options.splits))
     short = {key: final[key] for key, target in targets.items() if final[key] != target}
     return Plan(tasks=tasks, left_out=left_out, targets=targets, short=short, copies=copies)
@@ -223,10 +224,6 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Pl
 def plan_tasks(rows: list[SourceRow], styles: list[Style], *, per_image: int, seed: int, fmt: str = "png") -> list[Task]:
     """The plain plan: ``per_image`` random styles per source."""
     return plan(rows, styles, PlanOptions(per_image=per_image, seed=seed, fmt=fmt)).tasks
-
-
-def _with_output(task: Task, output: str) -> Task:
-    return Task(**{**task.__dict__, "output": output})
 
 
 def _partner(pool: list[Style], style: Style, used: set[str], rng: random.Random) -> Style | None:

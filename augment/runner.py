@@ -8,6 +8,7 @@ tensors to ``engines.gatys`` and gets tensors back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -325,7 +326,7 @@ class PartRun:
         compute_t0 = time.perf_counter()
         guide = self._guide
 
-        def flush(batch: list[tuple[Task, torch.Tensor]], saver: ThreadPoolExecutor) -> None:
+        def flush(batch: list[tuple[Task, torch.Tensor]]) -> None:
             if not batch:
                 return
             tasks = [task for task, _ in batch]
@@ -343,12 +344,11 @@ class PartRun:
                 for j, i in enumerate(keep):
                     steps = self._dream_steps(*images.shape[-2:])
                     result = Result(key=tasks[i], image=out[j : j + 1].cpu(), losses={}, iterations=steps, seconds=share)
-                    self._pending.append(self._submit(saver, result, self.precision, dream_objective=objective[j], content=batch[i][1]))
+                    self._pending.append(self._submit(result, self.precision, dream_objective=objective[j], content=batch[i][1]))
             self._advance(len(tasks))
             self._pending = self._collect(self._pending, wait=False)
 
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="augment-save") as saver:
-            self._saver = saver
+        with self._saving():
             batch: list[tuple[Task, torch.Tensor]] = []
             for group, decoded in self._decoded(groups):
                 content = decoded[-1]
@@ -357,11 +357,10 @@ class PartRun:
                         self._save_copy(task, content)
                         continue
                     if batch and (batch[0][1].shape != content.shape or len(batch) >= self.batch_size):
-                        flush(batch, saver)
+                        flush(batch)
                         batch = []
                     batch.append((task, content))
-            flush(batch, saver)
-            self._collect(self._pending, wait=True)
+            flush(batch)
         self.timings["compute_s"] = time.perf_counter() - compute_t0
         self.timings["batch_size"] = self.batch_size
 
@@ -390,15 +389,13 @@ class PartRun:
         )
         compute_t0 = time.perf_counter()
         self._eta_t0, self._eta_logged = time.monotonic(), 0.0
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="augment-save") as saver:
-            self._saver = saver
-            retry = self._consume(batcher, groups, saver, self.precision)
+        with self._saving():
+            retry = self._consume(batcher, groups, self.precision)
             if retry:  # mixed precision overflowed for these: redo them in fp32
                 log.warning("%d images had a non-finite loss in %s; redoing them in fp32", len(retry), self.precision.value)
                 fp32 = GatysBatcher(self.net, options, batch_size=batch_size, channels_last=channels_last)
                 self._grams = {}  # style targets again, in fp32
-                self._consume(fp32, _group_by_source(retry), saver, Precision.FP32)
-            self._collect(self._pending, wait=True)
+                self._consume(fp32, _group_by_source(retry), Precision.FP32)
         self.timings["compute_s"] = time.perf_counter() - compute_t0
         self.timings["batch_size"] = batch_size
         self.timings["oom_backoffs"] = batcher.oom_events
@@ -406,9 +403,9 @@ class PartRun:
             self.timings["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 1e6
 
     def _consume(
-        self, batcher: GatysBatcher, groups: Iterable[list[Task]], saver: ThreadPoolExecutor, precision: Precision
+        self, batcher: GatysBatcher, groups: Iterable[list[Task]], precision: Precision
     ) -> list[Task]:
-        """Run ``groups`` through ``batcher``, handing finished images to ``saver``. Returns
+        """Run ``groups`` through ``batcher``, handing finished images to the saver. Returns
         the tasks whose loss went non-finite in half precision (in fp32 they fail)."""
         self._batcher = batcher
         retry = []
@@ -416,7 +413,7 @@ class PartRun:
             if math.isfinite(result.losses["total"]):
                 objective = self._dream_one(result) if self.config.engine is Engine.GATYS_DREAM else None
                 content = self._contents.pop(result.key, None)
-                self._pending.append(self._submit(saver, result, precision, dream_objective=objective, content=content))
+                self._pending.append(self._submit(result, precision, dream_objective=objective, content=content))
             elif precision is not Precision.FP32:
                 retry.append(result.key)
                 continue
@@ -493,7 +490,7 @@ class PartRun:
     def _save_copy(self, task: Task, content: torch.Tensor) -> None:
         """An original, re-encoded at the output size: no network involved."""
         result = Result(key=task, image=content.cpu(), losses={}, iterations=0, seconds=0.0)
-        self._pending.append(self._submit(self._saver, result, Precision.FP32))
+        self._pending.append(self._submit(result, Precision.FP32))
         self._advance(1)
 
     def _run_copies(self, groups: Iterable[list[Task]]) -> None:
@@ -502,13 +499,11 @@ class PartRun:
         self.progress(self.done, self.total)
         self.batch_size = 1
         self._eta_t0, self._eta_logged = time.monotonic(), 0.0
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="augment-save") as saver:
-            self._saver = saver
+        with self._saving():
             for group, decoded in self._decoded(groups):
                 for task in group:
                     self._save_copy(task, decoded[-1])
                 self._pending = self._collect(self._pending, wait=False)
-            self._collect(self._pending, wait=True)
         self.timings["compute_s"] = time.perf_counter() - t0
 
     def _decoded(self, groups: Iterable[list[Task]]) -> Iterator[tuple[list[Task], list[torch.Tensor]]]:
@@ -542,11 +537,20 @@ class PartRun:
                 self._grams[key] = err
         return self._grams[key]
 
+    @contextlib.contextmanager
+    def _saving(self) -> Iterator[None]:
+        """Threads that encode and write images while the device computes; on a normal exit
+        every submitted image is written and recorded."""
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="augment-save") as saver:
+            self._saver = saver
+            yield
+            self._collect(self._pending, wait=True)
+
     def _submit(
-        self, saver: ThreadPoolExecutor, result: Result, precision: Precision, *,
+        self, result: Result, precision: Precision, *,
         dream_objective: float | None = None, content: torch.Tensor | None = None,
     ) -> _Saving:  # fmt: skip
-        """Encode and write in a thread so the device goes on computing."""
+        """Encode and write in a saver thread (see ``_saving``) so the device goes on computing."""
         task: Task = result.key
         if content is not None and not task.original:
             content = content.to(result.image)
@@ -555,7 +559,7 @@ class PartRun:
             result.image = blend(result.image, content, task.alpha)
         saving = _Saving(task, result, precision, None, dream_objective)  # type: ignore[arg-type]
         saving.row = self._manifest_row(saving)
-        saving.future = saver.submit(self._save, to_image(result.image), task.output, saving.row)
+        saving.future = self._saver.submit(self._save, to_image(result.image), task.output, saving.row)
         return saving
 
     def _fail_non_finite(self, result: Result) -> None:

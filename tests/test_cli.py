@@ -27,7 +27,8 @@ def invoke(*args: str | Path) -> tuple[int, str, str]:
 
 
 def files_under(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*") if p.is_file() and p.name != "metadata.csv"}  # metadata.csv: for Hugging Face
+    """The dataset's files under ``root`` (not the metadata.csv written for Hugging Face)."""
+    return {p for p in root.rglob("*") if p.is_file() and p.name != "metadata.csv"}
 
 
 def test_run_writes_images_manifest_and_run_json(dataset: tuple[Path, Path], tmp_path: Path) -> None:

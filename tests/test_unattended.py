@@ -19,7 +19,7 @@ from PIL import Image
 
 from augment.lock import OutLock
 
-from .test_cli import invoke
+from .test_cli import files_under, invoke
 
 
 def test_a_second_run_on_a_busy_out_exits_75_whatever_its_options(dataset: tuple[Path, Path], tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_a_signal_keeps_finished_images_and_exits_with_its_code(dataset: tuple[P
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "interrupted" and run["exit_code"] == expected
     rows = pd.read_csv(out / "manifest.csv")
-    on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file() and p.name != "metadata.csv"}
+    on_disk = {p.relative_to(out).as_posix() for p in files_under(out / "images")}
     assert 1 <= len(rows) < 6 and set(rows["path"]) == on_disk  # finished kept, nothing half-written
 
 
@@ -80,7 +80,7 @@ ARGS = ["--weights", "random", "--size", "32", "--iterations", "2", "--per-image
 
 
 def _images(out: Path) -> dict[str, int]:
-    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in (out / "images").rglob("*") if p.is_file() and p.name != "metadata.csv"}
+    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in files_under(out / "images")}
 
 
 def test_an_unchanged_rerun_makes_nothing_and_a_change_redoes_only_its_tasks(dataset: tuple[Path, Path], tmp_path: Path) -> None:
@@ -187,7 +187,7 @@ def test_kill_9_then_rerun_gives_exactly_one_image_per_task_identical_to_an_unbr
     code, _, err = invoke("run", *options, "--out", out)
     assert code == 0, err
     rows = pd.read_csv(out / "manifest.csv")
-    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and "images" in p.parts and p.name != "metadata.csv"}
+    on_disk = {p.relative_to(out).as_posix() for p in files_under(out / "images")}
     assert len(rows) == 6 and rows["path"].is_unique and set(rows["path"]) == on_disk  # no orphan, no temp file
     assert not list(out.rglob("*.tmp"))
     for path in rows["path"]:
@@ -218,14 +218,14 @@ def test_a_full_disk_or_read_only_out_stops_with_exit_3_and_one_line_leaving_no_
     assert (tmp_path / "code1").read_text().strip() == "3"
     err = (tmp_path / "err1").read_text().strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and err[0].startswith("augment: error: cannot write")
-    images = [p for p in kept.rglob("*") if p.is_file() and "images" in p.parts and p.name != "metadata.csv"]
+    images = list(files_under(kept / "images"))
     assert images and not list(kept.rglob("*.tmp"))  # what was written is whole; no temp file left
     for path in images:
         Image.open(path).load()  # a truncated file would raise here
     assert (tmp_path / "code2").read_text().strip() == "0", (tmp_path / "err2").read_text()
     after = tmp_path / "kept-after"
     rows = pd.read_csv(after / "manifest.csv")
-    assert len(rows) == 6 and set(rows["path"]) == {p.relative_to(after).as_posix() for p in (after / "images").rglob("*") if p.is_file() and p.name != "metadata.csv"}
+    assert len(rows) == 6 and set(rows["path"]) == {p.relative_to(after).as_posix() for p in files_under(after / "images")}
     assert 1 <= json.loads((after / "run.json").read_text())["counts"]["skipped"] <= len(images)  # kept, not redone
     # A read-only OUT: the same exit and one line.
     assert (tmp_path / "code3").read_text().strip() == "3"
