@@ -149,6 +149,8 @@ def run(
     tv_beta: Annotated[float | None, Opt(help=HELP["tv_beta"])] = None,
     content_layer: Annotated[str | None, Opt(help=HELP["content_layer"])] = None,
     style_layers: Annotated[str | None, Opt(help=HELP["style_layers"] + " Comma-separated.")] = None,
+    style_layer_weights: Annotated[str | None, Opt(help=HELP["style_layer_weights"])] = None,
+    normalize_gradients: Annotated[bool | None, Opt("--normalize-gradients", help=HELP["normalize_gradients"])] = None,
     pooling: Annotated[Pooling | None, Opt(help=HELP["pooling"])] = None,
     optimizer: Annotated[Optimizer | None, Opt(help=HELP["optimizer"])] = None,
     learning_rate: Annotated[float | None, Opt(help=HELP["learning_rate"])] = None,

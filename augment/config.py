@@ -22,6 +22,7 @@ from .engines.googlenet import INCEPTION_LAYERS
 from .engines.googlenet import MIN_SIDE as GOOGLENET_MIN_SIDE
 from .engines.precision import Precision
 from .engines.vgg import CONV_LAYERS, Pooling
+from .engines.weighting import parse_layer_weights
 from .errors import ConfigError
 from .images import DEFAULT_MAX_PIXELS, FORMAT_EXT, MIN_SIDE
 from .plan import Assignment, PlanOptions, Spread
@@ -69,12 +70,14 @@ class RunConfig:
     # The method
     size: int = _opt(512, "Long side of the output in pixels; aspect ratio kept.")
     iterations: int = _opt(300, "Optimiser iterations per image (one VGG19 forward+backward each).")
-    content_weight: float = _opt(10.0, "α, weight of the content loss.")
-    style_weight: Spread = _opt(40.0, "β, weight of the style loss. A range lo:hi (e.g. 1e4:1e6) is sampled per image, log-uniformly.")
-    tv_weight: float = _opt(1.0, "λ_TV, weight of the total-variation regulariser.")
+    content_weight: float | None = _opt(None, "α, weight of the content loss. Default: 10.")
+    style_weight: Spread | None = _opt(None, "β, weight of the style loss. Default: per weights flavour, converted from published settings (torchvision 3281, caffe 0.0656, with --normalize-gradients 1000; docs/method.md). A range lo:hi (e.g. 1e3:1e4) is sampled per image, log-uniformly.")
+    tv_weight: float | None = _opt(None, "λ_TV, weight of the total-variation regulariser. Default: per weights flavour (torchvision 0.00238, caffe 7.9, with --normalize-gradients 31.6).")
     tv_beta: float = _opt(1.25, "Exponent inside the total-variation sum.")
     content_layer: str = _opt("conv4_2", "VGG19 layer for the content loss.")
-    style_layers: tuple[str, ...] = _opt(DEFAULT_STYLE_LAYERS, "VGG19 layers for the style loss (equal weights).")
+    style_layers: tuple[str, ...] = _opt(DEFAULT_STYLE_LAYERS, "VGG19 layers for the style loss.")
+    style_layer_weights: tuple[float, ...] | None = _opt(None, "λ_l, one weight per style layer, comma-separated. Default: proportional to 1/channels², summing to 1 (equal with --normalize-gradients).")
+    normalize_gradients: bool = _opt(False, "Scale each loss term's gradient to unit L1 norm at its layer (neural-style's -normalize_gradients): the balance no longer depends on the weights' activation scale.")
     pooling: Pooling = _opt(Pooling.MAX, "Pooling in VGG19: max or avg.")
     optimizer: Optimizer = _opt(Optimizer.LBFGS, "lbfgs (as the seed) or adam.")
     learning_rate: float | None = _opt(None, "Step size; default 1.0 for lbfgs, 0.02 for adam.")
@@ -124,7 +127,8 @@ class RunConfig:
         except ValueError as err:
             raise ConfigError(str(err)) from err
         for name in ("style_weight", "alpha", "blend"):
-            set_(name, _spread(name, getattr(self, name)))
+            if getattr(self, name) is not None:  # style_weight None: the flavour's default
+                set_(name, _spread(name, getattr(self, name)))
         if isinstance(self.splits, str):
             set_("splits", tuple(s.strip() for s in self.splits.split(",") if s.strip()))
         set_("splits", tuple(s.lower() for s in self.splits))  # split names are read lowercase
@@ -138,6 +142,11 @@ class RunConfig:
         if isinstance(self.style_layers, str):
             set_("style_layers", tuple(s.strip() for s in self.style_layers.split(",") if s.strip()))
         set_("style_layers", tuple(self.style_layers))
+        if self.style_layer_weights is not None:
+            try:
+                set_("style_layer_weights", parse_layer_weights(self.style_layer_weights, len(self.style_layers)))
+            except ValueError as err:
+                raise ConfigError(f"style_layer_weights: {err}") from None
         if isinstance(self.dream_layers, str):
             set_("dream_layers", tuple(s.strip() for s in self.dream_layers.split(",") if s.strip()))
         set_("dream_layers", tuple(self.dream_layers))
@@ -176,7 +185,9 @@ class RunConfig:
             (0.0 <= self.dream_blend <= 1.0, "dream_blend must be between 0 and 1"),
             (self.jitter >= 0 and self.dream_step > 0 and self.dream_iterations >= 0, "jitter >= 0, dream_step > 0, dream_iterations >= 0"),
             (self.tol >= 0, "tol must be >= 0"),
-            (min(self.content_weight, _low(self.style_weight), self.tv_weight) >= 0, "loss weights must be >= 0"),
+            (all(w is None or w >= 0 for w in (self.content_weight, _low(self.style_weight), self.tv_weight)),
+             "loss weights must be >= 0"),
+            (self.learning_rate is None or self.learning_rate > 0, "learning_rate must be > 0"),
             (0.0 <= _low(self.alpha) and _high(self.alpha) <= 1.0, "alpha must be between 0 and 1"),
             (0.0 <= _low(self.blend) and _high(self.blend) < 1.0, "blend must be at least 0 and under 1"),
             (self.style_scale > 0, "style_scale must be > 0"),
@@ -200,7 +211,7 @@ class RunConfig:
             blend_repeats=self.engine is not Engine.DREAM,  # dream variants differ by layer and seed
         )  # fmt: skip
 
-    def gatys_options(self, **overrides: float) -> GatysOptions:
+    def gatys_options(self, **overrides: Any) -> GatysOptions:
         """The engine's options, with per-image and per-style overrides applied. With
         several scales, ``iterations`` is the full-size stage's share."""
         return GatysOptions(
@@ -211,6 +222,8 @@ class RunConfig:
             tv_beta=overrides.get("tv_beta", self.tv_beta),
             content_layer=self.content_layer,
             style_layers=self.style_layers,
+            style_layer_weights=overrides.get("style_layer_weights", self.style_layer_weights),
+            normalize_gradients=self.normalize_gradients,
             optimizer=self.optimizer,
             learning_rate=self.learning_rate,
             init=self.init,

@@ -49,7 +49,9 @@ def prepare(config: RunConfig) -> Prepared:
         raise ConfigError("no style folder given (--styles DIR)" + (" for --guide" if config.guide else ""))
     inputs = load_input(config.manifest)
     if needs_styles:
-        styles = load_style_bank(config.styles, max_pixels=config.max_pixels)  # type: ignore[arg-type]
+        styles = load_style_bank(
+            config.styles, max_pixels=config.max_pixels, style_layers=len(config.style_layers)  # type: ignore[arg-type]
+        )
     else:
         # Plain dream: the variants are the dream layers, drawn like styles (distinct while
         # there are enough, then again with other seeds).

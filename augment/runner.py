@@ -37,6 +37,7 @@ from .engines.gatys import GatysBatcher, Job, Result, Stage
 from .engines.losses import mix_grams, rescale_grams
 from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image
 from .engines.precision import HALF_DTYPES, Precision, enable_fast_fp32, resolve_precision
+from .engines.vgg import Flavour
 from .errors import BudgetExhausted, Interrupted, OutputError, Stopped, TooManyFailures
 from .images import (
     ImageProblem,
@@ -224,6 +225,7 @@ class PartRun:
         self.started = time.time()
         self.timings: dict[str, float] = {}
         self.weights_id = ""
+        self.flavour = Flavour.TORCHVISION  # of the VGG19 weights: decides the default loss weights
         self.last_checkpoint = time.monotonic()
         # (style, long side) -> (Gram targets, the style image's pixel count)
         self._grams: dict[tuple[str, int], tuple[dict[str, torch.Tensor], int] | ImageProblem] = {}
@@ -240,6 +242,8 @@ class PartRun:
     ) -> PartSummary:
         self.failures += list(failures)
         self.weights_id = weights.identity
+        if weights.gatys is not None:
+            self.flavour = weights.gatys.flavour
         self._write_part_json("running")
         self.total, self.done = total, len(self.rows)  # rows kept from an earlier run count as done
         self.precision = resolve_precision(self.config.precision, self.device)
@@ -617,7 +621,7 @@ class PartRun:
         }  # fmt: skip
 
     def _style_weight(self, task: Task) -> float:
-        return self.config.gatys_options(**self._overrides(task)).style_weight
+        return self.config.gatys_options(**self._overrides(task)).resolved(self.flavour).style_weight  # type: ignore[return-value]
 
     def _engine_name(self) -> str:
         engine = self.config.engine.value
@@ -626,7 +630,11 @@ class PartRun:
     def _params(self) -> str:
         """The engine's settings, in the manifest row (the full config is in run.json)."""
         c = self.config
-        gatys = f"content_weight={c.content_weight} tv_weight={c.tv_weight}"
+        resolved = c.gatys_options().resolved(self.flavour)
+        gatys = f"content_weight={resolved.content_weight:.6g} tv_weight={resolved.tv_weight:.6g}"
+        if c.style_layer_weights is not None:
+            gatys += " style_layer_weights=" + ",".join(f"{w:g}" for w in c.style_layer_weights)
+        gatys += " normalize_gradients" * c.normalize_gradients
         extras = [f"style_scale={c.style_scale}"] * (c.style_scale != 1.0) + ["preserve_color"] * c.preserve_color
         gatys = " ".join([gatys, *extras])
         dream = (

@@ -5,7 +5,8 @@
     starry_night:
       name: The Starry Night   # display name
       weight: 2                # sampling weight (0 = never drawn)
-      style_weight: 80         # overrides --style-weight for this style
+      style_weight: 2000       # overrides --style-weight for this style
+      style_layer_weights: [0.5, 0.3, 0.2, 0, 0]   # λ_l, one per style layer
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .engines.weighting import parse_layer_weights
 from .errors import StyleBankError
 from .images import ImageProblem, image_extensions, probe
 from .yamlfile import read_mapping
 
 STYLES_YAML = "styles.yaml"
 # Per-style keys: display name, sampling weight, and the loss settings a style may override.
-OVERRIDE_KEYS = ("style_weight", "content_weight", "tv_weight", "tv_beta")
+OVERRIDE_KEYS = ("style_weight", "content_weight", "tv_weight", "tv_beta", "style_layer_weights")
+NUMBER_KEYS = ("weight", "style_weight", "content_weight", "tv_weight", "tv_beta")
 STYLE_KEYS = ("name", "weight", *OVERRIDE_KEYS)
 
 
@@ -31,7 +34,7 @@ class Style:
     path: Path
     display_name: str
     weight: float = 1.0
-    overrides: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
+    overrides: dict[str, float | tuple[float, ...]] = field(default_factory=dict, compare=False, hash=False)
 
 
 def safe_name(stem: str) -> str:
@@ -42,8 +45,9 @@ def safe_name(stem: str) -> str:
     return name or "style"
 
 
-def load_style_bank(folder: str | Path, *, max_pixels: int | None = None) -> list[Style]:
-    """Find the style images in ``folder`` (not recursive) and apply ``styles.yaml``.
+def load_style_bank(folder: str | Path, *, max_pixels: int | None = None, style_layers: int = 5) -> list[Style]:
+    """Find the style images in ``folder`` (not recursive) and apply ``styles.yaml``
+    (``style_layers``: how many λ_l a ``style_layer_weights`` entry must give).
 
     Raises StyleBankError for a missing or empty folder, an unreadable style image or a bad
     styles.yaml, naming the file.
@@ -65,7 +69,7 @@ def load_style_bank(folder: str | Path, *, max_pixels: int | None = None) -> lis
             raise StyleBankError(f"style image {file}: {err}") from err
 
     names = _unique_names(files)
-    settings = _load_settings(folder / STYLES_YAML, files, names)
+    settings = _load_settings(folder / STYLES_YAML, files, names, style_layers)
     styles = []
     for file, name in zip(files, names):
         entry = settings.get(name, {})
@@ -73,7 +77,7 @@ def load_style_bank(folder: str | Path, *, max_pixels: int | None = None) -> lis
             name=name, path=file.resolve(),
             display_name=str(entry.get("name", file.stem)),
             weight=float(entry.get("weight", 1.0)),
-            overrides={k: float(entry[k]) for k in OVERRIDE_KEYS if k in entry},
+            overrides={k: entry[k] for k in OVERRIDE_KEYS if k in entry},  # type: ignore[misc]
         ))  # fmt: skip
     if not any(s.weight > 0 for s in styles):
         raise StyleBankError(f"{folder / STYLES_YAML}: every style has weight 0")
@@ -95,7 +99,7 @@ def _unique_names(files: list[Path]) -> list[str]:
     return unique
 
 
-def _load_settings(path: Path, files: list[Path], names: list[str]) -> dict[str, dict[str, object]]:
+def _load_settings(path: Path, files: list[Path], names: list[str], style_layers: int) -> dict[str, dict[str, object]]:
     if not path.is_file():
         return {}
     data = read_mapping(path, StyleBankError, "style name to settings")
@@ -117,10 +121,19 @@ def _load_settings(path: Path, files: list[Path], names: list[str]) -> dict[str,
             raise StyleBankError(
                 f"{path}: unknown key(s) {', '.join(unknown)} for {key!r}; allowed: {', '.join(STYLE_KEYS)}"
             )
-        for number_key in ("weight", *OVERRIDE_KEYS):
+        entry = dict(entry)
+        for number_key in NUMBER_KEYS:
             if number_key in entry:
                 value = entry[number_key]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                     raise StyleBankError(f"{path}: {key}.{number_key} must be a number >= 0")
+                entry[number_key] = float(value)
+        if entry.get("tv_beta") == 0:
+            raise StyleBankError(f"{path}: {key}.tv_beta must be > 0 (at 0 the TV term is a constant)")
+        if "style_layer_weights" in entry:
+            try:
+                entry["style_layer_weights"] = parse_layer_weights(entry["style_layer_weights"], style_layers)
+            except ValueError as err:
+                raise StyleBankError(f"{path}: {key}.style_layer_weights: {err}") from None
         settings[aliases[key]] = entry
     return settings

@@ -50,7 +50,8 @@ def test_help_shows_defaults() -> None:
 
 def test_gatys_options_apply_style_overrides() -> None:
     options = RunConfig(style_weight=5.0).gatys_options(style_weight=100.0)
-    assert options.style_weight == 100.0 and options.content_weight == 10.0
+    assert options.style_weight == 100.0 and options.content_weight is None  # the flavour decides
+    assert options.resolved("torchvision").content_weight == 10.0
 
 
 def test_docs_config_md_is_up_to_date() -> None:
@@ -58,3 +59,28 @@ def test_docs_config_md_is_up_to_date() -> None:
 
     docs = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert docs.read_text(encoding="utf-8") == config_reference(), "run: python docs/generate_config_md.py"
+
+
+def test_learning_rate_zero_or_negative_is_refused_not_replaced() -> None:
+    from augment.engines.gatys import GatysOptions
+
+    for bad in (0.0, -1.0):
+        with pytest.raises(ConfigError, match="learning_rate must be > 0"):
+            RunConfig(learning_rate=bad)
+        with pytest.raises(ValueError, match="learning_rate must be > 0"):
+            GatysOptions(learning_rate=bad)
+    assert RunConfig(learning_rate=0.5).gatys_options().step_size == 0.5
+    assert GatysOptions(optimizer="adam").step_size == 0.02 and GatysOptions().step_size == 1.0
+
+
+def test_style_layer_weights_and_normalize_gradients_reach_the_engine() -> None:
+    config = RunConfig(style_layers="conv1_1,conv2_1", style_layer_weights="0.75, 0.25", normalize_gradients=True)
+    options = config.gatys_options()
+    assert options.layer_weights == {"conv1_1": 0.75, "conv2_1": 0.25} and options.normalize_gradients
+    # A style's own λ_l (styles.yaml) wins over the run's.
+    assert config.gatys_options(style_layer_weights=(0.0, 1.0)).layer_weights == {"conv1_1": 0.0, "conv2_1": 1.0}
+    with pytest.raises(ConfigError, match="style_layer_weights: 3 weights for 2 style layers"):
+        RunConfig(style_layers="conv1_1,conv2_1", style_layer_weights="1,1,1")
+    # Unset, λ_l follows 1/C² (equal when gradients are normalised).
+    assert RunConfig(style_layers="conv1_1,conv2_1").gatys_options().layer_weights == pytest.approx({"conv1_1": 0.8, "conv2_1": 0.2})
+    assert RunConfig(style_layers="conv1_1,conv2_1", normalize_gradients=True).gatys_options().layer_weights == {"conv1_1": 0.5, "conv2_1": 0.5}

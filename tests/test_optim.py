@@ -94,3 +94,43 @@ def test_batch_adam_matches_torch_adam() -> None:
         _loss(yr[0], a, b).backward()
         mine.step(torch.arange(1), y, yr.grad.float())
     assert torch.allclose(y[0].double(), x.detach(), atol=1e-5)
+
+
+def test_rows_in_any_order_keep_their_own_state() -> None:
+    # Rows [0, 2, 1, 3] are not the slice 0:4: each row's history must stay with its problem,
+    # whatever order the caller lists the rows in from one step to the next.
+    problems = [_problem(seed) for seed in range(4)]
+    n = problems[0][0].shape[0]
+    opt = BatchLBFGS(4, n, history_size=10, tolerance_grad=0.0, tolerance_change=0.0, dtype=torch.float64)
+    opt.reset(torch.arange(4))
+    state = torch.zeros(4, n, dtype=torch.float64)  # state[r]: problem r's x
+    for step in range(12):
+        order = torch.tensor([0, 2, 1, 3] if step % 2 else [0, 1, 2, 3])
+        x = state[order].clone()
+        xr = x.clone().requires_grad_(True)
+        sum(_loss(xr[j], *problems[int(r)]) for j, r in enumerate(order)).backward()
+        opt.step(order, x, xr.grad)
+        state[order] = x
+    for r, problem in enumerate(problems):
+        expected = _torch_lbfgs(*problem, steps=12, history=10)
+        assert torch.allclose(state[r], expected, rtol=1e-9, atol=1e-10), r
+
+
+def test_the_curvature_pair_is_the_step_actually_taken() -> None:
+    # The engine clamps pixels after each step; the history must describe where x went, not
+    # where the optimiser proposed to go (else L-BFGS's model is of a move that never happened).
+    a, b = _problem(0, n=6)
+    opt = BatchLBFGS(1, 6, history_size=5, tolerance_grad=0.0, tolerance_change=0.0, dtype=torch.float64)
+    rows = torch.arange(1)
+    opt.reset(rows)
+    x = torch.full((1, 6), 0.5, dtype=torch.float64)
+    positions = [x.clone()]
+    for _ in range(4):
+        xr = x.clone().requires_grad_(True)
+        _loss(xr[0], a, b).backward()
+        opt.step(rows, x, xr.grad)
+        x.clamp_(0.45, 0.55)  # the caller's projection binds
+        positions.append(x.clone())
+    # Slots 1..3 hold the pairs of steps 1..3 (slot 0: the first call has no pair yet).
+    for k in (1, 2, 3):
+        assert torch.allclose(opt.old_s[k, 0], positions[k][0] - positions[k - 1][0], atol=1e-15)

@@ -55,3 +55,18 @@ def test_missing_empty_or_broken_bank(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"garbage")
     with pytest.raises(StyleBankError, match="bad.png"):
         load_style_bank(tmp_path)
+
+
+def test_styles_yaml_sets_per_layer_weights_and_refuses_a_constant_tv(tmp_path: Path) -> None:
+    bank = _bank(tmp_path, ["waves.png"])
+    (bank / "styles.yaml").write_text("waves:\n  style_layer_weights: [0.5, 0.5, 0, 0, 0]\n  tv_beta: 2\n")
+    (waves,) = load_style_bank(bank)
+    assert waves.overrides == {"style_layer_weights": (0.5, 0.5, 0.0, 0.0, 0.0), "tv_beta": 2.0}
+    for bad, message in (
+        ("tv_beta: 0", r"waves.tv_beta must be > 0"),
+        ("style_layer_weights: [1, 0]", r"waves.style_layer_weights: 2 weights for 5 style layers"),
+        ("style_weight: .nan", r"waves.style_weight must be a number >= 0"),
+    ):
+        (bank / "styles.yaml").write_text(f"waves:\n  {bad}\n")
+        with pytest.raises(StyleBankError, match=message):
+            load_style_bank(bank)

@@ -10,6 +10,7 @@ admitting waiting images as others finish (continuous batching).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,11 +19,12 @@ from typing import Any
 
 import torch
 
-from .losses import content_loss, gram, style_loss, total_variation
+from .losses import content_loss, gram, style_loss, total_variation, unit_l1_gradient
 from .memory import next_batch_size
 from .optim import BatchAdam, BatchLBFGS
 from .precision import HALF_DTYPES, Precision
-from .vgg import VGG19Features, check_layers
+from .vgg import Flavour, VGG19Features, check_layers
+from .weighting import default_layer_weights, loss_defaults
 
 
 class Optimizer(str, Enum):
@@ -37,25 +39,32 @@ class Init(str, Enum):
 
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 PATIENCE = 3  # early stop after this many iterations in a row under --tol
+# A step that leaves an image's loss this many times above its best so far is a spike (L-BFGS
+# without line search on a non-smooth or clamped problem): back to the best image, fresh history.
+RESTART_FACTOR = 1.5
 
 
 @dataclass(frozen=True)
 class GatysOptions:
     """Loss weights, layers and optimiser settings. Defaults: see docs/method.md.
 
-    The loss weights may differ between the images of a batch (per-style overrides); the
-    other fields must be the same for a whole batch.
+    The loss weights (α, β, λ_TV, TV exponent, λ_l) may differ between the images of a batch
+    (per-style overrides); the other fields must be the same for a whole batch. A weight left
+    as None takes the weights flavour's default (weighting.py) when the engine runs.
     """
 
     iterations: int = 300
-    content_weight: float = 10.0  # α
-    style_weight: float = 40.0  # β
-    tv_weight: float = 1.0  # λ_TV
+    content_weight: float | None = None  # α
+    style_weight: float | None = None  # β
+    tv_weight: float | None = None  # λ_TV
     tv_beta: float = 1.25  # exponent inside the TV sum
     content_layer: str = "conv4_2"
     style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
-    # λ_l per style layer; None means equal weights summing to 1.
+    # λ_l per style layer; None: ∝ 1/C_l² summing to 1 (equal with normalize_gradients).
     style_layer_weights: tuple[float, ...] | None = None
+    # neural-style's -normalize_gradients: each loss term's gradient scaled to unit L1 norm at
+    # its layer (times its weight), so the balance does not depend on the activations' scale.
+    normalize_gradients: bool = False
     optimizer: Optimizer = Optimizer.LBFGS
     learning_rate: float | None = None  # None: 1.0 for L-BFGS, 0.02 for Adam
     history_size: int = 100
@@ -69,6 +78,13 @@ class GatysOptions:
         check_layers([self.content_layer, *self.style_layers])
         if self.iterations < 0:
             raise ValueError("iterations must be >= 0")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError("learning_rate must be > 0")
+        if not self.tv_beta > 0:
+            raise ValueError("tv_beta must be > 0 (at 0 the TV term is a constant)")
+        weights = (self.content_weight, self.style_weight, self.tv_weight, *(self.style_layer_weights or ()))
+        if any(w is not None and not w >= 0 for w in weights):
+            raise ValueError("loss weights must be >= 0")
         if self.style_layer_weights is not None:
             weights = tuple(float(w) for w in self.style_layer_weights)
             if len(weights) != len(self.style_layers):
@@ -82,8 +98,25 @@ class GatysOptions:
 
     @property
     def layer_weights(self) -> dict[str, float]:
-        weights = self.style_layer_weights or (1.0 / len(self.style_layers),) * len(self.style_layers)
+        weights = self.style_layer_weights or default_layer_weights(self.style_layers, self.normalize_gradients)
         return dict(zip(self.style_layers, weights))
+
+    @property
+    def step_size(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1.0 if self.optimizer is Optimizer.LBFGS else 0.02
+
+    def resolved(self, flavour: Flavour | str) -> GatysOptions:
+        """These options with every weight left as None set to ``flavour``'s default."""
+        defaults = loss_defaults(flavour, self.normalize_gradients)
+        return dataclasses.replace(
+            self,
+            content_weight=defaults.content_weight if self.content_weight is None else self.content_weight,
+            style_weight=defaults.style_weight if self.style_weight is None else self.style_weight,
+            tv_weight=defaults.tv_weight if self.tv_weight is None else self.tv_weight,
+            style_layer_weights=tuple(self.layer_weights.values()),
+        )
 
 
 @dataclass
@@ -139,6 +172,8 @@ class _Work:
     init: torch.Tensor | None = None  # start image; None: content (or noise)
     steps_before: int = 0
     seconds_before: float = 0.0
+    trace_before: list[float] = field(default_factory=list)
+    restarts_before: int = 0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -153,6 +188,8 @@ class Result:
     losses: dict[str, float] = field(default_factory=dict)  # content, style, tv, total
     iterations: int = 0  # optimiser steps taken
     seconds: float = 0.0  # wall time while in a batch, divided by the batch's occupancy
+    trace: list[float] = field(default_factory=list)  # total loss at every evaluation, all stages
+    restarts: int = 0  # spikes undone (back to the best image, fresh optimiser history)
 
 
 def style_targets(net: VGG19Features, style: torch.Tensor, options: GatysOptions) -> dict[str, torch.Tensor]:
@@ -169,7 +206,10 @@ LOSS_WEIGHTS = ("content_weight", "style_weight", "tv_weight", "tv_beta")
 
 
 def loss_weights(options: GatysOptions, batch: int = 1) -> dict[str, torch.Tensor]:
-    return {name: torch.full((batch,), float(getattr(options, name))) for name in LOSS_WEIGHTS}
+    """Per-image weights ``[B]`` (and λ_l as ``[B, L]``) of resolved options."""
+    weights = {name: torch.full((batch,), float(getattr(options, name))) for name in LOSS_WEIGHTS}
+    weights["layer_weights"] = torch.tensor([list(options.layer_weights.values())] * batch)
+    return weights
 
 
 def loss_terms(
@@ -180,12 +220,20 @@ def loss_terms(
     options: GatysOptions,
     weights: dict[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """J(G) = α·J_content + β·J_style + λ_TV·TV, each term per image ``[B]`` in fp32, from the
-    generated image's features; ``weights`` holds per-image α, β, λ_TV and TV exponent."""
-    j_content = content_loss(feats[options.content_layer], content_features)
-    j_style = style_loss(feats, grams, options.layer_weights)
+    """J(G) = α·J_content + β·Σ_l λ_l·J_style^l + λ_TV·TV, each term per image ``[B]`` in fp32,
+    from the generated image's features; ``weights`` holds per-image α, β, λ_TV, TV exponent
+    and λ_l (``[B, L]``)."""
+    alpha, beta = weights["content_weight"], weights["style_weight"]
+    layer_weights = {layer: weights["layer_weights"][:, i] for i, layer in enumerate(options.style_layers)}
+    content_feats = feats[options.content_layer]
+    style_feats = {layer: feats[layer] for layer in options.style_layers}
+    if options.normalize_gradients:
+        content_feats = unit_l1_gradient(content_feats, alpha)
+        style_feats = {layer: unit_l1_gradient(f, beta * layer_weights[layer]) for layer, f in style_feats.items()}
+    j_content = content_loss(content_feats, content_features)
+    j_style = style_loss(style_feats, grams, layer_weights)
     tv = total_variation(image, weights["tv_beta"])
-    total = weights["content_weight"] * j_content + weights["style_weight"] * j_style + weights["tv_weight"] * tv
+    total = alpha * j_content + beta * j_style + weights["tv_weight"] * tv
     return {"content": j_content, "style": j_style, "tv": tv, "total": total}
 
 
@@ -196,12 +244,11 @@ def objective(
     grams: dict[str, torch.Tensor],
     options: GatysOptions,
 ) -> dict[str, torch.Tensor]:
-    """The loss terms of ``image`` with the weights of ``options`` (fp32)."""
+    """The loss terms of ``image`` with the weights of ``options`` (fp32); weights left as
+    None take the defaults of the network's flavour."""
+    options = options.resolved(net.normalize.flavour)
     weights = {k: v.to(image.device) for k, v in loss_weights(options, image.shape[0]).items()}
     return loss_terms(net(image), image, content_features, grams, options, weights)
-
-
-
 
 @dataclass
 class _Slot:
@@ -212,6 +259,10 @@ class _Slot:
     last_total: float = float("inf")
     calm: int = 0  # iterations in a row with a relative change under tol
     seconds: float = 0.0
+    best_total: float = float("inf")  # the image returned is the best one seen (in self.best)
+    best_terms: dict[str, float] = field(default_factory=dict)
+    trace: list[float] = field(default_factory=list)
+    restarts: int = 0
 
 
 class GatysBatcher:
@@ -234,7 +285,8 @@ class GatysBatcher:
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        self.options, self.precision = options, precision
+        self.flavour = net.normalize.flavour
+        self.options, self.precision = options.resolved(self.flavour), precision
         # Half precision keeps its own copy of the weights in that dtype: autocast would cast
         # all 20M weights again on every pass (measured 15% of a bf16 iteration on CPU).
         self.dtype = HALF_DTYPES.get(precision, torch.float32)
@@ -301,14 +353,18 @@ class GatysBatcher:
     def _allocate(self, capacity: int, numel: int) -> None:
         opts = self.options
         self.x = torch.zeros(capacity, numel, device=self.device)
+        self.best = torch.zeros(capacity, numel, device=self.device)
         if opts.optimizer is Optimizer.LBFGS:
             self.opt: BatchLBFGS | BatchAdam = BatchLBFGS(
-                capacity, numel, lr=opts.learning_rate or 1.0, history_size=opts.history_size,
+                capacity, numel, lr=opts.step_size, history_size=opts.history_size,
                 tolerance_grad=0.0, tolerance_change=0.0, device=self.device,
             )  # fmt: skip
         else:
-            self.opt = BatchAdam(capacity, numel, lr=opts.learning_rate or 0.02, device=self.device)
-        self.weights = {name: torch.zeros(capacity, device=self.device) for name in LOSS_WEIGHTS}
+            self.opt = BatchAdam(capacity, numel, lr=opts.step_size, device=self.device)
+        self.weights = {
+            name: value.to(self.device).repeat(capacity, *([1] * (value.dim() - 1)))
+            for name, value in loss_weights(opts, 1).items()
+        }  # fmt: skip
 
     def _admit(self, index: int, work: _Work) -> _Slot:
         job, stage = work.job, work.job.stages[work.stage]
@@ -322,8 +378,8 @@ class GatysBatcher:
             start = content
         self.x[index] = start.reshape(-1)
         self.opt.reset(torch.tensor([index], device=self.device))
-        for name in LOSS_WEIGHTS:
-            self.weights[name][index] = float(getattr(job.options, name))
+        for name, value in loss_weights(job.options.resolved(self.flavour), 1).items():
+            self.weights[name][index] = value[0].to(self.device)
         features = stage.content_features if stage.content_features is not None else self.content_features(content)
         return _Slot(work=work, content_features=features, limit=stage.iterations)
 
@@ -364,47 +420,67 @@ class GatysBatcher:
         finite = torch.isfinite(total)
         # A non-finite image ends now (the caller decides what to do); the others go on.
         total.where(finite, torch.zeros_like(total)).sum().backward()
-        totals = total.detach().cpu().tolist()
-        done = []
+        values = {name: value.detach().cpu().tolist() for name, value in terms.items()}
+        done, stepping, restart = [], [], []
         for j, slot in enumerate(live):
             assert slot is not None
-            change = abs(slot.last_total - totals[j]) / max(abs(totals[j]), 1e-12)
+            total_j = values["total"][j]
+            slot.trace.append(total_j)
+            if total_j < slot.best_total:  # the image just evaluated is the best so far: keep it
+                slot.best_total = total_j
+                slot.best_terms = {name: value[j] for name, value in values.items()}
+                self.best[active[j]] = self.x[active[j]]
+            change = abs(slot.last_total - total_j) / max(abs(total_j), 1e-12)
             slot.calm = slot.calm + 1 if change < self.options.tol else 0
-            slot.last_total = totals[j]
+            slot.last_total = total_j
             if slot.iterations >= slot.limit or slot.calm >= PATIENCE or not finite[j]:
                 done.append(j)
-        stepping = [j for j in range(b) if j not in done]
+            elif total_j > RESTART_FACTOR * slot.best_total:
+                restart.append(j)
+            else:
+                stepping.append(j)
         if stepping:
             idx = torch.tensor(stepping, device=self.device)
             x_rows = self.x[rows[idx]]
             self.opt.step(rows[idx], x_rows, image.grad.reshape(b, -1)[idx])
             self.x[rows[idx]] = x_rows.clamp_(0.0, 1.0)  # keep pixels displayable
-            for j in stepping:
-                live[j].iterations += 1  # type: ignore[union-attr]
+        if restart:
+            idx = rows[torch.tensor(restart, device=self.device)]
+            self.x[idx] = self.best[idx]
+            self.opt.reset(idx)
+        for j in stepping + restart:
+            live[j].iterations += 1  # type: ignore[union-attr]
+        for j in restart:
+            live[j].restarts += 1  # type: ignore[union-attr]
         share = (time.perf_counter() - t0) / b
         results: list[tuple[int, Result | _Work]] = []
         for j, slot in enumerate(live):
             assert slot is not None
             slot.seconds += share
-            if j not in done:
-                continue
-            work = slot.work
-            image_j = self.x[active[j]].view(1, 3, h, w)
-            steps, seconds = work.steps_before + slot.iterations, work.seconds_before + slot.seconds
-            if work.stage + 1 < len(work.job.stages) and finite[j]:
-                # Coarse stage done: the next stage starts from this result, upsampled.
-                next_shape = work.job.stages[work.stage + 1].content.shape[-2:]
-                init = torch.nn.functional.interpolate(image_j.detach(), size=tuple(next_shape), mode="bilinear", align_corners=False)
-                results.append((active[j], _Work(work.job, work.stage + 1, init.clamp(0, 1), steps, seconds)))
-                continue
-            results.append((active[j], Result(
-                key=work.job.key,
-                image=image_j.detach().cpu().clone(),
-                losses={name: float(value[j].detach()) for name, value in terms.items()},
-                iterations=steps,
-                seconds=seconds,
-            )))  # fmt: skip
+            if j in done:
+                results.append((active[j], self._finish(slot, active[j], finite[j].item(), values, j)))
         return results
+
+    def _finish(self, slot: _Slot, index: int, finite: bool, values: dict[str, list[float]], j: int) -> Result | _Work:
+        """An image's stage is over: the next stage starts from its best image, or the result.
+        A non-finite loss is reported as it is (the caller redoes such images in fp32)."""
+        work = slot.work
+        h, w = work.shape
+        best = finite and slot.best_total < float("inf")
+        image = (self.best if best else self.x)[index].view(1, 3, h, w)
+        steps, seconds = work.steps_before + slot.iterations, work.seconds_before + slot.seconds
+        trace, restarts = work.trace_before + slot.trace, work.restarts_before + slot.restarts
+        if work.stage + 1 < len(work.job.stages) and finite:
+            # Coarse stage done: the next stage starts from this result, upsampled.
+            next_shape = work.job.stages[work.stage + 1].content.shape[-2:]
+            init = torch.nn.functional.interpolate(image, size=tuple(next_shape), mode="bilinear", align_corners=False)
+            return _Work(work.job, work.stage + 1, init.clamp(0, 1), steps, seconds, trace, restarts)
+        losses = slot.best_terms if best else {name: value[j] for name, value in values.items()}
+        return Result(
+            key=work.job.key, image=image.detach().cpu().clone(), losses=dict(losses),
+            iterations=steps, seconds=seconds, trace=trace, restarts=restarts,
+        )  # fmt: skip
+
 
 
 def stylize(

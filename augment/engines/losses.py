@@ -99,9 +99,10 @@ class _GramLoss(torch.autograd.Function):
 def style_loss(
     features: Mapping[str, torch.Tensor],
     target_grams: Mapping[str, torch.Tensor],
-    layer_weights: Mapping[str, float],
+    layer_weights: Mapping[str, float | torch.Tensor],
 ) -> torch.Tensor:
-    """J_style = Σ_l λ_l · J_style^[l]; target Grams are ``[B, C, C]`` or ``[1, C, C]``."""
+    """J_style = Σ_l λ_l · J_style^[l]; target Grams are ``[B, C, C]`` or ``[1, C, C]``, each
+    λ_l a number or one weight per image (``[B]``)."""
     total: torch.Tensor | None = None
     for layer, weight in layer_weights.items():
         f = features[layer]
@@ -111,6 +112,33 @@ def style_loss(
     if total is None:
         raise ValueError("no style layers")
     return total
+
+
+class _UnitL1Gradient(torch.autograd.Function):
+    """Identity forward; backward scales each image's incoming gradient to unit L1 norm times
+    ``weight``. The incoming gradient is weight·∂J/∂F, so the result is weight·∂J/∂F / |∂J/∂F|₁:
+    neural-style's -normalize_gradients (its loss modules divide their own gradient by its L1
+    norm, plus 1e-8, before the strength multiplies it)."""
+
+    @staticmethod
+    def forward(ctx: Any, features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(weight)
+        return features.view_as(features)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (weight,) = ctx.saved_tensors
+        weight = weight.to(torch.float32).view(-1, 1, 1, 1)
+        norm = grad.float().abs().sum(dim=(1, 2, 3), keepdim=True)
+        # |incoming|₁ = weight·|∂J/∂F|₁; the 1e-8 is neural-style's, on |∂J/∂F|₁.
+        scale = weight / (norm + 1e-8 * weight).clamp_min(1e-30)
+        return (grad.float() * scale).to(grad.dtype), None
+
+
+def unit_l1_gradient(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``features`` unchanged, with the gradient of the loss term computed from them rescaled
+    to ``weight`` (per image, ``[B]``) times unit L1 norm."""
+    return _UnitL1Gradient.apply(features, weight)
 
 
 def total_variation(image: torch.Tensor, beta: float | torch.Tensor = 1.0) -> torch.Tensor:
