@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from .engines.dream import DreamOptions
-from .engines.gatys import DEFAULT_STYLE_LAYERS, GatysOptions, Init, Optimizer, scale_iterations
+from .engines.gatys import GatysOptions, Init, Optimizer, scale_iterations
 from .engines.googlenet import INCEPTION_LAYERS
 from .engines.googlenet import MIN_SIDE as GOOGLENET_MIN_SIDE
 from .engines.precision import Precision
-from .engines.vgg import CONV_LAYERS, Pooling
-from .engines.weighting import parse_layer_weights
+from .engines.vgg import CONV_LAYERS, Flavour, Pooling
+from .engines.weighting import ALPHA, DEFAULT_STYLE_LAYERS, DEFAULTS, NORMALIZED_DEFAULTS, parse_layer_weights
 from .errors import ConfigError
 from .images import DEFAULT_MAX_PIXELS, FORMAT_EXT, MIN_SIDE
 from .plan import Assignment, PlanOptions, Spread
@@ -43,6 +43,13 @@ class WeightsFlavour(str, Enum):
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
+
+
+def _per_flavour(name: str) -> str:
+    """The default of a loss weight for each flavour, as --help and docs/config.md show it."""
+    values = (getattr(DEFAULTS[Flavour.TORCHVISION], name), getattr(DEFAULTS[Flavour.CAFFE], name),
+              getattr(NORMALIZED_DEFAULTS, name))  # fmt: skip
+    return "torchvision {:.4g}, caffe {:.4g}, with --normalize-gradients {:.4g}".format(*values)
 
 
 @dataclass(frozen=True)
@@ -70,9 +77,9 @@ class RunConfig:
     # The method
     size: int = _opt(512, "Long side of the output in pixels; aspect ratio kept.")
     iterations: int = _opt(300, "Optimiser iterations per image (one VGG19 forward+backward each).")
-    content_weight: float | None = _opt(None, "α, weight of the content loss. Default: 10.")
-    style_weight: Spread | None = _opt(None, "β, weight of the style loss. Default: per weights flavour, converted from published settings (torchvision 3281, caffe 0.0656, with --normalize-gradients 1000; docs/method.md). A range lo:hi (e.g. 1e3:1e4) is sampled per image, log-uniformly.")
-    tv_weight: float | None = _opt(None, "λ_TV, weight of the total-variation regulariser. Default: per weights flavour (torchvision 0.00238, caffe 7.9, with --normalize-gradients 31.6).")
+    content_weight: float | None = _opt(None, f"α, weight of the content loss. Default: {ALPHA:g}.")
+    style_weight: Spread | None = _opt(None, f"β, weight of the style loss. Default: per weights flavour, converted from published settings ({_per_flavour('style_weight')}; docs/method.md). A range lo:hi (e.g. 1e3:1e4) is sampled per image, log-uniformly.")
+    tv_weight: float | None = _opt(None, f"λ_TV, weight of the total-variation regulariser. Default: per weights flavour ({_per_flavour('tv_weight')}).")
     tv_beta: float = _opt(1.25, "Exponent inside the total-variation sum.")
     content_layer: str = _opt("conv4_2", "VGG19 layer for the content loss.")
     style_layers: tuple[str, ...] = _opt(DEFAULT_STYLE_LAYERS, "VGG19 layers for the style loss.")

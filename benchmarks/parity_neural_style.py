@@ -29,12 +29,12 @@ from PIL import Image
 from augment.engines.gatys import GatysBatcher, GatysOptions, Job
 from augment.engines.losses import rescale_grams
 from augment.engines.vgg import Flavour, VGG19Features, random_state_dict
+from augment.engines.weighting import DEFAULT_STYLE_LAYERS, DEFAULTS, NEURAL_STYLE, from_mean_squared
 from augment.images import load_rgb, resize_long_side, to_image, to_tensor
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "manifests" / "example"
 CONTENT = EXAMPLE / "images" / "ants" / "0013035.jpg"
 STYLE = EXAMPLE / "styles" / "starry_night.jpg"
-CHANNELS = {"conv1_1": 64, "conv2_1": 128, "conv3_1": 256, "conv4_1": 512, "conv5_1": 512}
 
 
 def peer_objective(model_file: Path, size: int, content: Path, style: Path, images: list[Path]) -> list[float]:
@@ -81,10 +81,10 @@ def peer_objective(model_file: Path, size: int, content: Path, style: Path, imag
 def run_augment(model: dict, content: torch.Tensor, style: torch.Tensor, iterations: int) -> tuple[torch.Tensor, list[float]]:
     """augment's engine with neural-style's weights converted exactly: α = 10 and
     β·λ_l = 200/C_l² (= 4·100·k/C_l² with k = 10/(4·5)); TV as in the caffe defaults."""
+    alpha, per_layer = from_mean_squared(NEURAL_STYLE["content"], NEURAL_STYLE["style"], DEFAULT_STYLE_LAYERS)
     options = GatysOptions(
-        iterations=iterations, content_weight=10.0, style_weight=1.0,
-        style_layer_weights=tuple(200.0 / CHANNELS[layer] ** 2 for layer in CHANNELS),
-        tv_weight=7.905, tv_beta=1.25,
+        iterations=iterations, content_weight=alpha, style_weight=1.0, style_layer_weights=tuple(per_layer),
+        tv_weight=DEFAULTS[Flavour.CAFFE].tv_weight, tv_beta=1.25,
     )  # fmt: skip
     net = VGG19Features(options.layers, flavour=Flavour.CAFFE)
     net.load_features(model)
@@ -92,7 +92,7 @@ def run_augment(model: dict, content: torch.Tensor, style: torch.Tensor, iterati
     batcher = GatysBatcher(net, options, batch_size=1)
     grams = rescale_grams(batcher.style_targets(style), style[0, 0].numel(), content[0, 0].numel())
     (result,) = batcher.run([Job(key=0, content=content, grams=grams, options=options)])
-    return result.image, getattr(result, "trace", [])
+    return result.image, result.trace
 
 
 def main() -> None:

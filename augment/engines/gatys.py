@@ -24,7 +24,7 @@ from .memory import next_batch_size
 from .optim import BatchAdam, BatchLBFGS
 from .precision import HALF_DTYPES, Precision
 from .vgg import Flavour, VGG19Features, check_layers
-from .weighting import default_layer_weights, loss_defaults
+from .weighting import DEFAULT_STYLE_LAYERS, default_layer_weights, loss_defaults
 
 
 class Optimizer(str, Enum):
@@ -37,7 +37,6 @@ class Init(str, Enum):
     NOISE = "noise"
 
 
-DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 PATIENCE = 3  # early stop after this many iterations in a row under --tol
 # A step that leaves an image's loss this many times above its best so far is a spike (L-BFGS
 # without line search on a non-smooth or clamped problem): back to the best image, fresh history.
@@ -421,7 +420,7 @@ class GatysBatcher:
         # A non-finite image ends now (the caller decides what to do); the others go on.
         total.where(finite, torch.zeros_like(total)).sum().backward()
         values = {name: value.detach().cpu().tolist() for name, value in terms.items()}
-        done, stepping, restart = [], [], []
+        done, stepping, restart, improved = [], [], [], []
         for j, slot in enumerate(live):
             assert slot is not None
             total_j = values["total"][j]
@@ -429,7 +428,7 @@ class GatysBatcher:
             if total_j < slot.best_total:  # the image just evaluated is the best so far: keep it
                 slot.best_total = total_j
                 slot.best_terms = {name: value[j] for name, value in values.items()}
-                self.best[active[j]] = self.x[active[j]]
+                improved.append(active[j])
             change = abs(slot.last_total - total_j) / max(abs(total_j), 1e-12)
             slot.calm = slot.calm + 1 if change < self.options.tol else 0
             slot.last_total = total_j
@@ -439,6 +438,9 @@ class GatysBatcher:
                 restart.append(j)
             else:
                 stepping.append(j)
+        if improved:  # one copy for the batch, before any step moves x
+            idx = torch.tensor(improved, device=self.device)
+            self.best[idx] = self.x[idx]
         if stepping:
             idx = torch.tensor(stepping, device=self.device)
             x_rows = self.x[rows[idx]]

@@ -55,6 +55,8 @@ def _layer_names() -> list[str]:
 # "convB_N_raw" the convolution itself (its index is the state-dict key).
 LAYER_INDEX: dict[str, int] = {name: i for i, name in enumerate(_layer_names())}
 CONV_LAYERS: tuple[str, ...] = tuple(n for n in LAYER_INDEX if n.startswith("conv") and "_raw" not in n)
+# Output channels of each conv layer, read off the configuration (conv1_x: 64 ... conv5_x: 512).
+LAYER_CHANNELS: dict[str, int] = dict(zip(CONV_LAYERS, (c for c in _VGG19_CFG if c != "M")))  # type: ignore[misc]
 
 
 def check_layers(layers: Iterable[str]) -> None:

@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .vgg import Flavour
+from .vgg import LAYER_CHANNELS, Flavour
 
 ALPHA = 10.0  # every default set is scaled to this content weight (the seed's α)
-_BLOCK_CHANNELS = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
+DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 
 # Published settings. neural-style / neural-style-pt (Caffe VGG19, pixels 0..255 minus the
 # mean): content 5 at relu4_2, style 100 at each of relu1_1…relu5_1, TV 1e-3 (L1, on 0..255).
@@ -43,21 +43,16 @@ L1_TO_TV125 = 62.0
 CAFFE_TO_TORCHVISION_SCALE = 255.0 * 0.226
 
 
-def layer_channels(layer: str) -> int:
-    """Channels of a VGG19 layer named convB_N."""
-    return _BLOCK_CHANNELS[int(layer[4])]
-
-
 def from_mean_squared(content_weight: float, style_weight: float, layers: Sequence[str]) -> tuple[float, list[float]]:
     """(α, [β·λ_l per layer]) of a neural-style/tutorial objective with these weights, in this
     engine's units, scaled so that α = ALPHA."""
     k = ALPHA / (4.0 * content_weight)
-    return ALPHA, [4.0 * style_weight * k / layer_channels(layer) ** 2 for layer in layers]
+    return ALPHA, [4.0 * style_weight * k / LAYER_CHANNELS[layer] ** 2 for layer in layers]
 
 
 def inverse_square_channel_weights(layers: Sequence[str]) -> tuple[float, ...]:
     """λ_l ∝ 1/C_l², summing to 1: the per-layer balance of both published settings."""
-    raw = [1.0 / layer_channels(layer) ** 2 for layer in layers]
+    raw = [1.0 / LAYER_CHANNELS[layer] ** 2 for layer in layers]
     return tuple(r / sum(raw) for r in raw)
 
 
@@ -68,16 +63,18 @@ class LossDefaults:
     tv_weight: float  # λ_TV for the TV exponent 1.25
 
 
-_DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
-
-
 def _defaults(published: dict[str, float], tv_weight: float) -> LossDefaults:
-    alpha, per_layer = from_mean_squared(published["content"], published["style"], _DEFAULT_STYLE_LAYERS)
+    alpha, per_layer = from_mean_squared(published["content"], published["style"], DEFAULT_STYLE_LAYERS)
     return LossDefaults(alpha, sum(per_layer), tv_weight)
 
 
-_K_CAFFE = ALPHA / (4.0 * NEURAL_STYLE["content"])  # our units per neural-style unit
-_TV_CAFFE = _K_CAFFE * NEURAL_STYLE["tv"] * 255.0 * L1_TO_TV125
+def _neural_style_tv(k: float) -> float:
+    """neural-style's TV weight in our units: k per its unit, 255 from its 0..255 pixels, and
+    the L1-to-TV^1.25 magnitude factor."""
+    return k * NEURAL_STYLE["tv"] * 255.0 * L1_TO_TV125
+
+
+_TV_CAFFE = _neural_style_tv(ALPHA / (4.0 * NEURAL_STYLE["content"]))
 
 DEFAULTS: dict[Flavour, LossDefaults] = {
     Flavour.CAFFE: _defaults(NEURAL_STYLE, _TV_CAFFE),
@@ -88,9 +85,7 @@ DEFAULTS: dict[Flavour, LossDefaults] = {
 # scaled to α = 10 (β·λ_l = 200, λ_l equal), the same for every flavour.
 _K_NORMALIZED = ALPHA / NEURAL_STYLE["content"]
 NORMALIZED_DEFAULTS = LossDefaults(
-    ALPHA,
-    _K_NORMALIZED * NEURAL_STYLE["style"] * len(_DEFAULT_STYLE_LAYERS),
-    _K_NORMALIZED * NEURAL_STYLE["tv"] * 255.0 * L1_TO_TV125,
+    ALPHA, _K_NORMALIZED * NEURAL_STYLE["style"] * len(DEFAULT_STYLE_LAYERS), _neural_style_tv(_K_NORMALIZED)
 )
 
 
