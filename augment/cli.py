@@ -131,7 +131,9 @@ def run(
     styles: Annotated[str | None, Opt("--styles", "-s", help=HELP["styles"])] = None,
     per_image: Annotated[int | None, Opt("--per-image", "-k", help=HELP["per_image"])] = None,
     out: Annotated[str | None, Opt("--out", "-o", help=HELP["out"])] = None,
-    config: Annotated[Path | None, Opt("--config", "-c", help="YAML file with any of these options; flags override it.")] = None,
+    config: Annotated[
+        Path | None, Opt("--config", "-c", help="YAML file with any of these options; flags override it.")
+    ] = None,
     include_originals: Annotated[bool | None, Opt("--include-originals", help=HELP["include_originals"])] = None,
     splits: Annotated[str | None, Opt(help=HELP["splits"] + " Comma-separated.")] = None,
     balance: Annotated[bool | None, Opt("--balance", help=HELP["balance"])] = None,
@@ -203,7 +205,8 @@ def run(
     if not cfg.quiet:
         err_console.print(
             f"{summary.written} images written to {summary.out}, {summary.failed_rows} rows failed"
-            f" (see {Path(summary.out) / 'failures.csv'}), {summary.seconds:.1f} s" if summary.failed_rows
+            f" (see {Path(summary.out) / 'failures.csv'}), {summary.seconds:.1f} s"
+            if summary.failed_rows
             else f"{summary.written} images written to {summary.out} in {summary.seconds:.1f} s",
             highlight=False,
         )
@@ -244,7 +247,11 @@ def validate(
         highlight=False,
     )
     if prepared.plan and prepared.plan.left_out:
-        out_console.print(f"{prepared.plan.left_out} rows of splits other than {','.join(cfg.splits)} left out (--include-originals copies them)", highlight=False)
+        out_console.print(
+            f"{prepared.plan.left_out} rows of splits other than {','.join(cfg.splits)} left out "
+            "(--include-originals copies them)",
+            highlight=False,
+        )
     for failure in prepared.failures[:20]:
         out_console.print(f"  {failure.reason}: {failure.message}", highlight=False, markup=False)
     if len(prepared.failures) > 20:
@@ -318,7 +325,9 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    version: Annotated[bool, Opt("--version", callback=version_callback, is_eager=True, help="Show the version.")] = False,
+    version: Annotated[
+        bool, Opt("--version", callback=version_callback, is_eager=True, help="Show the version.")
+    ] = False,
 ) -> None:
     """augment: more, and more varied, training images by neural style transfer."""
 

@@ -60,62 +60,136 @@ class RunConfig:
     out: str = _opt("augmented", "Output folder; created if missing.")
     per_image: int = _opt(1, "Stylized variants per source image (distinct styles while the bank lasts).")
     limit: int | None = _opt(None, "Only the first N rows of the manifest (or of the folder listing): a quick trial.")
-    format: str = _opt("png", "Output image format: png, jpg or webp; add ,webdataset (or give just webdataset) to also write tar shards.")
+    format: str = _opt(
+        "png",
+        "Output image format: png, jpg or webp; add ,webdataset (or give just webdataset) to also write tar shards.",
+    )
     webdataset: bool = _opt(False, "Also write webdataset tar shards of the output to OUT/webdataset/.")
     quality: int = _opt(95, "JPEG/WebP quality (1-100).")
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "Refuse images larger than this many pixels (decompression bombs).")
     # What goes into the dataset (docs/training.md)
-    include_originals: bool = _opt(False, "Also put each source image in the output, re-encoded at --size (style 'original').")
-    splits: tuple[str, ...] = _opt(("train",), "With a split column: the splits to stylize. Rows of other splits are copied with --include-originals, else left out.")
-    balance: bool = _opt(False, "More variants for smaller classes so every class ends with as many images as the largest.")
+    include_originals: bool = _opt(
+        False, "Also put each source image in the output, re-encoded at --size (style 'original')."
+    )
+    splits: tuple[str, ...] = _opt(
+        ("train",),
+        "With a split column: the splits to stylize. Rows of other splits are copied with --include-originals, else "
+        "left out.",
+    )
+    balance: bool = _opt(
+        False, "More variants for smaller classes so every class ends with as many images as the largest."
+    )
     target_per_class: int | None = _opt(None, "Images per class to end with (originals + variants); implies --balance.")
-    style_assignment: Assignment = _opt(Assignment.RANDOM, "random (weighted draw, distinct per image), cycle (even use of every style over the dataset) or all (every style for every image).")
-    alpha: Spread = _opt(1.0, "Blend of the stylized image with its source: 1 all style, 0.5 half. A range lo:hi is sampled per image.")
-    blend: Spread = _opt(0.0, "Weight of a second style mixed into every variant (0: none). A range lo:hi is sampled per image.")
+    style_assignment: Assignment = _opt(
+        Assignment.RANDOM,
+        "random (weighted draw, distinct per image), cycle (even use of every style over the dataset) or all (every "
+        "style for every image).",
+    )
+    alpha: Spread = _opt(
+        1.0, "Blend of the stylized image with its source: 1 all style, 0.5 half. A range lo:hi is sampled per image."
+    )
+    blend: Spread = _opt(
+        0.0, "Weight of a second style mixed into every variant (0: none). A range lo:hi is sampled per image."
+    )
     preserve_color: bool = _opt(False, "Keep the source's colours: only the luminance takes the style.")
     style_scale: float = _opt(1.0, "Size of the style image relative to --size: smaller gives finer brush strokes.")
     # The method
     size: int = _opt(512, "Long side of the output in pixels; aspect ratio kept.")
     iterations: int = _opt(300, "Optimiser iterations per image (one VGG19 forward+backward each).")
     content_weight: float | None = _opt(None, f"α, weight of the content loss. Default: {ALPHA:g}.")
-    style_weight: Spread | None = _opt(None, f"β, weight of the style loss. Default: per weights flavour, converted from published settings ({_per_flavour('style_weight')}; docs/method.md). A range lo:hi (e.g. 1e3:1e4) is sampled per image, log-uniformly.")
-    tv_weight: float | None = _opt(None, f"λ_TV, weight of the total-variation regulariser. Default: per weights flavour ({_per_flavour('tv_weight')}).")
+    style_weight: Spread | None = _opt(
+        None,
+        "β, weight of the style loss. Default: per weights flavour, converted from published settings "
+        f"({_per_flavour('style_weight')}; docs/method.md). A range lo:hi (e.g. 1e3:1e4) is sampled per image, "
+        "log-uniformly.",
+    )
+    tv_weight: float | None = _opt(
+        None,
+        f"λ_TV, weight of the total-variation regulariser. Default: per weights flavour ({_per_flavour('tv_weight')}).",
+    )
     tv_beta: float = _opt(1.25, "Exponent inside the total-variation sum.")
     content_layer: str = _opt("conv4_2", "VGG19 layer for the content loss.")
     style_layers: tuple[str, ...] = _opt(DEFAULT_STYLE_LAYERS, "VGG19 layers for the style loss.")
-    style_layer_weights: tuple[float, ...] | None = _opt(None, "λ_l, one weight per style layer, comma-separated. Default: proportional to 1/channels², summing to 1 (equal with --normalize-gradients).")
-    normalize_gradients: bool = _opt(False, "Scale each loss term's gradient to unit L1 norm at its layer (neural-style's -normalize_gradients): the balance no longer depends on the weights' activation scale.")
+    style_layer_weights: tuple[float, ...] | None = _opt(
+        None,
+        "λ_l, one weight per style layer, comma-separated. Default: proportional to 1/channels², summing to 1 "
+        "(equal with --normalize-gradients).",
+    )
+    normalize_gradients: bool = _opt(
+        False,
+        "Scale each loss term's gradient to unit L1 norm at its layer (neural-style's -normalize_gradients): the "
+        "balance no longer depends on the weights' activation scale.",
+    )
     pooling: Pooling = _opt(Pooling.MAX, "Pooling in VGG19: max or avg.")
     optimizer: Optimizer = _opt(Optimizer.LBFGS, "lbfgs (as the seed) or adam.")
     learning_rate: float | None = _opt(None, "Step size; default 1.0 for lbfgs, 0.02 for adam.")
     init: Init = _opt(Init.CONTENT, "Start from the content image or from noise.")
     seed: int = _opt(0, "Random seed: style sampling and noise init.")
-    scales: tuple[float, ...] = _opt((1.0,), "Coarse-to-fine: fractions of --size to run in turn, ending at 1, e.g. 0.5,1. The full size gets a quarter of --iterations, the lower scales share the rest.")
-    tol: float = _opt(0.0, "Stop an image early when its relative loss change stays under this for 3 iterations (0: always run --iterations).")
+    scales: tuple[float, ...] = _opt(
+        (1.0,),
+        "Coarse-to-fine: fractions of --size to run in turn, ending at 1, e.g. 0.5,1. The full size gets a quarter "
+        "of --iterations, the lower scales share the rest.",
+    )
+    tol: float = _opt(
+        0.0,
+        "Stop an image early when its relative loss change stays under this for 3 iterations (0: always run "
+        "--iterations).",
+    )
     # Speed
     batch_size: int | None = _opt(None, "Images per VGG19 pass. Default: from free GPU memory; 4 on CPU.")
-    precision: Precision = _opt(Precision.AUTO, "fp32, bf16 or fp16 convolutions (losses stay fp32). auto: bf16 on GPUs that have it, else fp16; on CPU bf16 only with native support, else fp32.")
+    precision: Precision = _opt(
+        Precision.AUTO,
+        "fp32, bf16 or fp16 convolutions (losses stay fp32). auto: bf16 on GPUs that have it, else fp16; on CPU "
+        "bf16 only with native support, else fp32.",
+    )
     # Deep Dream (docs/dream.md)
-    engine: Engine = _opt(Engine.GATYS, "gatys (style transfer), dream (Deep Dream; --styles optional) or gatys+dream (dream on top of the style).")
-    dream_layers: tuple[str, ...] = _opt(("inception4c",), "Layers whose activations the dream amplifies: GoogLeNet inception3a..inception5b, or VGG19 convN_M. Variants draw from them like styles.")
+    engine: Engine = _opt(
+        Engine.GATYS,
+        "gatys (style transfer), dream (Deep Dream; --styles optional) or gatys+dream (dream on top of the style).",
+    )
+    dream_layers: tuple[str, ...] = _opt(
+        ("inception4c",),
+        "Layers whose activations the dream amplifies: GoogLeNet inception3a..inception5b, or VGG19 convN_M. "
+        "Variants draw from them like styles.",
+    )
     octaves: int = _opt(4, "Dream octaves (fewer, with a note, when an image is too small for them).")
     octave_scale: float = _opt(1.4, "Size ratio between dream octaves.")
-    dream_iterations: int = _opt(10, "Dream steps per octave with --engine gatys+dream (--engine dream uses --iterations).")
+    dream_iterations: int = _opt(
+        10, "Dream steps per octave with --engine gatys+dream (--engine dream uses --iterations)."
+    )
     dream_step: float = _opt(0.01, "Dream step size, in [0,1] pixel units per normalised gradient step.")
     jitter: int = _opt(16, "Random shift in pixels per dream step.")
     dream_blend: float = _opt(1.0, "Blend of the dream with its source image (1: all dream).")
     guide: bool = _opt(False, "Guided dream: pull activations toward a style image's instead of amplifying them.")
-    dream_weights: str | None = _opt(None, "GoogLeNet weights: a state-dict path, or 'random'. Default: random with --weights random, else the hub cache, then a download.")
+    dream_weights: str | None = _opt(
+        None,
+        "GoogLeNet weights: a state-dict path, or 'random'. Default: random with --weights random, else the hub "
+        "cache, then a download.",
+    )
     # Weights and device
-    weights: str | None = _opt(None, "VGG19 weights: a state-dict path, or 'random' for smoke tests. Default: the torch hub cache, then a download.")
-    weights_flavour: WeightsFlavour = _opt(WeightsFlavour.AUTO, "Preprocessing of --weights PATH: auto, torchvision or caffe.")
+    weights: str | None = _opt(
+        None,
+        "VGG19 weights: a state-dict path, or 'random' for smoke tests. Default: the torch hub cache, then a download.",
+    )
+    weights_flavour: WeightsFlavour = _opt(
+        WeightsFlavour.AUTO, "Preprocessing of --weights PATH: auto, torchvision or caffe."
+    )
     download: bool = _opt(True, "Allow downloading weights when none are cached.")
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N.")
-    workers: int | None = _opt(None, "Local worker processes. Default: one per visible GPU; 1 on CPU (each of N CPU workers gets cores/N threads).")
-    devices: str | None = _opt(None, "Devices for the workers, comma-separated (cuda:0,cuda:1); default: every visible GPU.")
+    workers: int | None = _opt(
+        None,
+        "Local worker processes. Default: one per visible GPU; 1 on CPU (each of N CPU workers gets cores/N threads).",
+    )
+    devices: str | None = _opt(
+        None, "Devices for the workers, comma-separated (cuda:0,cuda:1); default: every visible GPU."
+    )
     shard: str | None = _opt(None, "K/N: run only shard K of N (tasks split by hash); then `augment merge OUT`.")
-    max_seconds: float | None = _opt(None, "Stop cleanly after this many seconds (exit 75: the next run resumes), for cron windows.")
-    max_failures: str | None = _opt(None, "Abort (exit 3) when more rows than this fail: N, or P% of the manifest's rows. Default: no limit.")
+    max_seconds: float | None = _opt(
+        None, "Stop cleanly after this many seconds (exit 75: the next run resumes), for cron windows."
+    )
+    max_failures: str | None = _opt(
+        None, "Abort (exit 3) when more rows than this fail: N, or P% of the manifest's rows. Default: no limit."
+    )
     keep_stale: bool = _opt(False, "Keep images whose source left the manifest (default: remove them, and only them).")
     # Messages (do not change pixels)
     quiet: bool = _opt(False, "No progress bar; warnings and errors only.")
@@ -139,7 +213,11 @@ class RunConfig:
         if isinstance(self.splits, str):
             set_("splits", tuple(s.strip() for s in self.splits.split(",") if s.strip()))
         set_("splits", tuple(s.lower() for s in self.splits))  # split names are read lowercase
-        formats = [f.strip() for f in self.format.split(",") if f.strip()] if isinstance(self.format, str) else list(self.format)
+        formats = (
+            [f.strip() for f in self.format.split(",") if f.strip()]
+            if isinstance(self.format, str)
+            else list(self.format)
+        )
         if "webdataset" in formats:
             formats.remove("webdataset")
             set_("webdataset", True)
@@ -169,7 +247,12 @@ class RunConfig:
         elif isinstance(self.scales, (int, float)):
             set_("scales", (float(self.scales),))
         set_("scales", tuple(float(x) for x in self.scales))
-        if not self.scales or self.scales[-1] != 1.0 or list(self.scales) != sorted(set(self.scales)) or self.scales[0] <= 0:
+        if (
+            not self.scales
+            or self.scales[-1] != 1.0
+            or list(self.scales) != sorted(set(self.scales))
+            or self.scales[0] <= 0
+        ):
             raise ConfigError(f"scales must rise to 1, e.g. 0.5,1 (got {','.join(map(str, self.scales))})")
         for layer in (self.content_layer, *self.style_layers):
             if layer not in CONV_LAYERS:
@@ -186,24 +269,38 @@ class RunConfig:
             (self.batch_size is None or self.batch_size >= 1, "batch_size must be at least 1"),
             (self.workers is None or self.workers >= 1, "workers must be at least 1"),
             (self.max_seconds is None or self.max_seconds > 0, "max_seconds must be > 0"),
-            (self.max_failures is None or re.fullmatch(r"\d+(\.\d+)?%|\d+", str(self.max_failures).strip()) is not None,
-             "max_failures takes N or P%, e.g. 10 or 5%"),
+            (
+                self.max_failures is None
+                or re.fullmatch(r"\d+(\.\d+)?%|\d+", str(self.max_failures).strip()) is not None,
+                "max_failures takes N or P%, e.g. 10 or 5%",
+            ),
             (self.octaves >= 1 and self.octave_scale > 1.0, "octaves must be >= 1 and octave_scale > 1"),
             (0.0 <= self.dream_blend <= 1.0, "dream_blend must be between 0 and 1"),
-            (self.jitter >= 0 and self.dream_step > 0 and self.dream_iterations >= 0, "jitter >= 0, dream_step > 0, dream_iterations >= 0"),
+            (
+                self.jitter >= 0 and self.dream_step > 0 and self.dream_iterations >= 0,
+                "jitter >= 0, dream_step > 0, dream_iterations >= 0",
+            ),
             (self.tol >= 0, "tol must be >= 0"),
-            (all(w is None or w >= 0 for w in (self.content_weight, _low(self.style_weight), self.tv_weight)),
-             "loss weights must be >= 0"),
+            (
+                all(w is None or w >= 0 for w in (self.content_weight, _low(self.style_weight), self.tv_weight)),
+                "loss weights must be >= 0",
+            ),
             (self.learning_rate is None or self.learning_rate > 0, "learning_rate must be > 0"),
             (0.0 <= _low(self.alpha) and _high(self.alpha) <= 1.0, "alpha must be between 0 and 1"),
             (0.0 <= _low(self.blend) and _high(self.blend) < 1.0, "blend must be at least 0 and under 1"),
             (self.style_scale > 0, "style_scale must be > 0"),
-            (self.engine is not Engine.DREAM or self.blend == 0.0, "blend mixes styles for gatys and gatys+dream, not for --engine dream"),
+            (
+                self.engine is not Engine.DREAM or self.blend == 0.0,
+                "blend mixes styles for gatys and gatys+dream, not for --engine dream",
+            ),
             (self.target_per_class is None or self.target_per_class >= 1, "target_per_class must be at least 1"),
             (bool(self.splits), "splits must name at least one split"),
             (self.tv_beta > 0, "tv_beta must be > 0"),
-            (self.log_level.lower() in ("debug", "info", "warning", "error"), "log_level must be debug, info, warning or error"),
-        ]  # fmt: skip
+            (
+                self.log_level.lower() in ("debug", "info", "warning", "error"),
+                "log_level must be debug, info, warning or error",
+            ),
+        ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -275,16 +372,41 @@ class RunConfig:
     def config_hash(self) -> str:
         """Hash of every option that can change output pixels (canonical JSON)."""
         # What may differ between the parts of one job: where and how it runs, not what it makes.
-        ignored = {"quiet", "log_level", "limit", "out", "manifest", "styles", "download", "device",
-                   "batch_size", "workers", "devices", "shard", "keep_stale", "max_failures", "max_seconds"}  # fmt: skip
+        ignored = {
+            "quiet",
+            "log_level",
+            "limit",
+            "out",
+            "manifest",
+            "styles",
+            "download",
+            "device",
+            "batch_size",
+            "workers",
+            "devices",
+            "shard",
+            "keep_stale",
+            "max_failures",
+            "max_seconds",
+        }
         # What a variant's pixels do not depend on: which rows and how many variants (each
         # task's key has its own sampled settings), and the copies of the originals.
-        ignored |= {"include_originals", "splits", "balance", "target_per_class", "style_assignment", "per_image", "webdataset"}
+        ignored |= {
+            "include_originals",
+            "splits",
+            "balance",
+            "target_per_class",
+            "style_assignment",
+            "per_image",
+            "webdataset",
+        }
         return self._hash(k for k in FIELD_NAMES if k not in ignored)
 
     def plan_hash(self) -> str:
         """Hash of what decides which images a job makes (the parts of one job must agree)."""
-        return self._hash(("include_originals", "splits", "balance", "target_per_class", "style_assignment", "per_image", "limit"))
+        return self._hash(
+            ("include_originals", "splits", "balance", "target_per_class", "style_assignment", "per_image", "limit")
+        )
 
     def copy_hash(self) -> str:
         """Hash of what changes a copied original: its size and encoding."""
@@ -369,7 +491,6 @@ def build_config(config_file: str | Path | None = None, **flags: Any) -> RunConf
         return RunConfig(**values)
     except TypeError as err:
         raise ConfigError(f"invalid option: {err}") from err
-
 
 
 def config_reference() -> str:

@@ -47,7 +47,9 @@ class ManifestDataset(Dataset[tuple[Any, int]]):
         rows = read_manifest(self.root)
         classes_file = self.root / CLASSES
         self.class_to_idx: dict[str, int] = (
-            json.loads(classes_file.read_text(encoding="utf-8")) if classes_file.is_file() else class_index(list(rows["label"]))
+            json.loads(classes_file.read_text(encoding="utf-8"))
+            if classes_file.is_file()
+            else class_index(list(rows["label"]))
         )
         self.classes = sorted(self.class_to_idx, key=self.class_to_idx.__getitem__)
         keep = pd.Series(True, index=rows.index)
@@ -58,10 +60,14 @@ class ManifestDataset(Dataset[tuple[Any, int]]):
             keep &= rows["engine"].isin(list(engines))
         if split is not None:
             if not (rows["split"] != "").any():
-                raise ValueError(f"{self.root}: the dataset has no splits (its manifest had no split column); leave split=None")
+                raise ValueError(
+                    f"{self.root}: the dataset has no splits (its manifest had no split column); leave split=None"
+                )
             keep &= rows["split"] == split.lower()
         self.rows = rows[keep].reset_index(drop=True)
-        self.samples = [(str(self.root / p), self.class_to_idx[label]) for p, label in zip(self.rows["path"], self.rows["label"])]
+        self.samples = [
+            (str(self.root / p), self.class_to_idx[label]) for p, label in zip(self.rows["path"], self.rows["label"])
+        ]
         self.targets = [target for _, target in self.samples]
         self.transform, self.target_transform = transform, target_transform
 

@@ -67,7 +67,10 @@ def _write_metadata(out: Path, manifest: pd.DataFrame) -> None:
         rows = manifest[manifest["split"] == split] if "split" in manifest else manifest
         folder = images / split if split else images
         # file_name is relative to the metadata file's folder.
-        names = [PurePosixPath(p).relative_to(PurePosixPath(folder.relative_to(out).as_posix())).as_posix() for p in rows["path"]]
+        names = [
+            PurePosixPath(p).relative_to(PurePosixPath(folder.relative_to(out).as_posix())).as_posix()
+            for p in rows["path"]
+        ]
         frame = pd.concat([pd.Series(names, name="file_name", index=rows.index), rows[columns]], axis=1)
         with atomic_write(folder / METADATA, "w", encoding="utf-8", newline="") as handle:
             frame.to_csv(handle, index=False)
@@ -88,8 +91,13 @@ def _write_webdataset(out: Path, manifest: pd.DataFrame, classes: dict[str, int]
         records = rows.to_dict("records")
         keys = _sample_keys(records)
         for shard, start in enumerate(range(0, len(records), SAMPLES_PER_SHARD)):
-            with atomic_write(folder / f"{split}-{shard:06d}.tar") as handle, tarfile.open(fileobj=handle, mode="w") as tar:
-                for row, key in zip(records[start : start + SAMPLES_PER_SHARD], keys[start : start + SAMPLES_PER_SHARD]):
+            with (
+                atomic_write(folder / f"{split}-{shard:06d}.tar") as handle,
+                tarfile.open(fileobj=handle, mode="w") as tar,
+            ):
+                for row, key in zip(
+                    records[start : start + SAMPLES_PER_SHARD], keys[start : start + SAMPLES_PER_SHARD]
+                ):
                     _add_sample(tar, out, row, key, classes)
     write_text(stamp, digest + "\n")
 

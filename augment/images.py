@@ -58,9 +58,7 @@ def probe(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[in
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise ImageProblem("undecodable", f"{path}: not a readable image ({err})") from err
     if size[0] * size[1] > max_pixels:
-        raise ImageProblem(
-            "too_large", f"{path}: {size[0]}x{size[1]} is over the {max_pixels:,}-pixel limit"
-        )
+        raise ImageProblem("too_large", f"{path}: {size[0]}x{size[1]} is over the {max_pixels:,}-pixel limit")
     if size[0] < 1 or size[1] < 1:
         raise ImageProblem("undecodable", f"{path}: image has no pixels")
     return size

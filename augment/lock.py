@@ -45,7 +45,9 @@ class OutLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
         except Timeout:
-            raise RunLocked(f"{self.path.parent} is in use by another run ({self._holder()}); try again when it ends") from None
+            raise RunLocked(
+                f"{self.path.parent} is in use by another run ({self._holder()}); try again when it ends"
+            ) from None
         except OSError as err:  # read-only or full file system: exit 3 with one line
             raise OutputError(f"cannot write to {self.path.parent}: {err}") from err
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -125,7 +125,9 @@ def _load_csv(path: Path) -> InputRows:
         if not isinstance(checked, Failure) and has_splits:
             problem = "empty split (other rows have one)" if not split else label_problem(split)
             if problem:
-                checked = Failure(index, source, label, "bad_split", f"row {index}: {problem.replace('label', 'split')}")
+                checked = Failure(
+                    index, source, label, "bad_split", f"row {index}: {problem.replace('label', 'split')}"
+                )
         if isinstance(checked, Failure):
             failures.append(checked)
             continue

@@ -116,10 +116,14 @@ def merge(
             info = json.loads((out / PARTS / f"{name}.json").read_text(encoding="utf-8"))
             # A stopped run merges what its parts recorded, whatever state they were left in.
             if info.get("status") != "finished" and interrupted is None:
-                raise MergeError(f"{out / PARTS / name}.json: part {name} has not finished (status {info.get('status')})")
+                raise MergeError(
+                    f"{out / PARTS / name}.json: part {name} has not finished (status {info.get('status')})"
+                )
             infos.append((out, info))
             rows = part_rows(out, name)
-            manifests.append((out, pd.DataFrame.from_records(rows) if rows else _read_part_csv(out / PARTS / f"{name}.manifest.csv")))
+            manifests.append(
+                (out, pd.DataFrame.from_records(rows) if rows else _read_part_csv(out / PARTS / f"{name}.manifest.csv"))
+            )
             failures.append(_read_part_csv(out / PARTS / f"{name}.failures.csv"))
     # Pixel settings (config hash) and what was planned (originals, splits, balance, ...).
     hashes = {_settings(info) for _, info in infos}
@@ -136,7 +140,11 @@ def merge(
         frames.append(frame)
     manifest = pd.concat(frames, ignore_index=True).drop_duplicates("path").sort_values("path", kind="stable")
     failed = pd.concat(failures, ignore_index=True).drop_duplicates(["row", "path"])
-    failed = failed.assign(_row=pd.to_numeric(failed["row"], errors="coerce")).sort_values(["_row", "path"]).drop(columns="_row")
+    failed = (
+        failed.assign(_row=pd.to_numeric(failed["row"], errors="coerce"))
+        .sort_values(["_row", "path"])
+        .drop(columns="_row")
+    )
     try:
         with atomic_write(target / "manifest.csv", "w", encoding="utf-8", newline="") as handle:
             manifest.to_csv(handle, index=False)
@@ -161,7 +169,8 @@ def merge(
         "engine": first["engine"],
         "weights": first["weights"],
         "versions": first["versions"],
-        "device": "; ".join(dict.fromkeys(info["device"] for _, info in infos if info["counts"]["tasks"])) or first["device"],
+        "device": "; ".join(dict.fromkeys(info["device"] for _, info in infos if info["counts"]["tasks"]))
+        or first["device"],
         "parts": [{k: info[k] for k in ("part", "device", "counts", "timings")} for _, info in infos],
         "counts": {
             "tasks": sum(info["counts"]["tasks"] for _, info in infos),

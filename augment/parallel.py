@@ -130,15 +130,21 @@ def _run(config: RunConfig, progress: ProgressFn | None, deadline: float | None)
             tasks = [t for t in prepared.tasks if shard.owns(t)]
             keys = _keys(config, prepared, weights, tasks)
             done = reusable_rows(out, keys, names=[name])
-            part = _run_part(config, prepared, out, name, weights, tasks, progress=progress, keys=keys, done=done, deadline=deadline)
+            part = _run_part(
+                config, prepared, out, name, weights, tasks, progress=progress, keys=keys, done=done, deadline=deadline
+            )
             log.info("shard %s done; run `augment merge %s` once every shard has finished", config.shard, out)
-            return _summary(out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name)
+            return _summary(
+                out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name
+            )
         workers = config.workers or (torch.cuda.device_count() if resolve_device(config.device).type == "cuda" else 1)
         # Incremental: tasks whose image exists with the same key are kept, not redone; images
         # of tasks that left the plan are removed (only ones augment recorded).
         keys = _keys(config, prepared, weights)
         done = reusable_rows(out, keys)
-        stale = {row["path"]: row for row in recorded_rows(out) if row["path"] not in keys and (out / row["path"]).is_file()}
+        stale = {
+            row["path"]: row for row in recorded_rows(out) if row["path"] not in keys and (out / row["path"]).is_file()
+        }
         partial_plan = config.limit is not None  # a trial on the first rows: the rest is not stale
         removed = 0
         if config.keep_stale or partial_plan:
@@ -150,26 +156,52 @@ def _run(config: RunConfig, progress: ProgressFn | None, deadline: float | None)
         counts = {"skipped": len(done), "removed": removed}
         limit = failure_limit(config, prepared)
         if limit is not None and len(prepared.failures) > limit:
-            raise TooManyFailures(f"{len(prepared.failures)} rows failed up front, more than --max-failures {config.max_failures} allows")
+            raise TooManyFailures(
+                f"{len(prepared.failures)} rows failed up front, more than --max-failures {config.max_failures} allows"
+            )
         if done or removed:
             log.info("%d images up to date, %d stale removed, %d to make", len(done), removed, len(keys) - len(done))
         interrupted = None
         try:
             if workers > 1:
-                _run_workers(config, prepared, out, workers, progress, keys=keys, done=done, kept=kept_stale, deadline=deadline)
+                _run_workers(
+                    config, prepared, out, workers, progress, keys=keys, done=done, kept=kept_stale, deadline=deadline
+                )
             else:
-                _run_part(config, prepared, out, "main", weights, prepared.tasks, progress=progress,
-                          timings={"weights_s": weights_s}, keys=keys, done=done, kept=kept_stale, deadline=deadline)  # fmt: skip
+                _run_part(
+                    config,
+                    prepared,
+                    out,
+                    "main",
+                    weights,
+                    prepared.tasks,
+                    progress=progress,
+                    timings={"weights_s": weights_s},
+                    keys=keys,
+                    done=done,
+                    kept=kept_stale,
+                    deadline=deadline,
+                )
         except KeyboardInterrupt:
             interrupted = Interrupted(EXIT_SIGINT, "SIGINT")
         except Stopped as err:
             interrupted = err
-        result = merge([out], expected_hash=f"{config.config_hash()}/{config.plan_hash()}", interrupted=interrupted, counts=counts)
+        result = merge(
+            [out], expected_hash=f"{config.config_hash()}/{config.plan_hash()}", interrupted=interrupted, counts=counts
+        )
         if interrupted:
             log.warning("%s: kept %d finished images", interrupted, result["counts"]["written"])
             raise interrupted
         device = resolve_device(config.device)
-        return _summary(out, result["counts"]["written"], result["counts"]["failed_rows"], len(prepared.tasks), started, weights.identity, device)
+        return _summary(
+            out,
+            result["counts"]["written"],
+            result["counts"]["failed_rows"],
+            len(prepared.tasks),
+            started,
+            weights.identity,
+            device,
+        )
 
 
 def _run_part(
@@ -264,7 +296,19 @@ def _run_rank(
             clear_parts(out, keep={f"rank-{r}-of-{world}" for r in range(world)})
         keys = _keys(config, prepared, weights, tasks)
         done = reusable_rows(out, keys, names=[name])
-        part = _run_part(config, prepared, out, name, weights, tasks, device=device, progress=progress, keys=keys, done=done, deadline=deadline)
+        part = _run_part(
+            config,
+            prepared,
+            out,
+            name,
+            weights,
+            tasks,
+            device=device,
+            progress=progress,
+            keys=keys,
+            done=done,
+            deadline=deadline,
+        )
         dist.barrier()
         if rank == 0:
             ranks = {f"rank-{r}-of-{world}" for r in range(world)}
@@ -272,8 +316,18 @@ def _run_rank(
             if missing:
                 raise OutputError(f"{out}: parts {', '.join(sorted(missing))} are missing after the barrier")
             result = merge([out], expected_hash=f"{config.config_hash()}/{config.plan_hash()}")
-            return _summary(out, result["counts"]["written"], result["counts"]["failed_rows"], len(prepared.tasks), started, weights.identity, part.device)
-        return _summary(out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name)
+            return _summary(
+                out,
+                result["counts"]["written"],
+                result["counts"]["failed_rows"],
+                len(prepared.tasks),
+                started,
+                weights.identity,
+                part.device,
+            )
+        return _summary(
+            out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name
+        )
     finally:
         dist.destroy_process_group()
 
@@ -304,10 +358,14 @@ def _run_workers(
     header.rows = list(done.values()) + list(kept.values())
     header.record_failures(failures)
     procs = [
-        ctx.Process(target=_worker_main, args=(config, out, f"worker-{i}-of-{workers}", devices[i], threads, queue, counter, keys, deadline),
-                    name=f"augment-worker-{i}", daemon=True)
+        ctx.Process(
+            target=_worker_main,
+            args=(config, out, f"worker-{i}-of-{workers}", devices[i], threads, queue, counter, keys, deadline),
+            name=f"augment-worker-{i}",
+            daemon=True,
+        )
         for i in range(workers)
-    ]  # fmt: skip
+    ]
     for proc in procs:
         proc.start()
     total = len(prepared.tasks)

@@ -127,7 +127,9 @@ def is_stylized(row: SourceRow, splits: tuple[str, ...]) -> bool:
     return not row.split or row.split in splits
 
 
-def variant_counts(rows: list[SourceRow], options: PlanOptions, base: int) -> tuple[dict[SourceRow, int], dict[str, int]]:
+def variant_counts(
+    rows: list[SourceRow], options: PlanOptions, base: int
+) -> tuple[dict[SourceRow, int], dict[str, int]]:
     """Stylized variants per source, and the per-class target when balancing.
 
     Balance rule: target T = --target-per-class, else the largest class's count with ``base``
@@ -183,7 +185,9 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Pl
             return f"{folder}/{NAME_SEPARATOR.join((stem, style_name, str(k)))}{ext}"
 
         if options.include_originals:
-            tasks.append(Task(row, ORIGINAL, 0, output("original", 0), stable_hash(options.seed, row.source, "original")))
+            tasks.append(
+                Task(row, ORIGINAL, 0, output("original", 0), stable_hash(options.seed, row.source, "original"))
+            )
         if row not in counts:
             left_out += not options.include_originals
             continue
@@ -221,7 +225,9 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Pl
     return Plan(tasks=tasks, left_out=left_out, targets=targets, short=short, copies=copies)
 
 
-def plan_tasks(rows: list[SourceRow], styles: list[Style], *, per_image: int, seed: int, fmt: str = "png") -> list[Task]:
+def plan_tasks(
+    rows: list[SourceRow], styles: list[Style], *, per_image: int, seed: int, fmt: str = "png"
+) -> list[Task]:
     """The plain plan: ``per_image`` random styles per source."""
     return plan(rows, styles, PlanOptions(per_image=per_image, seed=seed, fmt=fmt)).tasks
 
@@ -246,7 +252,9 @@ def _cycle_offsets(counts: dict[SourceRow, int], seed: int) -> dict[SourceRow, i
     return offsets
 
 
-def task_keys(tasks: list[Task], *, config_hash: str, copy_hash: str, weights: str, digest: Callable[[Path], str]) -> dict[str, str]:
+def task_keys(
+    tasks: list[Task], *, config_hash: str, copy_hash: str, weights: str, digest: Callable[[Path], str]
+) -> dict[str, str]:
     """Output path -> a key that changes whenever the image would: the source's and the
     style's content, every pixel-changing option (config hash, seed included), the weights,
     the task's own sampled settings. An original's key depends only on the source and the
@@ -260,5 +268,6 @@ def task_keys(tasks: list[Task], *, config_hash: str, copy_hash: str, weights: s
         sampled = (task.mix, task.style_weight, task.alpha)
         # styles.yaml loss settings change pixels too.
         overrides = [sorted(s.overrides.items()) for s in (task.style, task.style2) if s is not None]
-        keys[task.output] = f"{stable_hash(digest(task.source.path), *styles, *sampled, *overrides, config_hash, weights, task.seed):016x}"
+        key = stable_hash(digest(task.source.path), *styles, *sampled, *overrides, config_hash, weights, task.seed)
+        keys[task.output] = f"{key:016x}"
     return keys

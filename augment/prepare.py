@@ -50,7 +50,9 @@ def prepare(config: RunConfig) -> Prepared:
     inputs = load_input(config.manifest)
     if needs_styles:
         styles = load_style_bank(
-            config.styles, max_pixels=config.max_pixels, style_layers=len(config.style_layers)  # type: ignore[arg-type]
+            config.styles,
+            max_pixels=config.max_pixels,
+            style_layers=len(config.style_layers),  # type: ignore[arg-type]
         )
     else:
         # Plain dream: the variants are the dream layers, drawn like styles (distinct while
@@ -62,12 +64,21 @@ def prepare(config: RunConfig) -> Prepared:
         failures = [f for f in failures if f.row is None or f.row <= config.limit]
     made = plan(rows, styles, config.plan_options())
     if made.left_out:
-        log.info("%d rows of splits other than %s left out (--include-originals copies them)", made.left_out, ",".join(config.splits))
+        log.info(
+            "%d rows of splits other than %s left out (--include-originals copies them)",
+            made.left_out,
+            ",".join(config.splits),
+        )
     if made.copies:
         log.warning("%d variants repeat an earlier one of the same image (the bank has too few styles to vary them): "
                     "add styles, or lower --per-image / the balance target", made.copies)  # fmt: skip
     for label, count in made.short.items():
-        log.warning("class %s: %d images, not the balance target %d (its originals alone exceed it)", label, count, made.targets[label])
+        log.warning(
+            "class %s: %d images, not the balance target %d (its originals alone exceed it)",
+            label,
+            count,
+            made.targets[label],
+        )
     return Prepared(inputs=inputs, rows=rows, failures=list(failures), styles=styles, tasks=made.tasks, plan=made)
 
 

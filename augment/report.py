@@ -39,7 +39,11 @@ def write_report(out: str | Path, *, sample: int = 12, seed: int = 0) -> Path:
         raise ReportError(f"{out}: no manifest.csv here; is it an augment output folder?")
     manifest = read_manifest(out)
     run = json.loads((out / "run.json").read_text(encoding="utf-8")) if (out / "run.json").is_file() else {}
-    failures = pd.read_csv(out / "failures.csv", dtype=str, keep_default_na=False) if (out / "failures.csv").is_file() else pd.DataFrame()
+    failures = (
+        pd.read_csv(out / "failures.csv", dtype=str, keep_default_na=False)
+        if (out / "failures.csv").is_file()
+        else pd.DataFrame()
+    )
     thumbs = out / THUMBS
     if thumbs.exists():
         shutil.rmtree(thumbs)  # only augment writes here
@@ -73,7 +77,10 @@ def _summary(out: Path, run: dict[str, Any], manifest: pd.DataFrame, failures: p
         "images": len(manifest),
         "classes": manifest["label"].nunique(),
         "failed rows": len(failures),
-        "made / kept / removed this run": f"{counts.get('written', 0) - counts.get('skipped', 0)} / {counts.get('skipped', 0)} / {counts.get('removed', 0)}",
+        "made / kept / removed this run": (
+            f"{counts.get('written', 0) - counts.get('skipped', 0)} / {counts.get('skipped', 0)} / "
+            f"{counts.get('removed', 0)}"
+        ),
         "engine": run.get("engine", ""),
         "weights": run.get("weights", ""),
         "size, iterations": f"{config.get('size', '')} px, {config.get('iterations', '')}",
@@ -102,7 +109,9 @@ def _contact_sheet(out: Path, run: dict[str, Any], manifest: pd.DataFrame, thumb
     root = Path(run["inputs_root"]) if run.get("inputs_root") else None
     rows = []
     for source in picked:
-        variants = manifest[manifest["source"] == source].sort_values(["style", "k"], key=lambda c: c.map(lambda v: (v != "original", v)) if c.name == "style" else c)
+        variants = manifest[manifest["source"] == source].sort_values(
+            ["style", "k"], key=lambda c: c.map(lambda v: (v != "original", v)) if c.name == "style" else c
+        )
         first = variants.iloc[0]
         cells = [_thumb_cell(_source_path(source, root), thumbs, "source", f"{first['label']}: {source}")]
         for row in variants.to_dict("records"):
@@ -110,7 +119,9 @@ def _contact_sheet(out: Path, run: dict[str, Any], manifest: pd.DataFrame, thumb
                 f" · α {row['alpha']}" if row.get("alpha") not in ("", "1.0", None) else "")  # fmt: skip
             cells.append(_thumb_cell(out / row["path"], thumbs, caption, row["path"]))
         rows.append(f"<div class='sheet-row'>{''.join(cells)}</div>")
-    note = f"{len(picked)} of {len(sources)} sources, drawn with seed {seed}; the first image of each row is the source."
+    note = (
+        f"{len(picked)} of {len(sources)} sources, drawn with seed {seed}; the first image of each row is the source."
+    )
     return f"<h2>Contact sheet</h2><p>{_e(note)}</p>{''.join(rows)}"
 
 
@@ -165,7 +176,8 @@ figure {{ margin: 0; width: 164px; }}
 figure img {{ max-width: 160px; max-height: 160px; display: block; }}
 figcaption {{ font-size: 12px; word-break: break-all; }}
 .sheet-row figure:first-child {{ border-right: 3px solid #888; padding-right: 8px; }}
-.missing {{ width: 160px; height: 100px; background: #eee; display: flex; align-items: center; justify-content: center; }}
+.missing {{ width: 160px; height: 100px; background: #eee; display: flex; align-items: center;
+            justify-content: center; }}
 .warn {{ background: #fee; border: 1px solid #c66; padding: 0.5em; }}
 </style></head>
 <body>

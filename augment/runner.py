@@ -290,7 +290,9 @@ class PartRun:
             try:
                 image = load_rgb(style.path, max_pixels=self.config.max_pixels)
                 tensor = to_tensor(resize_long_side(image, self.config.size)).to(self.device)
-                self._guides[style.name] = guide_features(self.dream_net, tensor, self.config.dream_layers, self.dream_dtype)
+                self._guides[style.name] = guide_features(
+                    self.dream_net, tensor, self.config.dream_layers, self.dream_dtype
+                )
             except ImageProblem as err:
                 self._guides[style.name] = err
         return self._guides[style.name]
@@ -301,7 +303,14 @@ class PartRun:
         octaves = len(octave_sizes(height, width, options))
         if octaves < options.octaves and (height, width) not in self._octave_note:
             self._octave_note.add((height, width))
-            log.info("%dx%d is too small for %d octaves at scale %s: using %d", width, height, options.octaves, options.octave_scale, octaves)
+            log.info(
+                "%dx%d is too small for %d octaves at scale %s: using %d",
+                width,
+                height,
+                options.octaves,
+                options.octave_scale,
+                octaves,
+            )
         return octaves * options.iterations
 
     def _dream_one(self, result: Result) -> float:
@@ -337,18 +346,37 @@ class PartRun:
             per_image = [guide(t.style) for t in tasks] if config.guide else []
             for task, g in zip(tasks, per_image):
                 if isinstance(g, ImageProblem):
-                    self._fail(task.source.row, task.source.source, task.source.label, "bad_style", f"style {task.style.name}: {g}")
+                    self._fail(
+                        task.source.row,
+                        task.source.source,
+                        task.source.label,
+                        "bad_style",
+                        f"style {task.style.name}: {g}",
+                    )
             keep = [i for i in range(len(tasks)) if not per_image or not isinstance(per_image[i], ImageProblem)]
             if keep:
                 t0 = time.perf_counter()
                 images = torch.cat([batch[i][1] for i in keep]).to(self.device)
-                guide_lists = {layer: [per_image[i][layer] for i in keep] for layer in options.layers} if per_image else None  # type: ignore[index]
-                out, objective = dream(self.dream_net, images, options, seeds=[tasks[i].seed for i in keep], guides=guide_lists, dtype=dtype)
+                guide_lists = (
+                    {layer: [per_image[i][layer] for i in keep] for layer in options.layers} if per_image else None
+                )  # type: ignore[index]
+                out, objective = dream(
+                    self.dream_net,
+                    images,
+                    options,
+                    seeds=[tasks[i].seed for i in keep],
+                    guides=guide_lists,
+                    dtype=dtype,
+                )
                 share = (time.perf_counter() - t0) / len(keep)
                 for j, i in enumerate(keep):
                     steps = self._dream_steps(*images.shape[-2:])
-                    result = Result(key=tasks[i], image=out[j : j + 1].cpu(), losses={}, iterations=steps, seconds=share)
-                    self._pending.append(self._submit(result, self.precision, dream_objective=objective[j], content=batch[i][1]))
+                    result = Result(
+                        key=tasks[i], image=out[j : j + 1].cpu(), losses={}, iterations=steps, seconds=share
+                    )
+                    self._pending.append(
+                        self._submit(result, self.precision, dream_objective=objective[j], content=batch[i][1])
+                    )
             self._advance(len(tasks))
             self._pending = self._collect(self._pending, wait=False)
 
@@ -396,7 +424,9 @@ class PartRun:
         with self._saving():
             retry = self._consume(batcher, groups, self.precision)
             if retry:  # mixed precision overflowed for these: redo them in fp32
-                log.warning("%d images had a non-finite loss in %s; redoing them in fp32", len(retry), self.precision.value)
+                log.warning(
+                    "%d images had a non-finite loss in %s; redoing them in fp32", len(retry), self.precision.value
+                )
                 fp32 = GatysBatcher(self.net, options, batch_size=batch_size, channels_last=channels_last)
                 self._grams = {}  # style targets again, in fp32
                 self._consume(fp32, _group_by_source(retry), Precision.FP32)
@@ -406,9 +436,7 @@ class PartRun:
         if self.device.type == "cuda":
             self.timings["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 1e6
 
-    def _consume(
-        self, batcher: GatysBatcher, groups: Iterable[list[Task]], precision: Precision
-    ) -> list[Task]:
+    def _consume(self, batcher: GatysBatcher, groups: Iterable[list[Task]], precision: Precision) -> list[Task]:
         """Run ``groups`` through ``batcher``, handing finished images to the saver. Returns
         the tasks whose loss went non-finite in half precision (in fp32 they fail)."""
         self._batcher = batcher
@@ -456,7 +484,9 @@ class PartRun:
                 grams = [self._targets(task, size, c) for size, c in zip(self.config.stage_sizes(), contents)]
                 problem = next((g for g in grams if isinstance(g, ImageProblem)), None)
                 if problem is not None:
-                    self._fail(source.row, source.source, source.label, "bad_style", f"style {task.style_name}: {problem}")
+                    self._fail(
+                        source.row, source.source, source.label, "bad_style", f"style {task.style_name}: {problem}"
+                    )
                     self._advance(1)
                     continue
                 if self._finishing(task):
@@ -609,7 +639,9 @@ class PartRun:
             "engine": "original" if task.original else self._engine_name(),
             "seed": "" if task.original else task.seed, "weights": "" if task.original else self.weights_id,
             "style_mix": task.mix if task.style2 else "",
-            "style_weight": "" if task.original or self.config.engine is Engine.DREAM else f"{self._style_weight(task):.6g}",
+            "style_weight": ""
+            if task.original or self.config.engine is Engine.DREAM
+            else f"{self._style_weight(task):.6g}",
             "alpha": "" if task.original else task.alpha, "size": self.config.size,
             "width": width, "height": height, "iterations": result.iterations,
             "precision": saving.precision.value,
@@ -669,7 +701,9 @@ class PartRun:
 
     def _check_failures(self) -> None:
         if self.max_failures is not None and len(self.failures) > self.max_failures:
-            raise TooManyFailures(f"{len(self.failures)} rows failed, more than --max-failures {self.config.max_failures} allows")
+            raise TooManyFailures(
+                f"{len(self.failures)} rows failed, more than --max-failures {self.config.max_failures} allows"
+            )
 
     def _maybe_checkpoint(self) -> None:
         if time.monotonic() - self.last_checkpoint >= CHECKPOINT_EVERY_S:

@@ -88,9 +88,7 @@ def _unique_names(files: list[Path]) -> list[str]:
     """Safe names, made distinct: a.jpg and a.png become a-jpg and a-png."""
     # "original" names the copied sources in the manifest's style column.
     base = [safe_name(f.stem) if safe_name(f.stem) != "original" else "original-style" for f in files]
-    names = [
-        safe_name(f"{b}-{f.suffix.lstrip('.')}") if base.count(b) > 1 else b for b, f in zip(base, files)
-    ]
+    names = [safe_name(f"{b}-{f.suffix.lstrip('.')}") if base.count(b) > 1 else b for b, f in zip(base, files)]
     seen: dict[str, int] = {}
     unique = []
     for name in names:

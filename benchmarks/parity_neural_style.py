@@ -78,7 +78,9 @@ def peer_objective(model_file: Path, size: int, content: Path, style: Path, imag
     return values
 
 
-def run_augment(model: dict, content: torch.Tensor, style: torch.Tensor, iterations: int) -> tuple[torch.Tensor, list[float]]:
+def run_augment(
+    model: dict, content: torch.Tensor, style: torch.Tensor, iterations: int
+) -> tuple[torch.Tensor, list[float]]:
     """augment's engine with neural-style's weights converted exactly: α = 10 and
     β·λ_l = 200/C_l² (= 4·100·k/C_l² with k = 10/(4·5)); TV as in the caffe defaults."""
     alpha, per_layer = from_mean_squared(NEURAL_STYLE["content"], NEURAL_STYLE["style"], DEFAULT_STYLE_LAYERS)
@@ -112,7 +114,10 @@ def main() -> None:
         content_png, style_png = tmp / "content.png", tmp / "style.png"
         resize_long_side(load_rgb(CONTENT), args.size).save(content_png)
         resize_long_side(load_rgb(STYLE), args.size).save(style_png)
-        content_t, style_t = to_tensor(Image.open(content_png).convert("RGB")), to_tensor(Image.open(style_png).convert("RGB"))
+        content_t, style_t = (
+            to_tensor(Image.open(content_png).convert("RGB")),
+            to_tensor(Image.open(style_png).convert("RGB")),
+        )
         rows = []
         for iterations in [int(n) for n in args.iterations.split(",")]:
             peer_png, ours_png = tmp / f"peer_{iterations}.png", tmp / f"augment_{iterations}.png"
@@ -124,7 +129,9 @@ def main() -> None:
             ], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
             image, trace = run_augment(model, content_t, style_t, iterations)
             to_image(image).save(ours_png)
-            start, theirs, ours = peer_objective(model_file, args.size, content_png, style_png, [content_png, peer_png, ours_png])
+            start, theirs, ours = peer_objective(
+                model_file, args.size, content_png, style_png, [content_png, peer_png, ours_png]
+            )
             rises = sum(1 for a, b in zip(trace, trace[1:]) if b > a * (1 + 1e-3))
             rows.append({
                 "iterations": iterations, "content_image": round(start, 1), "peer": round(theirs, 2),

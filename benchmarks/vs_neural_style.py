@@ -90,7 +90,9 @@ def main() -> None:
             link.parent.mkdir(exist_ok=True)
             shutil.copy(photo, link)
         manifest = tmp / "manifest.csv"
-        manifest.write_text("path,label\n" + "".join(f"photos/{i:03d}_{p.name},{p.parent.name}\n" for i, p in enumerate(rows)))
+        manifest.write_text(
+            "path,label\n" + "".join(f"photos/{i:03d}_{p.name},{p.parent.name}\n" for i, p in enumerate(rows))
+        )
 
         gpu = ["-gpu", "0", "-backend", "cudnn"] if args.gpu else ["-gpu", "c", "-backend", "mkl"]
         peer_seconds = []
@@ -136,7 +138,9 @@ def main() -> None:
         flops = sum(flops_per_iteration(h, w) for h, w in out_sizes) * (args.iterations + 1)
         report["model_flop_utilisation_bf16"] = round(flops / run["timings"]["compute_s"] / PEAK_BF16_FLOPS, 3)
         report["peak_memory_mb"] = run["timings"].get("peak_memory_mb")
-        report["memory_per_image_mb"] = round(run["timings"].get("peak_memory_mb", 0) / max(1, run["timings"]["batch_size"]), 1)
+        report["memory_per_image_mb"] = round(
+            run["timings"].get("peak_memory_mb", 0) / max(1, run["timings"]["batch_size"]), 1
+        )
     print(json.dumps(report, indent=2))
 
 

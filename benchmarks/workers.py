@@ -1,6 +1,6 @@
 """Throughput of `augment run` with 1 vs N local workers (whole commands timed).
 
-    python benchmarks/workers.py --images 12 --size 128 --iterations 50 --workers 1 2
+python benchmarks/workers.py --images 12 --size 128 --iterations 50 --workers 1 2
 """
 
 from __future__ import annotations

@@ -84,10 +84,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{args.data}: no originals in split {args.train_split!r}; make it with --include-originals")
     tests = {"test (real)": ManifestDataset(args.data, split=args.test_split, styles=["original"], transform=tf)}
     if args.shifted:
-        tests["test (style-shifted)"] = ManifestDataset(args.shifted, split=args.test_split, exclude_styles=["original"], transform=tf)
+        tests["test (style-shifted)"] = ManifestDataset(
+            args.shifted, split=args.test_split, exclude_styles=["original"], transform=tf
+        )
     classes = len(augmented.classes)
 
-    results: dict[str, Any] = {"classes": augmented.classes, "test_images": {k: len(v) for k, v in tests.items()}, "models": {}}
+    results: dict[str, Any] = {
+        "classes": augmented.classes,
+        "test_images": {k: len(v) for k, v in tests.items()},
+        "models": {},
+    }
     for name, data in (("real only", real), ("real + stylized", augmented)):
         model = train(data, classes, epochs=args.epochs, seed=args.seed)
         results["models"][name] = {"train_images": len(data), **{k: accuracy(model, v) for k, v in tests.items()}}

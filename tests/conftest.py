@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-
 # Settings that keep an end-to-end run to a fraction of a second per image on the CPU.
 FAST = ["--weights", "random", "--size", "32", "--iterations", "2"]
 

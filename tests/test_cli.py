@@ -127,7 +127,9 @@ def test_config_file_limit_and_json(dataset: tuple[Path, Path], tmp_path: Path) 
     manifest, styles = dataset
     config = tmp_path / "run.yaml"
     config.write_text(f"styles: {styles}\nweights: random\nsize: 32\niterations: 1\nper_image: 2\n")
-    code, stdout, err = invoke("run", manifest, "--config", config, "--limit", "1", "--out", tmp_path / "out", "--json", "-q")
+    code, stdout, err = invoke(
+        "run", manifest, "--config", config, "--limit", "1", "--out", tmp_path / "out", "--json", "-q"
+    )
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["written"] == 2 and summary["exit_code"] == 0
@@ -166,7 +168,9 @@ def test_weights_command_shows_the_cache(tmp_path: Path) -> None:
 def test_python_dash_m_is_the_same_cli() -> None:
     result = subprocess.run([sys.executable, "-m", "augment", "--version"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and result.stdout.startswith("augment ")
-    result = subprocess.run([sys.executable, "-m", "augment", "run", "--help"], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "augment", "run", "--help"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0 and "--per-image" in result.stdout
 
 
@@ -179,8 +183,26 @@ def test_bad_option_value_is_exit_2(dataset: tuple[Path, Path], tmp_path: Path) 
 def test_coarse_to_fine_and_batch_options(dataset: tuple[Path, Path], tmp_path: Path) -> None:
     manifest, styles = dataset
     out = tmp_path / "out"
-    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--weights", "random", "--size", "32",
-                          "--iterations", "4", "--scales", "0.5,1", "--batch-size", "2", "--precision", "fp32")  # fmt: skip
+    code, _, err = invoke(
+        "run",
+        manifest,
+        "--styles",
+        styles,
+        "--out",
+        out,
+        "--weights",
+        "random",
+        "--size",
+        "32",
+        "--iterations",
+        "4",
+        "--scales",
+        "0.5,1",
+        "--batch-size",
+        "2",
+        "--precision",
+        "fp32",
+    )
     assert code == 0, err
     rows = pd.read_csv(out / "manifest.csv")
     assert list(rows["iterations"]) == [4, 4, 4]  # 3 at 16 px + 1 at 32 px
@@ -226,13 +248,32 @@ def _mean_abs_difference(out: Path, rows: pd.DataFrame, data_root: Path, size: i
 def test_dream_engine_needs_no_styles(dataset: tuple[Path, Path], tmp_path: Path) -> None:
     manifest, _ = dataset
     out = tmp_path / "out"
-    code, _, err = invoke("run", manifest, "--engine", "dream", "--per-image", "2", "--dream-layers", "inception3b,inception4c",
-                          "--weights", "random", "--size", "40", "--iterations", "2", "--out", out)  # fmt: skip
+    code, _, err = invoke(
+        "run",
+        manifest,
+        "--engine",
+        "dream",
+        "--per-image",
+        "2",
+        "--dream-layers",
+        "inception3b,inception4c",
+        "--weights",
+        "random",
+        "--size",
+        "40",
+        "--iterations",
+        "2",
+        "--out",
+        out,
+    )
     assert code == 0, err
     rows = pd.read_csv(out / "manifest.csv")
     assert len(rows) == 6 and set(rows["engine"]) == {"dream"}
     assert all(group.nunique() == 2 for _, group in rows.groupby("source")["style"])  # both layers per image
-    assert set(rows["style"]) == {"dream-inception3b", "dream-inception4c"} and rows["params"].str.contains("octaves=4").all()
+    assert (
+        set(rows["style"]) == {"dream-inception3b", "dream-inception4c"}
+        and rows["params"].str.contains("octaves=4").all()
+    )
     assert min(_mean_abs_difference(out, rows, manifest.parent, 40)) >= 1 / 255
     assert "too small for 4 octaves" in (out / "run.log").read_text()  # 40 px: fewer octaves, a note
 

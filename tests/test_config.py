@@ -82,5 +82,10 @@ def test_style_layer_weights_and_normalize_gradients_reach_the_engine() -> None:
     with pytest.raises(ConfigError, match="style_layer_weights: 3 weights for 2 style layers"):
         RunConfig(style_layers="conv1_1,conv2_1", style_layer_weights="1,1,1")
     # Unset, λ_l follows 1/C² (equal when gradients are normalised).
-    assert RunConfig(style_layers="conv1_1,conv2_1").gatys_options().layer_weights == pytest.approx({"conv1_1": 0.8, "conv2_1": 0.2})
-    assert RunConfig(style_layers="conv1_1,conv2_1", normalize_gradients=True).gatys_options().layer_weights == {"conv1_1": 0.5, "conv2_1": 0.5}
+    assert RunConfig(style_layers="conv1_1,conv2_1").gatys_options().layer_weights == pytest.approx(
+        {"conv1_1": 0.8, "conv2_1": 0.2}
+    )
+    assert RunConfig(style_layers="conv1_1,conv2_1", normalize_gradients=True).gatys_options().layer_weights == {
+        "conv1_1": 0.5,
+        "conv2_1": 0.5,
+    }

@@ -91,4 +91,6 @@ def test_vgg19_layers_work_as_the_dream_network() -> None:
     options = DreamOptions(layers=("conv4_2",), octaves=2, iterations=2, min_side=16)
     image = _images(h=40, w=32)
     out, _ = dream(vgg, image, options, seeds=[0])
-    assert activation_objective(vgg(out), options.layers).item() > activation_objective(vgg(image), options.layers).item()
+    assert (
+        activation_objective(vgg(out), options.layers).item() > activation_objective(vgg(image), options.layers).item()
+    )

@@ -13,21 +13,52 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_compare.py"
 
 
 def test_train_compare_trains_on_real_and_on_real_plus_stylized(tmp_path: Path) -> None:
-    rows = [("ants/a1.png", "ants"), ("ants/a2.png", "ants"), ("ants/a3.png", "ants"), ("bees/b1.png", "bees"), ("bees/b2.png", "bees")]
+    rows = [
+        ("ants/a1.png", "ants"),
+        ("ants/a2.png", "ants"),
+        ("ants/a3.png", "ants"),
+        ("bees/b1.png", "bees"),
+        ("bees/b2.png", "bees"),
+    ]
     manifest = make_dataset(tmp_path, rows=rows)
     splits = ["train", "train", "test", "train", "test"]
     lines = manifest.read_text().splitlines()
     manifest.write_text("\n".join([lines[0] + ",split"] + [f"{line},{s}" for line, s in zip(lines[1:], splits)]) + "\n")
     styles = make_styles(tmp_path)
-    assert invoke("run", manifest, "--styles", styles, "--out", tmp_path / "aug", "--include-originals", "--per-image", "2", *FAST)[0] == 0
+    assert (
+        invoke(
+            "run",
+            manifest,
+            "--styles",
+            styles,
+            "--out",
+            tmp_path / "aug",
+            "--include-originals",
+            "--per-image",
+            "2",
+            *FAST,
+        )[0]
+        == 0
+    )
     assert invoke("run", manifest, "--styles", styles, "--out", tmp_path / "shifted", "--splits", "test", *FAST)[0] == 0
 
     spec = importlib.util.spec_from_file_location("train_compare", EXAMPLE)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    results = module.main([str(tmp_path / "aug"), "--shifted", str(tmp_path / "shifted"), "--epochs", "1", "--size", "16",
-                           "--json", str(tmp_path / "results.json")])  # fmt: skip
+    results = module.main(
+        [
+            str(tmp_path / "aug"),
+            "--shifted",
+            str(tmp_path / "shifted"),
+            "--epochs",
+            "1",
+            "--size",
+            "16",
+            "--json",
+            str(tmp_path / "results.json"),
+        ]
+    )
     assert results["classes"] == ["ants", "bees"]
     assert results["test_images"] == {"test (real)": 2, "test (style-shifted)": 2}
     models = results["models"]

@@ -28,7 +28,9 @@ def _setup(options: GatysOptions, size: int = 32) -> tuple[VGG19Features, torch.
     return net, content, style
 
 
-def _torch_reference(net: VGG19Features, content: torch.Tensor, grams: dict, options: GatysOptions) -> tuple[torch.Tensor, list[float]]:
+def _torch_reference(
+    net: VGG19Features, content: torch.Tensor, grams: dict, options: GatysOptions
+) -> tuple[torch.Tensor, list[float]]:
     """torch.optim.LBFGS, one step per iteration, no clamp (the caller checks none was needed):
     the image with the lowest loss (as the engine returns) and the loss at every evaluation."""
     features = content_target(net, content, options)
@@ -160,7 +162,11 @@ def test_losses_are_reported_per_term() -> None:
     net, content, style = _setup(options)
     terms = stylize(net, content, style_targets(net, style, options), options).losses
     options = options.resolved(net.normalize.flavour)
-    expected = options.content_weight * terms["content"] + options.style_weight * terms["style"] + options.tv_weight * terms["tv"]
+    expected = (
+        options.content_weight * terms["content"]
+        + options.style_weight * terms["style"]
+        + options.tv_weight * terms["tv"]
+    )
     assert terms["total"] == pytest.approx(expected, rel=1e-4)
 
 
@@ -174,7 +180,10 @@ def test_bf16_batched_loss_within_five_percent_of_fp32_single() -> None:
     grams = style_targets(net, style, options)
     g = torch.Generator().manual_seed(9)
     jobs = [Job(key=i, content=torch.rand(1, 3, 64, 64, generator=g), grams=grams, options=options) for i in range(3)]
-    mixed = {r.key: r for r in GatysBatcher(net, options, batch_size=3, precision=Precision.BF16, channels_last=True).run(jobs)}
+    mixed = {
+        r.key: r
+        for r in GatysBatcher(net, options, batch_size=3, precision=Precision.BF16, channels_last=True).run(jobs)
+    }
     for job in jobs:
         (fp32,) = GatysBatcher(net, options, batch_size=1).run([job])
         assert mixed[job.key].losses["total"] == pytest.approx(fp32.losses["total"], rel=0.05)
@@ -207,7 +216,10 @@ def test_next_batch_size_and_auto_batch_size() -> None:
 
     assert [next_batch_size(n) for n in (8, 3, 1)] == [4, 1, 0]
     net = VGG19Features(GatysOptions().layers)
-    small, large = bytes_per_image(net, 64, 64, history_size=100, half=False), bytes_per_image(net, 128, 128, history_size=100, half=False)
+    small, large = (
+        bytes_per_image(net, 64, 64, history_size=100, half=False),
+        bytes_per_image(net, 128, 128, history_size=100, half=False),
+    )
     assert 3.5 < large / small < 4.5  # memory grows with the pixel count
     assert bytes_per_image(net, 64, 64, history_size=100, half=True) < small
     assert auto_batch_size(10 * small, small) == 7 and auto_batch_size(0, small) == 1

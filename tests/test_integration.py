@@ -27,7 +27,12 @@ def test_real_photos_and_paintings(tmp_path: Path) -> None:
                           "--weights", "random", "--size", "40", "--iterations", "2", "--out", out)  # fmt: skip
     assert code == 0, err
     rows = pd.read_csv(out / "manifest.csv")
-    assert len(rows) == 6 and set(rows["style"]) <= {"shipwreck", "starry_night", "the_scream", "woman-with-hat-matisse"}
+    assert len(rows) == 6 and set(rows["style"]) <= {
+        "shipwreck",
+        "starry_night",
+        "the_scream",
+        "woman-with-hat-matisse",
+    }
     for row in rows.itertuples():
         img = Image.open(out / row.path)
         assert img.mode == "RGB" and max(img.size) == 40
@@ -49,8 +54,24 @@ def balanced_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     manifest.parent.mkdir()
     manifest.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in ants + bees))
     out = root / "out"
-    code, _, err = invoke("run", manifest, "--styles", DATA / "styles", "--per-image", "1", "--balance", "--include-originals",
-                          "--weights", "random", "--size", "32", "--iterations", "2", "--out", out)  # fmt: skip
+    code, _, err = invoke(
+        "run",
+        manifest,
+        "--styles",
+        DATA / "styles",
+        "--per-image",
+        "1",
+        "--balance",
+        "--include-originals",
+        "--weights",
+        "random",
+        "--size",
+        "32",
+        "--iterations",
+        "2",
+        "--out",
+        out,
+    )
     assert code == 0, err
     return out
 
@@ -70,11 +91,17 @@ def test_balanced_real_dataset_loads_in_imagefolder_with_a_report(balanced_out: 
     assert page.count("<figure") >= 12 and "class='missing'" not in page
 
 
-def test_balanced_real_dataset_loads_in_hugging_face(balanced_out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is not installed (pip install -e '.[test]')")
+def test_balanced_real_dataset_loads_in_hugging_face(
+    balanced_out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    datasets = pytest.importorskip(
+        "datasets", reason="Hugging Face datasets is not installed (pip install -e '.[test]')"
+    )
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    loaded = datasets.load_dataset("imagefolder", data_dir=str(balanced_out / "images"), split="train", cache_dir=str(tmp_path / "hf"))
+    loaded = datasets.load_dataset(
+        "imagefolder", data_dir=str(balanced_out / "images"), split="train", cache_dir=str(tmp_path / "hf")
+    )
     assert len(loaded) == 48 and sorted(set(loaded["label"])) == ["ants", "bees"]
     assert loaded["label"].count("bees") == 24

@@ -35,7 +35,9 @@ def _torch_lbfgs(a: torch.Tensor, b: torch.Tensor, steps: int, history: int) -> 
 
 def _batch_lbfgs(problems: list[tuple[torch.Tensor, torch.Tensor]], steps: int, history: int) -> torch.Tensor:
     n = problems[0][0].shape[0]
-    opt = BatchLBFGS(len(problems), n, history_size=history, tolerance_grad=0.0, tolerance_change=0.0, dtype=torch.float64)
+    opt = BatchLBFGS(
+        len(problems), n, history_size=history, tolerance_grad=0.0, tolerance_change=0.0, dtype=torch.float64
+    )
     rows = torch.arange(len(problems))
     opt.reset(rows)
     x = torch.zeros(len(problems), n, dtype=torch.float64)

@@ -48,7 +48,13 @@ def test_output_names() -> None:
 
 
 def test_same_label_and_stem_get_distinct_names() -> None:
-    rows = [_row("x.jpg"), _row("x.webp", row=2), _row("train/x.jpg", row=3), _row("x.png", "dog", row=4), _row("X.png", row=5)]
+    rows = [
+        _row("x.jpg"),
+        _row("x.webp", row=2),
+        _row("train/x.jpg", row=3),
+        _row("x.png", "dog", row=4),
+        _row("X.png", row=5),
+    ]
     outputs = [t.output for t in plan_tasks(rows, _styles(1), per_image=1, seed=0)]
     assert len({o.casefold() for o in outputs}) == 5  # distinct on case-insensitive file systems too
     assert outputs[3] == "images/dog/x__s0__0.png"  # no clash, no hash

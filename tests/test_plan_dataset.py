@@ -39,7 +39,10 @@ def test_balance_with_originals_ends_with_equal_classes() -> None:
     assert set(bees.values()) == {5}  # 20 variants over 4 bees
     # Without originals the variants balance on their own; a target overrides --per-image.
     assert _per_class(plan(rows, _styles(4), PlanOptions(per_image=2, balance=True)).tasks) == {"ants": 24, "bees": 24}
-    assert _per_class(plan(rows, _styles(4), PlanOptions(target_per_class=30, include_originals=True)).tasks) == {"ants": 30, "bees": 30}
+    assert _per_class(plan(rows, _styles(4), PlanOptions(target_per_class=30, include_originals=True)).tasks) == {
+        "ants": 30,
+        "bees": 30,
+    }
 
 
 def test_uneven_targets_give_the_remainder_to_some_sources_and_never_drop_originals() -> None:
@@ -63,7 +66,10 @@ def test_extra_variants_are_new_images_not_repeats() -> None:
 
 
 def test_splits_only_train_is_stylized_other_splits_copied_or_left_out() -> None:
-    rows = [SourceRow(i + 1, f"{i}.jpg", Path(f"/x/{i}.jpg"), "cat", split) for i, split in enumerate(["train", "train", "val", "test"])]
+    rows = [
+        SourceRow(i + 1, f"{i}.jpg", Path(f"/x/{i}.jpg"), "cat", split)
+        for i, split in enumerate(["train", "train", "val", "test"])
+    ]
     copied = plan(rows, _styles(2), PlanOptions(per_image=2, include_originals=True))
     by_split = Counter((t.source.split, t.original) for t in copied.tasks)
     assert by_split == {("train", True): 2, ("train", False): 4, ("val", True): 1, ("test", True): 1}
@@ -96,7 +102,9 @@ def test_sampled_settings_stay_in_range_vary_and_repeat_with_the_seed() -> None:
 
 
 def test_config_reads_ranges_formats_and_targets() -> None:
-    config = RunConfig(style_weight="1e4:1e6", alpha="0.5", format="jpg,webdataset", target_per_class=8, splits="train,val")
+    config = RunConfig(
+        style_weight="1e4:1e6", alpha="0.5", format="jpg,webdataset", target_per_class=8, splits="train,val"
+    )
     assert config.style_weight == (1e4, 1e6) and config.alpha == 0.5
     assert config.format == "jpg" and config.webdataset and config.balance and config.splits == ("train", "val")
     assert RunConfig(format="webdataset").format == "png"
@@ -117,11 +125,18 @@ def test_a_split_column_needs_a_split_on_every_row(tmp_path: Path) -> None:
 
 
 def test_each_split_is_balanced_on_its_own_and_split_names_are_lowercase(tmp_path: Path) -> None:
-    rows = [SourceRow(i + 1, f"{i}.jpg", Path(f"/x/{i}.jpg"), label, split)
-            for i, (label, split) in enumerate([("a", "train")] * 4 + [("b", "train")] * 2 + [("a", "val"), ("b", "val")])]  # fmt: skip
+    rows = [
+        SourceRow(i + 1, f"{i}.jpg", Path(f"/x/{i}.jpg"), label, split)
+        for i, (label, split) in enumerate([("a", "train")] * 4 + [("b", "train")] * 2 + [("a", "val"), ("b", "val")])
+    ]
     made = plan(rows, _styles(3), PlanOptions(balance=True, splits=("train", "val")))
     assert made.targets == {"train/a": 4, "train/b": 4, "val/a": 1, "val/b": 1}
-    assert Counter((t.source.split, t.source.label) for t in made.tasks) == {("train", "a"): 4, ("train", "b"): 4, ("val", "a"): 1, ("val", "b"): 1}
+    assert Counter((t.source.split, t.source.label) for t in made.tasks) == {
+        ("train", "a"): 4,
+        ("train", "b"): 4,
+        ("val", "a"): 1,
+        ("val", "b"): 1,
+    }
     from .conftest import noise_image
 
     noise_image(8, 8, 0).save(tmp_path / "a.png")

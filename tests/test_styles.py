@@ -27,7 +27,9 @@ def test_safe_name_never_contains_the_separator() -> None:
 
 def test_styles_yaml_sets_names_weights_and_overrides(tmp_path: Path) -> None:
     bank = _bank(tmp_path, ["waves.png", "stone.png"])
-    (bank / "styles.yaml").write_text("waves.png:\n  name: The Waves\n  weight: 3\n  style_weight: 100\nstone:\n  weight: 0\n")
+    (bank / "styles.yaml").write_text(
+        "waves.png:\n  name: The Waves\n  weight: 3\n  style_weight: 100\nstone:\n  weight: 0\n"
+    )
     styles = {s.name: s for s in load_style_bank(bank)}
     assert styles["waves"].display_name == "The Waves" and styles["waves"].weight == 3.0
     assert styles["waves"].overrides == {"style_weight": 100.0}

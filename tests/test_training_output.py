@@ -32,7 +32,9 @@ def _by_style(out: Path) -> dict[tuple[str, str], Path]:
 def test_originals_alpha_and_preserve_color(dataset: tuple[Path, Path], tmp_path: Path) -> None:
     manifest, styles = dataset
     out = tmp_path / "zero"
-    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--include-originals", "--alpha", "0", *FAST)
+    code, _, err = invoke(
+        "run", manifest, "--styles", styles, "--out", out, "--include-originals", "--alpha", "0", *FAST
+    )
     assert code == 0, err
     rows = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
     originals = rows[rows["style"] == "original"]
@@ -107,15 +109,21 @@ def test_exports_load_in_imagefolder_manifest_dataset_and_webdataset(tmp_path: P
     assert all(cls[key] == classes[key.split("/")[0]] for key in cls)
 
 
-def test_hugging_face_imagefolder_reads_the_labels(dataset: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is not installed (pip install -e '.[test]')")
+def test_hugging_face_imagefolder_reads_the_labels(
+    dataset: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    datasets = pytest.importorskip(
+        "datasets", reason="Hugging Face datasets is not installed (pip install -e '.[test]')"
+    )
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     manifest, styles = dataset
     out = tmp_path / "out"
     assert invoke("run", manifest, "--styles", styles, "--out", out, "--include-originals", *FAST)[0] == 0
-    loaded = datasets.load_dataset("imagefolder", data_dir=str(out / "images"), split="train", cache_dir=str(tmp_path / "hf"))
+    loaded = datasets.load_dataset(
+        "imagefolder", data_dir=str(out / "images"), split="train", cache_dir=str(tmp_path / "hf")
+    )
     rows = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
     assert sorted(zip(loaded["label"], loaded["style"])) == sorted(zip(rows["label"], rows["style"]))
     assert loaded[0]["image"].size[0] <= 32
@@ -150,24 +158,33 @@ def test_copying_other_splits_needs_no_weights_and_toggling_originals_keeps_the_
     code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--include-originals", "--size", "32")
     assert code == 0, err
     rows = pd.read_csv(out / "manifest.csv")
-    assert len(rows) == 3 and set(rows["style"]) == {"original"} and all(p.startswith("images/val/") for p in rows["path"])
+    assert (
+        len(rows) == 3 and set(rows["style"]) == {"original"} and all(p.startswith("images/val/") for p in rows["path"])
+    )
 
     manifest.write_text(manifest.read_text().replace(",val", ",train"))
     out = tmp_path / "toggle"
     assert invoke("run", manifest, "--styles", styles, "--out", out, "--per-image", "2", *FAST)[0] == 0
     variants = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
-    assert invoke("run", manifest, "--styles", styles, "--out", out, "--per-image", "2", "--include-originals", *FAST)[0] == 0
+    assert (
+        invoke("run", manifest, "--styles", styles, "--out", out, "--per-image", "2", "--include-originals", *FAST)[0]
+        == 0
+    )
     run = json.loads((out / "run.json").read_text())
     assert run["counts"]["skipped"] == 6 and run["counts"]["written"] == 9  # only the 3 copies were made
     assert all(p.stat().st_mtime_ns == t for p, t in variants.items())
     assert invoke("run", manifest, "--styles", styles, "--out", out, "--per-image", "2", *FAST)[0] == 0
-    assert json.loads((out / "run.json").read_text())["counts"]["removed"] == 3 and not list((out / "images").rglob("*original*"))
+    assert json.loads((out / "run.json").read_text())["counts"]["removed"] == 3 and not list(
+        (out / "images").rglob("*original*")
+    )
 
 
 def test_dream_variants_with_originals_and_alpha(dataset: tuple[Path, Path], tmp_path: Path) -> None:
     manifest, _ = dataset
     out = tmp_path / "out"
-    code, _, err = invoke("run", manifest, "--engine", "dream", "--out", out, "--include-originals", "--alpha", "0", *FAST)
+    code, _, err = invoke(
+        "run", manifest, "--engine", "dream", "--out", out, "--include-originals", "--alpha", "0", *FAST
+    )
     assert code == 0, err
     rows = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
     assert sorted(rows["engine"]) == ["dream"] * 3 + ["original"] * 3
@@ -180,7 +197,9 @@ def test_exports_follow_the_dataset_as_it_changes(tmp_path: Path) -> None:
     torchvision = pytest.importorskip("torchvision")
     from augment.data import ManifestDataset
 
-    manifest = make_dataset(tmp_path, rows=[("ants/a.b.png", "ants"), ("ants/a_b.png", "ants"), ("bees/b1.png", "bees")])
+    manifest = make_dataset(
+        tmp_path, rows=[("ants/a.b.png", "ants"), ("ants/a_b.png", "ants"), ("bees/b1.png", "bees")]
+    )
     styles, out = make_styles(tmp_path), tmp_path / "out"
     assert invoke("run", manifest, "--styles", styles, "--out", out, "--format", "webdataset", *FAST)[0] == 0
     with tarfile.open(out / "webdataset" / "train-000000.tar") as tar:

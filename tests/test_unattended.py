@@ -45,23 +45,53 @@ def test_shards_lock_apart(dataset: tuple[Path, Path], tmp_path: Path) -> None:
 def test_a_lock_left_by_a_killed_process_does_not_block(dataset: tuple[Path, Path], tmp_path: Path) -> None:
     manifest, styles = dataset
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c",
-                               f"from augment.lock import OutLock; import time\nwith OutLock(__import__('pathlib').Path({str(out)!r})):\n"
-                               "    print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from augment.lock import OutLock; import time\nwith OutLock(__import__('pathlib').Path({str(out)!r})):\n"
+            "    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     holder.kill()  # kill -9: no clean-up ran
     holder.wait()
-    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--weights", "random", "--size", "32", "--iterations", "1")
+    code, _, err = invoke(
+        "run", manifest, "--styles", styles, "--out", out, "--weights", "random", "--size", "32", "--iterations", "1"
+    )
     assert code == 0, err
 
 
 @pytest.mark.parametrize(("sig", "expected"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_keeps_finished_images_and_exits_with_its_code(dataset: tuple[Path, Path], tmp_path: Path, sig: int, expected: int) -> None:
+def test_a_signal_keeps_finished_images_and_exits_with_its_code(
+    dataset: tuple[Path, Path], tmp_path: Path, sig: int, expected: int
+) -> None:
     manifest, styles = dataset
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(styles), "--out", str(out),
-               "--weights", "random", "--size", "32", "--iterations", "100", "--per-image", "2", "--batch-size", "1", "-q"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "augment",
+        "run",
+        str(manifest),
+        "--styles",
+        str(styles),
+        "--out",
+        str(out),
+        "--weights",
+        "random",
+        "--size",
+        "32",
+        "--iterations",
+        "100",
+        "--per-image",
+        "2",
+        "--batch-size",
+        "1",
+        "-q",
+    ]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list((out / "images").rglob("*.png")) and time.monotonic() < deadline:
@@ -83,7 +113,9 @@ def _images(out: Path) -> dict[str, int]:
     return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in files_under(out / "images")}
 
 
-def test_an_unchanged_rerun_makes_nothing_and_a_change_redoes_only_its_tasks(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+def test_an_unchanged_rerun_makes_nothing_and_a_change_redoes_only_its_tasks(
+    dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
     manifest, styles = dataset
     out = tmp_path / "out"
     assert invoke("run", manifest, "--styles", styles, "--out", out, *ARGS)[0] == 0
@@ -151,7 +183,9 @@ def unbroken_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        code, _, err = invoke("run", make_dataset(root), "--styles", make_styles(root), *KILL_OPTIONS, "--out", root / "out")
+        code, _, err = invoke(
+            "run", make_dataset(root), "--styles", make_styles(root), *KILL_OPTIONS, "--out", root / "out"
+        )
     finally:
         torch.set_num_threads(threads)
     assert code == 0, err
@@ -197,23 +231,41 @@ def test_kill_9_then_rerun_gives_exactly_one_image_per_task_identical_to_an_unbr
 def _can_mount_tmpfs() -> bool:
     if not shutil.which("unshare"):
         return False
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null || mount -t tmpfs -o size=64k tmpfs /tmp"],
-                           capture_output=True)  # fmt: skip
+    probe = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null || mount -t tmpfs -o size=64k tmpfs /tmp",
+        ],
+        capture_output=True,
+    )
     return probe.returncode == 0
 
 
-@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -rm` and a tmpfs mount (user namespaces) to make a small disk")
-def test_a_full_disk_or_read_only_out_stops_with_exit_3_and_one_line_leaving_no_partial_file(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.skipif(
+    not _can_mount_tmpfs(), reason="needs `unshare -rm` and a tmpfs mount (user namespaces) to make a small disk"
+)
+def test_a_full_disk_or_read_only_out_stops_with_exit_3_and_one_line_leaving_no_partial_file(
+    dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
     manifest, styles = dataset
     out, kept = tmp_path / "out", tmp_path / "kept"
     out.mkdir()
-    run = f"{sys.executable} -m augment run {manifest} --styles {styles} --out {out} --weights random --size 64 --iterations 2 --per-image 2 -q"
+    run = (
+        f"{sys.executable} -m augment run {manifest} --styles {styles} --out {out} "
+        "--weights random --size 64 --iterations 2 --per-image 2 -q"
+    )
     # A private 40 KiB file system on OUT: room for two or three images. The copy to `kept`
     # shows what was on the full disk; then the disk grows and the same run finishes; then
     # the file system turns read-only and a run that has work to do stops.
-    script = (f"mount -t tmpfs -o size=40k tmpfs {out} && {{ {run} 2>{tmp_path}/err1; echo $? >{tmp_path}/code1; "
-              f"cp -a {out} {kept}; mount -o remount,size=10m {out}; {run} 2>{tmp_path}/err2; echo $? >{tmp_path}/code2; "
-              f"cp -a {out}/. {kept}-after; mount -o remount,ro {out}; {run} --per-image 3 2>{tmp_path}/err3; echo $? >{tmp_path}/code3; }}")  # fmt: skip
+    script = (
+        f"mount -t tmpfs -o size=40k tmpfs {out} && {{ {run} 2>{tmp_path}/err1; echo $? >{tmp_path}/code1; "
+        f"cp -a {out} {kept}; mount -o remount,size=10m {out}; {run} 2>{tmp_path}/err2; echo $? >{tmp_path}/code2; "
+        f"cp -a {out}/. {kept}-after; mount -o remount,ro {out}; {run} --per-image 3 2>{tmp_path}/err3; echo $? "
+        f">{tmp_path}/code3; }}"
+    )
     subprocess.run(["unshare", "-rm", "sh", "-c", script], check=True, timeout=180)
     assert (tmp_path / "code1").read_text().strip() == "3"
     err = (tmp_path / "err1").read_text().strip().splitlines()
@@ -225,7 +277,9 @@ def test_a_full_disk_or_read_only_out_stops_with_exit_3_and_one_line_leaving_no_
     assert (tmp_path / "code2").read_text().strip() == "0", (tmp_path / "err2").read_text()
     after = tmp_path / "kept-after"
     rows = pd.read_csv(after / "manifest.csv")
-    assert len(rows) == 6 and set(rows["path"]) == {p.relative_to(after).as_posix() for p in files_under(after / "images")}
+    assert len(rows) == 6 and set(rows["path"]) == {
+        p.relative_to(after).as_posix() for p in files_under(after / "images")
+    }
     assert 1 <= json.loads((after / "run.json").read_text())["counts"]["skipped"] <= len(images)  # kept, not redone
     # A read-only OUT: the same exit and one line.
     assert (tmp_path / "code3").read_text().strip() == "3"
@@ -244,10 +298,14 @@ def _hostile_dataset(root: Path) -> tuple[Path, int]:
     (data / "odd").mkdir(parents=True)
     base = noise_image(30, 20, 1)
     odd = {
-        "rgba.png": base.convert("RGBA"), "la.png": base.convert("LA"), "p.gif": base.convert("P"),
-        "cmyk.jpg": base.convert("CMYK"), "grey16.png": Image.fromarray((np.arange(600).reshape(20, 30) * 100).astype(np.uint16)),
-        "photo.webp": base, "tiny.png": noise_image(7, 5, 2),
-    }  # fmt: skip
+        "rgba.png": base.convert("RGBA"),
+        "la.png": base.convert("LA"),
+        "p.gif": base.convert("P"),
+        "cmyk.jpg": base.convert("CMYK"),
+        "grey16.png": Image.fromarray((np.arange(600).reshape(20, 30) * 100).astype(np.uint16)),
+        "photo.webp": base,
+        "tiny.png": noise_image(7, 5, 2),
+    }
     for name, img in odd.items():
         img.save(data / "odd" / name)
     exif = Image.Exif()
@@ -255,14 +313,24 @@ def _hostile_dataset(root: Path) -> tuple[Path, int]:
     base.save(data / "odd" / "rotated.jpg", exif=exif.tobytes())
     (data / "odd" / "empty.jpg").write_bytes(b"")
     (data / "odd" / "text.png").write_text("not an image")
-    full = (data / "odd" / "cut.jpg")
+    full = data / "odd" / "cut.jpg"
     noise_image(64, 64, 3).save(full)
     full.write_bytes(full.read_bytes()[:300])
     Image.new("L", (3000, 3000)).save(data / "odd" / "bomb.png")  # over --max-pixels 1000000
     (root / "outside.png").write_bytes((data / "odd" / "rgba.png").read_bytes())
     valid = [f"odd/{name},ok" for name in [*odd, "rotated.jpg"]] + ["odd/rgba.png,Ünïcode"]
-    broken = ["odd/gone.png,ok", "odd/empty.jpg,ok", "odd/text.png,ok", "odd/cut.jpg,ok", "odd/bomb.png,ok",
-              "odd/rgba.png,..", "odd/rgba.png,a/b", "odd/rgba.png,", "../outside.png,ok", f"odd/rgba.png,{root}"]  # fmt: skip
+    broken = [
+        "odd/gone.png,ok",
+        "odd/empty.jpg,ok",
+        "odd/text.png,ok",
+        "odd/cut.jpg,ok",
+        "odd/bomb.png,ok",
+        "odd/rgba.png,..",
+        "odd/rgba.png,a/b",
+        "odd/rgba.png,",
+        "../outside.png,ok",
+        f"odd/rgba.png,{root}",
+    ]
     manifest = data / "manifest.csv"
     manifest.write_text("path,label\n" + "\n".join(valid + broken) + "\n", encoding="utf-8")
     return manifest, len(valid)
@@ -299,16 +367,22 @@ def test_max_failures_aborts_with_exit_3(tmp_path: Path) -> None:
     assert code == 1, err  # 10 of 19 rows failed: within 60%
 
 
-def test_max_seconds_stops_cleanly_with_exit_75_and_the_next_run_resumes(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+def test_max_seconds_stops_cleanly_with_exit_75_and_the_next_run_resumes(
+    dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
     manifest, styles = dataset
     out = tmp_path / "out"
     slow = ["--weights", "random", "--size", "32", "--per-image", "2", "--batch-size", "1"]
-    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, *slow, "--iterations", "25", "--max-seconds", "1.0")
+    code, _, err = invoke(
+        "run", manifest, "--styles", styles, "--out", out, *slow, "--iterations", "25", "--max-seconds", "1.0"
+    )
     assert code == 75, err
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "budget" and run["exit_code"] == 75
     rows = pd.read_csv(out / "manifest.csv")
-    assert len(rows) < 6 and set(rows["path"]) == {p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")}
+    assert len(rows) < 6 and set(rows["path"]) == {
+        p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")
+    }
     code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, *slow, "--iterations", "25")
     assert code == 0, err
     assert json.loads((out / "run.json").read_text())["counts"]["skipped"] == len(rows)

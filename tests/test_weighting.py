@@ -20,8 +20,15 @@ from augment.engines.weighting import (
 )
 
 
-def _published_objective(net: VGG19Features, image: torch.Tensor, content: torch.Tensor, style: torch.Tensor,
-                         options: GatysOptions, content_weight: float, style_weight: float) -> float:
+def _published_objective(
+    net: VGG19Features,
+    image: torch.Tensor,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    options: GatysOptions,
+    content_weight: float,
+    style_weight: float,
+) -> float:
     """neural-style's / the PyTorch tutorial's objective, written out as they write it:
     w_c·MSE(F, P) + Σ_l w_s·MSE(F·Fᵀ/(C·H·W), A/(C·H·W)), no TV."""
     f, p, s = net(image), net(content), net(style)
@@ -33,7 +40,9 @@ def _published_objective(net: VGG19Features, image: torch.Tensor, content: torch
     layer = options.content_layer
     total = content_weight * torch.nn.functional.mse_loss(f[layer].double(), p[layer].double())
     for layer in options.style_layers:
-        total = total + style_weight * torch.nn.functional.mse_loss(normalised_gram(f[layer]), normalised_gram(s[layer]))
+        total = total + style_weight * torch.nn.functional.mse_loss(
+            normalised_gram(f[layer]), normalised_gram(s[layer])
+        )
     return float(total)
 
 
@@ -83,8 +92,9 @@ def test_unit_l1_gradient_gives_each_image_its_weight_as_gradient_norm() -> None
     assert norms == pytest.approx([1.0, 2.0, 0.0], abs=1e-5)
 
 
-def _image_gradient(net: VGG19Features, options: GatysOptions, content: torch.Tensor, style: torch.Tensor,
-                    image: torch.Tensor) -> torch.Tensor:
+def _image_gradient(
+    net: VGG19Features, options: GatysOptions, content: torch.Tensor, style: torch.Tensor, image: torch.Tensor
+) -> torch.Tensor:
     options = options.resolved(net.normalize.flavour)
     x = image.clone().requires_grad_(True)
     weights = loss_weights(options)

@@ -31,4 +31,3 @@ def blend(stylized: torch.Tensor, content: torch.Tensor, alpha: float) -> torch.
     if alpha >= 1.0:
         return stylized
     return (alpha * stylized + (1.0 - alpha) * content).clamp(0.0, 1.0)
-

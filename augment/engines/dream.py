@@ -56,13 +56,17 @@ def guided_objective(
     total = None
     for layer in layers:
         x = feats[layer].float().flatten(2)  # [B, C, P]
-        term = torch.stack([(xi.transpose(0, 1) @ yi.float()).max(dim=1).values.mean() for xi, yi in zip(x, guides[layer])])
+        term = torch.stack(
+            [(xi.transpose(0, 1) @ yi.float()).max(dim=1).values.mean() for xi, yi in zip(x, guides[layer])]
+        )
         total = term if total is None else total + term
     assert total is not None
     return total
 
 
-def guide_features(net: FeatureNet, guide: torch.Tensor, layers: tuple[str, ...], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+def guide_features(
+    net: FeatureNet, guide: torch.Tensor, layers: tuple[str, ...], dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
     """Activations of a guide image ``[1, 3, h, w]``, flattened to ``[C, N]`` per layer."""
     with torch.no_grad():
         feats = net(guide.to(dtype))
@@ -94,7 +98,11 @@ def dream(
             shifts = [tuple(int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g)) for g in generators]
             rolled = torch.stack([img.roll(s, dims=(1, 2)) for img, s in zip(image, shifts)]).requires_grad_(True)
             feats = net(rolled.to(dtype))
-            value = guided_objective(feats, guides, options.layers) if guides else activation_objective(feats, options.layers)
+            value = (
+                guided_objective(feats, guides, options.layers)
+                if guides
+                else activation_objective(feats, options.layers)
+            )
             (grad,) = torch.autograd.grad(value.sum(), rolled)
             grad = torch.stack([g.roll((-s[0], -s[1]), dims=(1, 2)) for g, s in zip(grad, shifts)])
             grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-8)  # per image

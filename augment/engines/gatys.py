@@ -249,6 +249,7 @@ def objective(
     weights = {k: v.to(image.device) for k, v in loss_weights(options, image.shape[0]).items()}
     return loss_terms(net(image), image, content_features, grams, options, weights)
 
+
 @dataclass
 class _Slot:
     work: _Work
@@ -482,7 +483,6 @@ class GatysBatcher:
             key=work.job.key, image=image.detach().cpu().clone(), losses=dict(losses),
             iterations=steps, seconds=seconds, trace=trace, restarts=restarts,
         )  # fmt: skip
-
 
 
 def stylize(

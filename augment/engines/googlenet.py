@@ -29,7 +29,9 @@ class GoogLeNetFeatures(nn.Module):
         self.layers = tuple(dict.fromkeys(layers))
         unknown = [name for name in self.layers if name not in INCEPTION_LAYERS]
         if unknown or not self.layers:
-            raise ValueError(f"unknown GoogLeNet layer {unknown[0] if unknown else None!r}; use one of {', '.join(INCEPTION_LAYERS)}")
+            raise ValueError(
+                f"unknown GoogLeNet layer {unknown[0] if unknown else None!r}; use one of {', '.join(INCEPTION_LAYERS)}"
+            )
         full = googlenet(weights=None, aux_logits=False, init_weights=False)
         deepest = max(INCEPTION_LAYERS.index(name) for name in self.layers)
         keep: list[tuple[str, nn.Module]] = []
