@@ -3,13 +3,17 @@ exit codes. No logic lives here."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import json
 import logging
 import os
 import sys
 import traceback
+import typing
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -20,15 +24,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .config import HELP, Engine, RunConfig, WeightsFlavour, build_config, load_yaml
-from .engines.gatys import Init, Optimizer
-from .engines.precision import Precision
-from .engines.vgg import Pooling
+from .config import FIELD_NAMES, HELP, PANEL_OF, RunConfig, build_config, load_yaml
 from .errors import EXIT_OK, EXIT_SIGINT, EXIT_SOFTWARE, EXIT_SOME_FAILED, AugmentError, Stopped
 from .lock import OutLock, lock_name
 from .merge import merge as merge_parts
 from .parallel import run as run_job
-from .plan import Assignment
 from .prepare import validate as validate_job
 from .report import write_report
 from .runner import RunSummary
@@ -122,78 +122,69 @@ def _run_with_progress(config: RunConfig) -> RunSummary:
 
 
 Opt = typer.Option
+# validate takes the options that decide what a job plans, not how it runs.
+VALIDATE_OPTIONS = ("styles", "per_image", "include_originals", "splits", "balance", "target_per_class",
+                    "style_assignment", "size", "format", "limit", "engine", "guide")  # fmt: skip
+
+
+def _cli_type(hint: Any) -> Any:
+    """How a RunConfig field is typed on the command line: numbers, text and enums as they
+    are; lists and ranges as text that RunConfig parses ("0.5,1", "1e3:1e4")."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if len(args) == 1 else hint
+    if base in (bool, int, float, str) or (isinstance(base, type) and issubclass(base, Enum)):
+        return base
+    return str
+
+
+def _config_option(f: dataclasses.Field[Any], hint: Any) -> inspect.Parameter:
+    """One RunConfig field as a typer option: its help, panel and short flag from the field's
+    metadata. Every option defaults to None, meaning "not given" (YAML or the default applies)."""
+    cli_type = _cli_type(hint)
+    flag = "--" + f.name.replace("_", "-")
+    if cli_type is bool:
+        flag = f"{flag}/--no-{flag[2:]}" if f.default is True else flag
+    names = [flag, *([f.metadata["short"]] if "short" in f.metadata else [])]
+    option = Opt(*names, help=HELP[f.name], rich_help_panel=PANEL_OF[f.name])
+    annotation = Annotated[cli_type | None, option]  # type: ignore[valid-type]
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+
+
+def _with_config_options(names: tuple[str, ...]) -> Callable[[F], F]:
+    """Give a command one option per named RunConfig field, after its own parameters; the
+    command receives them as keyword arguments (None where not given)."""
+    hints = typing.get_type_hints(RunConfig)
+    options = [_config_option(f, hints[f.name]) for f in dataclasses.fields(RunConfig) if f.name in names]
+
+    def decorate(func: F) -> F:
+        own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        keyword = [p.replace(kind=p.KEYWORD_ONLY) for p in own if p.kind is p.KEYWORD_ONLY]
+        positional = [p for p in own if p.kind is not p.KEYWORD_ONLY]
+        func.__signature__ = inspect.Signature([*positional, *options, *keyword])  # type: ignore[attr-defined]
+        return func
+
+    return decorate
+
+
+ManifestArg = Annotated[Path, typer.Argument(help=HELP["manifest"], rich_help_panel=PANEL_OF["manifest"])]
+ConfigOpt = Annotated[
+    Path | None, Opt("--config", "-c", help="YAML file with any of these options; flags override it.")
+]
 
 
 @app.command()
 @_exit_codes
+@_with_config_options(tuple(name for name in FIELD_NAMES if name != "manifest"))
 def run(
-    manifest: Annotated[Path, typer.Argument(help=HELP["manifest"])],
-    styles: Annotated[str | None, Opt("--styles", "-s", help=HELP["styles"])] = None,
-    per_image: Annotated[int | None, Opt("--per-image", "-k", help=HELP["per_image"])] = None,
-    out: Annotated[str | None, Opt("--out", "-o", help=HELP["out"])] = None,
-    config: Annotated[
-        Path | None, Opt("--config", "-c", help="YAML file with any of these options; flags override it.")
-    ] = None,
-    include_originals: Annotated[bool | None, Opt("--include-originals", help=HELP["include_originals"])] = None,
-    splits: Annotated[str | None, Opt(help=HELP["splits"] + " Comma-separated.")] = None,
-    balance: Annotated[bool | None, Opt("--balance", help=HELP["balance"])] = None,
-    target_per_class: Annotated[int | None, Opt(help=HELP["target_per_class"])] = None,
-    style_assignment: Annotated[Assignment | None, Opt(help=HELP["style_assignment"])] = None,
-    alpha: Annotated[str | None, Opt(help=HELP["alpha"])] = None,
-    blend: Annotated[str | None, Opt(help=HELP["blend"])] = None,
-    preserve_color: Annotated[bool | None, Opt("--preserve-color", help=HELP["preserve_color"])] = None,
-    style_scale: Annotated[float | None, Opt(help=HELP["style_scale"])] = None,
-    size: Annotated[int | None, Opt(help=HELP["size"])] = None,
-    iterations: Annotated[int | None, Opt(help=HELP["iterations"])] = None,
-    content_weight: Annotated[float | None, Opt(help=HELP["content_weight"])] = None,
-    style_weight: Annotated[str | None, Opt(help=HELP["style_weight"])] = None,
-    tv_weight: Annotated[float | None, Opt(help=HELP["tv_weight"])] = None,
-    tv_beta: Annotated[float | None, Opt(help=HELP["tv_beta"])] = None,
-    content_layer: Annotated[str | None, Opt(help=HELP["content_layer"])] = None,
-    style_layers: Annotated[str | None, Opt(help=HELP["style_layers"] + " Comma-separated.")] = None,
-    style_layer_weights: Annotated[str | None, Opt(help=HELP["style_layer_weights"])] = None,
-    normalize_gradients: Annotated[bool | None, Opt("--normalize-gradients", help=HELP["normalize_gradients"])] = None,
-    pooling: Annotated[Pooling | None, Opt(help=HELP["pooling"])] = None,
-    optimizer: Annotated[Optimizer | None, Opt(help=HELP["optimizer"])] = None,
-    learning_rate: Annotated[float | None, Opt(help=HELP["learning_rate"])] = None,
-    init: Annotated[Init | None, Opt(help=HELP["init"])] = None,
-    seed: Annotated[int | None, Opt(help=HELP["seed"])] = None,
-    tol: Annotated[float | None, Opt(help=HELP["tol"])] = None,
-    scales: Annotated[str | None, Opt(help=HELP["scales"])] = None,
-    batch_size: Annotated[int | None, Opt(help=HELP["batch_size"])] = None,
-    precision: Annotated[Precision | None, Opt(help=HELP["precision"])] = None,
-    engine: Annotated[Engine | None, Opt(help=HELP["engine"])] = None,
-    dream_layers: Annotated[str | None, Opt(help=HELP["dream_layers"] + " Comma-separated.")] = None,
-    octaves: Annotated[int | None, Opt(help=HELP["octaves"])] = None,
-    octave_scale: Annotated[float | None, Opt(help=HELP["octave_scale"])] = None,
-    dream_iterations: Annotated[int | None, Opt(help=HELP["dream_iterations"])] = None,
-    dream_step: Annotated[float | None, Opt(help=HELP["dream_step"])] = None,
-    jitter: Annotated[int | None, Opt(help=HELP["jitter"])] = None,
-    dream_blend: Annotated[float | None, Opt(help=HELP["dream_blend"])] = None,
-    guide: Annotated[bool | None, Opt("--guide", help=HELP["guide"])] = None,
-    dream_weights: Annotated[str | None, Opt(help=HELP["dream_weights"])] = None,
-    weights: Annotated[str | None, Opt(help=HELP["weights"])] = None,
-    weights_flavour: Annotated[WeightsFlavour | None, Opt(help=HELP["weights_flavour"])] = None,
-    download: Annotated[bool | None, Opt("--download/--no-download", help=HELP["download"])] = None,
-    device: Annotated[str | None, Opt(help=HELP["device"])] = None,
-    workers: Annotated[int | None, Opt(help=HELP["workers"])] = None,
-    devices: Annotated[str | None, Opt(help=HELP["devices"])] = None,
-    shard: Annotated[str | None, Opt(help=HELP["shard"])] = None,
-    format: Annotated[str | None, Opt("--format", help=HELP["format"])] = None,
-    webdataset: Annotated[bool | None, Opt("--webdataset", help=HELP["webdataset"])] = None,
-    quality: Annotated[int | None, Opt(help=HELP["quality"])] = None,
-    max_pixels: Annotated[int | None, Opt(help=HELP["max_pixels"])] = None,
-    limit: Annotated[int | None, Opt(help=HELP["limit"])] = None,
-    keep_stale: Annotated[bool | None, Opt("--keep-stale", help=HELP["keep_stale"])] = None,
-    max_failures: Annotated[str | None, Opt(help=HELP["max_failures"])] = None,
-    max_seconds: Annotated[float | None, Opt(help=HELP["max_seconds"])] = None,
-    quiet: Annotated[bool | None, Opt("--quiet", "-q", help=HELP["quiet"])] = None,
-    log_level: Annotated[str | None, Opt(help=HELP["log_level"])] = None,
+    manifest: ManifestArg,
+    config: ConfigOpt = None,
+    *,
     as_json: Annotated[bool, Opt("--json", help="Also print the run summary as JSON on stdout.")] = False,
+    **flags: Any,
 ) -> None:
     """Stylize every image of MANIFEST (a CSV or an ImageFolder directory) with styles from --styles."""
-    flags = {k: v for k, v in locals().items() if k not in ("config", "as_json")}
     flags["manifest"] = str(manifest)
+    out, shard = flags.get("out"), flags.get("shard")
     # The lock comes first, before the other options are checked: a second run on a busy OUT
     # exits 75 at once, whatever else it says.
     with OutLock(*_lock_target(config, out, shard)):
@@ -215,24 +206,9 @@ def run(
 
 @app.command()
 @_exit_codes
-def validate(
-    manifest: Annotated[Path, typer.Argument(help=HELP["manifest"])],
-    styles: Annotated[str | None, Opt("--styles", "-s", help=HELP["styles"])] = None,
-    per_image: Annotated[int | None, Opt("--per-image", "-k", help=HELP["per_image"])] = None,
-    config: Annotated[Path | None, Opt("--config", "-c", help="YAML file with run options.")] = None,
-    include_originals: Annotated[bool | None, Opt("--include-originals", help=HELP["include_originals"])] = None,
-    splits: Annotated[str | None, Opt(help=HELP["splits"] + " Comma-separated.")] = None,
-    balance: Annotated[bool | None, Opt("--balance", help=HELP["balance"])] = None,
-    target_per_class: Annotated[int | None, Opt(help=HELP["target_per_class"])] = None,
-    style_assignment: Annotated[Assignment | None, Opt(help=HELP["style_assignment"])] = None,
-    size: Annotated[int | None, Opt(help=HELP["size"])] = None,
-    format: Annotated[str | None, Opt("--format", help=HELP["format"])] = None,
-    limit: Annotated[int | None, Opt(help=HELP["limit"])] = None,
-    engine: Annotated[Engine | None, Opt(help=HELP["engine"])] = None,
-    guide: Annotated[bool | None, Opt("--guide", help=HELP["guide"])] = None,
-) -> None:
+@_with_config_options(VALIDATE_OPTIONS)
+def validate(manifest: ManifestArg, config: ConfigOpt = None, **flags: Any) -> None:
     """Check a job without running it: rows, styles, tasks per class and the disk it will need."""
-    flags = {k: v for k, v in locals().items() if k != "config"}
     flags["manifest"] = str(manifest)
     cfg = build_config(config, **flags)
     report = validate_job(cfg)

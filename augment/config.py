@@ -56,9 +56,9 @@ def _per_flavour(name: str) -> str:
 class RunConfig:
     # Inputs and outputs
     manifest: str | None = _opt(None, "CSV manifest (path,label[,split]) or an ImageFolder directory.")
-    styles: str | None = _opt(None, "Folder of style images (optional styles.yaml beside them).")
-    out: str = _opt("augmented", "Output folder; created if missing.")
-    per_image: int = _opt(1, "Stylized variants per source image (distinct styles while the bank lasts).")
+    styles: str | None = _opt(None, "Folder of style images (optional styles.yaml beside them).", short="-s")
+    out: str = _opt("augmented", "Output folder; created if missing.", short="-o")
+    per_image: int = _opt(1, "Stylized variants per source image (distinct styles while the bank lasts).", short="-k")
     limit: int | None = _opt(None, "Only the first N rows of the manifest (or of the folder listing): a quick trial.")
     format: str = _opt(
         "png",
@@ -73,8 +73,8 @@ class RunConfig:
     )
     splits: tuple[str, ...] = _opt(
         ("train",),
-        "With a split column: the splits to stylize. Rows of other splits are copied with --include-originals, else "
-        "left out.",
+        "With a split column: the splits to stylize, comma-separated. Rows of other splits are copied with "
+        "--include-originals, else left out.",
     )
     balance: bool = _opt(
         False, "More variants for smaller classes so every class ends with as many images as the largest."
@@ -109,7 +109,7 @@ class RunConfig:
     )
     tv_beta: float = _opt(1.25, "Exponent inside the total-variation sum.")
     content_layer: str = _opt("conv4_2", "VGG19 layer for the content loss.")
-    style_layers: tuple[str, ...] = _opt(DEFAULT_STYLE_LAYERS, "VGG19 layers for the style loss.")
+    style_layers: tuple[str, ...] = _opt(DEFAULT_STYLE_LAYERS, "VGG19 layers for the style loss, comma-separated.")
     style_layer_weights: tuple[float, ...] | None = _opt(
         None,
         "λ_l, one weight per style layer, comma-separated. Default: proportional to 1/channels², summing to 1 "
@@ -150,7 +150,7 @@ class RunConfig:
     dream_layers: tuple[str, ...] = _opt(
         ("inception4c",),
         "Layers whose activations the dream amplifies: GoogLeNet inception3a..inception5b, or VGG19 convN_M. "
-        "Variants draw from them like styles.",
+        "Comma-separated; variants draw from them like styles.",
     )
     octaves: int = _opt(4, "Dream octaves (fewer, with a note, when an image is too small for them).")
     octave_scale: float = _opt(1.4, "Size ratio between dream octaves.")
@@ -192,7 +192,7 @@ class RunConfig:
     )
     keep_stale: bool = _opt(False, "Keep images whose source left the manifest (default: remove them, and only them).")
     # Messages (do not change pixels)
-    quiet: bool = _opt(False, "No progress bar; warnings and errors only.")
+    quiet: bool = _opt(False, "No progress bar; warnings and errors only.", short="-q")
     log_level: str = _opt("info", "debug, info, warning or error.")
 
     def __post_init__(self) -> None:
@@ -447,6 +447,23 @@ def _high(value: Spread) -> float:
 
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 
+# The option groups of `augment run --help` (and docs/config.md), every field in one.
+PANELS: dict[str, tuple[str, ...]] = {
+    "Inputs": ("manifest", "styles", "splits", "limit", "max_pixels"),
+    "Output": ("out", "per_image", "include_originals", "balance", "target_per_class", "format", "webdataset",
+               "quality", "keep_stale"),
+    "Style": ("engine", "style_assignment", "alpha", "blend", "preserve_color", "style_scale", "size",
+              "content_weight", "style_weight", "tv_weight", "tv_beta", "content_layer", "style_layers",
+              "style_layer_weights", "normalize_gradients", "pooling"),
+    "Optimiser": ("iterations", "optimizer", "learning_rate", "init", "seed", "scales", "tol"),
+    "Deep Dream": ("dream_layers", "octaves", "octave_scale", "dream_iterations", "dream_step", "jitter",
+                   "dream_blend", "guide", "dream_weights"),
+    "Weights and devices": ("weights", "weights_flavour", "download", "device", "precision", "batch_size",
+                            "workers", "devices", "shard"),
+    "Operations": ("max_seconds", "max_failures", "quiet", "log_level"),
+}  # fmt: skip
+PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
+
 
 def _default_text(value: Any) -> str:
     if isinstance(value, Enum):
@@ -502,12 +519,11 @@ def config_reference() -> str:
         "",
         "Every option can be given as a flag of `augment run` or as a key of a YAML file passed",
         "with `--config run.yaml` (keys may use `_` or `-`). Flags override the file; relative",
-        "paths in the file are relative to the file.",
-        "",
-        "| YAML key | flag | meaning |",
-        "| --- | --- | --- |",
+        "paths in the file are relative to the file. The groups are those of `augment run --help`.",
     ]
-    for name in FIELD_NAMES:
-        flag = "MANIFEST (argument)" if name == "manifest" else "--" + name.replace("_", "-")
-        lines.append(f"| `{name}` | `{flag}` | {HELP[name]} |")
+    for panel, names in PANELS.items():
+        lines += ["", f"## {panel}", "", "| YAML key | flag | meaning |", "| --- | --- | --- |"]
+        for name in names:
+            flag = "MANIFEST (argument)" if name == "manifest" else "--" + name.replace("_", "-")
+            lines.append(f"| `{name}` | `{flag}` | {HELP[name]} |")
     return "\n".join(lines) + "\n"

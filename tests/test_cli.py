@@ -299,3 +299,27 @@ def test_guided_dream_on_top_of_style_transfer(dataset: tuple[Path, Path], tmp_p
     assert rows["dream_objective"].notna().all() and rows["total_loss"].notna().all()
     code, _, err = invoke("run", manifest, "--engine", "dream", "--guide", "--out", tmp_path / "x", *FAST)
     assert code == 2 and "no style folder" in err
+
+
+def test_every_config_option_is_a_flag_of_run_in_its_panel() -> None:
+    from augment.config import FIELD_NAMES, PANELS
+
+    code, stdout, _ = invoke("run", "--help")
+    assert code == 0
+    text = " ".join(stdout.split())  # rich wraps long lines
+    for name in FIELD_NAMES:
+        if name != "manifest":
+            assert "--" + name.replace("_", "-") in text, name
+    assert all(panel in text for panel in PANELS)
+    code, stdout, _ = invoke("validate", "--help")
+    assert code == 0 and "--per-image" in stdout and "--iterations" not in stdout
+
+
+def test_short_flags_and_negatable_booleans(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    code, _, err = invoke("run", manifest, "-s", styles, "-k", "1", "-o", out, "-q", "--no-download",
+                          "--normalize-gradients", "--style-layer-weights", "1,1,1,1,1", *FAST)  # fmt: skip
+    assert code == 0, err
+    params = pd.read_csv(out / "manifest.csv")["params"]
+    assert params.str.contains("normalize_gradients").all() and params.str.contains("style_layer_weights=1,1").all()
