@@ -339,6 +339,10 @@ class RunConfig:
         """Iterations of each scale, lowest first."""
         return scale_iterations(self.iterations, len(self.scales))
 
+    def style_size(self, size: int) -> int:
+        """Long side of the style image for a content image whose long side is ``size``."""
+        return max(16, round(size * self.style_scale))
+
     def stage_sizes(self) -> list[int]:
         """Long side of each scale, lowest first (at least 16 px, what VGG19 can pool)."""
         return [max(16, round(self.size * scale)) for scale in self.scales]

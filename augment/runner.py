@@ -31,12 +31,11 @@ from PIL import Image
 from . import __version__
 from .atomic import write_text
 from .config import Engine, RunConfig
-from .engines.color import blend, preserve_color
 from .engines.dream import dream, guide_features, octave_sizes
-from .engines.gatys import GatysBatcher, Job, Result, Stage
-from .engines.losses import mix_grams, rescale_grams
+from .engines.gatys import GatysBatcher, Job, Result
 from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image
-from .engines.precision import HALF_DTYPES, Precision, enable_fast_fp32, resolve_precision
+from .engines.precision import HALF_DTYPES, Precision, enable_fast_fp32, resolve_precision, use_channels_last
+from .engines.transfer import Finish, Grams, StyleGrams, make_job, stage_targets
 from .engines.vgg import Flavour
 from .errors import BudgetExhausted, Interrupted, OutputError, Stopped, TooManyFailures
 from .images import (
@@ -228,7 +227,7 @@ class PartRun:
         self.flavour = Flavour.TORCHVISION  # of the VGG19 weights: decides the default loss weights
         self.last_checkpoint = time.monotonic()
         # (style, long side) -> (Gram targets, the style image's pixel count)
-        self._grams: dict[tuple[str, int], tuple[dict[str, torch.Tensor], int] | ImageProblem] = {}
+        self._grams: dict[tuple[str, int], StyleGrams | ImageProblem] = {}
         self._contents: dict[Task, torch.Tensor] = {}  # sources kept for --preserve-color / --alpha
         self._pending: list[_Saving] = []  # images being written in the background
         self._journal: IO[str] | None = None
@@ -402,9 +401,7 @@ class PartRun:
         options = config.gatys_options()
         enable_fast_fp32(self.device)
         self.net = build_vgg19(weights, options.layers, pooling=config.pooling, device=self.device)
-        # channels_last: faster with cuDNN, and with bf16 on CPU (measured 1.3x at 128 px);
-        # slower for fp32 on CPU (0.95x).
-        channels_last = self.device.type == "cuda" or self.precision is not Precision.FP32
+        channels_last = use_channels_last(self.device, self.precision)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.timings["model_build_s"] = time.perf_counter() - t0
@@ -489,14 +486,10 @@ class PartRun:
                     )
                     self._advance(1)
                     continue
-                if self._finishing(task):
+                if self._finish(task).needs_content:
                     self._contents[task] = contents[-1]
-                coarse = [Stage(c, g, n, f) for c, g, n, f in zip(contents, grams, iterations, features)][:-1]  # type: ignore[arg-type]
-                yield Job(
-                    key=task, content=contents[-1], grams=grams[-1],  # type: ignore[arg-type]
-                    options=self.config.gatys_options(**self._overrides(task)), seed=task.seed,
-                    content_features=features[-1], coarse=coarse,
-                )  # fmt: skip
+                options = self.config.gatys_options(**self._overrides(task))
+                yield make_job(task, contents, grams, features, iterations, options, task.seed)  # type: ignore[arg-type]
 
     def _overrides(self, task: Task) -> dict[str, float]:
         """Loss weights for this image: its sampled β, then the style's styles.yaml settings
@@ -504,22 +497,14 @@ class PartRun:
         sampled = {} if task.style_weight is None else {"style_weight": task.style_weight}
         return {**sampled, **task.style.overrides}
 
-    def _finishing(self, task: Task) -> bool:
-        return self.config.preserve_color or task.alpha < 1.0
+    def _finish(self, task: Task) -> Finish:
+        return Finish(preserve_color=self.config.preserve_color, alpha=task.alpha)
 
-    def _targets(self, task: Task, size: int, content: torch.Tensor) -> dict[str, torch.Tensor] | ImageProblem:
+    def _targets(self, task: Task, size: int, content: torch.Tensor) -> Grams | ImageProblem:
         """Gram targets of the task's style (or blend of two) for a content image of this size."""
-        pixels = content.shape[-2] * content.shape[-1]
-        targets = []
-        for style in (task.style, task.style2):
-            if style is None:
-                continue
-            found = self._style_grams(style, size)
-            if isinstance(found, ImageProblem):
-                return found
-            grams, style_pixels = found
-            targets.append(rescale_grams(grams, style_pixels, pixels))
-        return mix_grams(targets[0], targets[1], task.mix) if len(targets) == 2 else targets[0]
+        styles = [self._style_grams(style, size) for style in (task.style, task.style2) if style is not None]
+        problem = next((s for s in styles if isinstance(s, ImageProblem)), None)
+        return problem or stage_targets(styles, content, task.mix)  # type: ignore[arg-type]
 
     def _save_copy(self, task: Task, content: torch.Tensor) -> None:
         """An original, re-encoded at the output size: no network involved."""
@@ -558,15 +543,16 @@ class PartRun:
             return err
         return [to_tensor(resize_long_side(image, size)) for size in self.config.stage_sizes()]
 
-    def _style_grams(self, style: Style, size: int) -> tuple[dict[str, torch.Tensor], int] | ImageProblem:
+    def _style_grams(self, style: Style, size: int) -> StyleGrams | ImageProblem:
         """Style Gram targets and the style image's pixel count, once per style and size per
         run. The style image is --style-scale times the content's long side."""
         key = (style.name, size)
         if key not in self._grams:
             try:
-                style_size = max(16, round(size * self.config.style_scale))
-                image = resize_long_side(load_rgb(style.path, max_pixels=self.config.max_pixels), style_size)
-                self._grams[key] = (self._batcher.style_targets(to_tensor(image)), image.width * image.height)
+                image = resize_long_side(
+                    load_rgb(style.path, max_pixels=self.config.max_pixels), self.config.style_size(size)
+                )
+                self._grams[key] = StyleGrams(self._batcher.style_targets(to_tensor(image)), image.width * image.height)
             except ImageProblem as err:
                 self._grams[key] = err
         return self._grams[key]
@@ -587,10 +573,7 @@ class PartRun:
         """Encode and write in a saver thread (see ``_saving``) so the device goes on computing."""
         task: Task = result.key
         if content is not None and not task.original:
-            content = content.to(result.image)
-            if self.config.preserve_color:
-                result.image = preserve_color(result.image, content)
-            result.image = blend(result.image, content, task.alpha)
+            result.image = self._finish(task).apply(result.image, content)
         saving = _Saving(task, result, precision, None, dream_objective)  # type: ignore[arg-type]
         saving.row = self._manifest_row(saving)
         saving.future = self._saver.submit(self._save, to_image(result.image), task.output, saving.row)

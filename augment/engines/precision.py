@@ -37,6 +37,12 @@ def resolve_precision(precision: Precision | str, device: torch.device) -> Preci
 HALF_DTYPES = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
 
 
+def use_channels_last(device: torch.device, precision: Precision) -> bool:
+    """channels_last: faster with cuDNN, and with bf16 on CPU (measured 1.3x at 128 px);
+    slower for fp32 on CPU (0.95x)."""
+    return device.type == "cuda" or precision is not Precision.FP32
+
+
 def enable_fast_fp32(device: torch.device) -> None:
     """TF32 for fp32 matmuls and convolutions on GPUs that have it (Ampere and newer)."""
     if device.type == "cuda":
