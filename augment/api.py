@@ -10,13 +10,15 @@ import torch
 from PIL import Image
 
 from .config import RunConfig, build_config
+from .drivers import resolve_device
 from .engines.precision import resolve_precision, use_channels_last
 from .engines.transfer import Finish
 from .engines.transfer import stylize as _stylize
 from .errors import ConfigError
 from .images import load_rgb, resize_long_side, to_image, to_rgb, to_tensor
 from .parallel import run as _run
-from .runner import ProgressFn, RunSummary, resolve_device
+from .progress import ProgressFn
+from .runner import RunSummary
 from .weights import build_vgg19, resolve_vgg19
 
 

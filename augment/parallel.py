@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .config import RunConfig
+from .drivers import describe_device, resolve_device
 from .errors import (
     EXIT_OK,
     EXIT_SIGINT,
@@ -38,16 +39,9 @@ from .lock import OutLock, lock_name
 from .merge import PARTS, clear_parts, merge, part_names, recorded_rows, remove_stale, reusable_rows
 from .plan import Task, stable_hash, task_keys
 from .prepare import Prepared, prepare
-from .runner import (
-    PartRun,
-    ProgressFn,
-    RunLog,
-    RunSummary,
-    describe_device,
-    failure_limit,
-    order_by_shape,
-    resolve_device,
-)
+from .progress import ProgressFn
+from .record import failure_limit
+from .runner import PartRun, RunLog, RunSummary, order_by_shape
 from .weights import NetWeights, file_sha256, resolve_for
 
 log = logging.getLogger(__name__)

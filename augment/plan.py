@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from .images import FORMAT_EXT
 from .manifest import SourceRow
@@ -79,6 +80,13 @@ class Task:
     def style_name(self) -> str:
         """What the manifest's style column says: ``a``, ``a+b`` for a blend, ``original``."""
         return f"{self.style.name}+{self.style2.name}" if self.style2 else self.style.name
+
+    @property
+    def loss_overrides(self) -> dict[str, Any]:
+        """Loss settings for this image: its sampled β, then the style's styles.yaml settings
+        (the more specific wins)."""
+        sampled = {} if self.style_weight is None else {"style_weight": self.style_weight}
+        return {**sampled, **self.style.overrides}
 
 
 @dataclass

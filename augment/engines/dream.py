@@ -9,7 +9,8 @@ normalisation, so an image's result does not depend on its batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -111,3 +112,67 @@ def dream(
         detail = image - small
     out = options.blend * image + (1.0 - options.blend) * base
     return out.clamp(0, 1), objective.tolist()
+
+
+@dataclass
+class DreamJob:
+    """One image to dream. ``key`` is the caller's, handed back untouched."""
+
+    key: object
+    image: torch.Tensor  # [1, 3, H, W] in [0, 1]
+    seed: int = 0
+    guides: dict[str, torch.Tensor] | None = None  # guide activations, [C, N] per layer (guided dream)
+
+
+@dataclass
+class DreamResult:
+    key: object
+    image: torch.Tensor  # [1, 3, H, W] in [0, 1], on the CPU
+    objective: float
+    steps: int  # dream steps taken: octaves x steps per octave
+    seconds: float  # wall time of its batch, divided by the batch's size
+
+
+class DreamBatcher:
+    """Dreams a stream of jobs, up to ``batch_size`` images of one size at a time (the caller
+    orders jobs by size). Every image takes the same steps, so batches are fixed: an image's
+    result does not depend on its batch (its own seed and gradient normalisation)."""
+
+    def __init__(
+        self,
+        net: FeatureNet,
+        options: DreamOptions,
+        *,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.net, self.options, self.batch_size = net, options, batch_size
+        self.device, self.dtype = torch.device(device), dtype
+
+    def run(self, jobs: Iterable[DreamJob]) -> Iterator[DreamResult]:
+        batch: list[DreamJob] = []
+        for job in jobs:
+            if batch and (batch[0].image.shape != job.image.shape or len(batch) >= self.batch_size):
+                yield from self._dream(batch)
+                batch = []
+            batch.append(job)
+        yield from self._dream(batch)
+
+    def steps(self, height: int, width: int) -> int:
+        return len(octave_sizes(height, width, self.options)) * self.options.iterations
+
+    def _dream(self, batch: list[DreamJob]) -> Iterator[DreamResult]:
+        if not batch:
+            return
+        t0 = time.perf_counter()
+        images = torch.cat([job.image for job in batch]).to(self.device)
+        guided = batch[0].guides is not None
+        guides = {layer: [job.guides[layer] for job in batch] for layer in self.options.layers} if guided else None  # type: ignore[index]
+        out, objective = dream(
+            self.net, images, self.options, seeds=[job.seed for job in batch], guides=guides, dtype=self.dtype
+        )
+        share = (time.perf_counter() - t0) / len(batch)
+        steps = self.steps(*images.shape[-2:])
+        for j, job in enumerate(batch):
+            yield DreamResult(job.key, out[j : j + 1].cpu(), objective[j], steps, share)

@@ -1,0 +1,330 @@
+"""One driver per engine: each takes a part's task groups, decoded, and yields what became of
+every task, a finished image (``Made``) or a failed one (``Failed``), in the order they finish.
+The runner's one loop records them; a driver writes nothing and knows no file but the style
+images it reads its targets from.
+
+- ``CopyDriver``: originals only, re-encoded at the output size; no network.
+- ``GatysDriver``: style transfer through ``GatysBatcher`` (continuous batching), with the
+  fp32 redo of images whose loss overflowed in half precision, and Deep Dream on top for
+  ``--engine gatys+dream``.
+- ``DreamDriver``: Deep Dream through ``DreamBatcher``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import RunConfig
+from .engines.dream import DreamBatcher, DreamJob, guide_features, octave_sizes
+from .engines.gatys import GatysBatcher, Job
+from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image
+from .engines.precision import HALF_DTYPES, Precision, enable_fast_fp32, use_channels_last
+from .engines.transfer import Finish, Grams, StyleGrams, make_job, stage_targets
+from .images import ImageProblem, fit_long_side, load_rgb, resize_long_side, to_tensor
+from .manifest import SourceRow
+from .plan import Task
+from .styles import Style
+from .weights import ResolvedWeights, build_dream_net, build_vgg19
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Made:
+    """A finished image and what its manifest row needs."""
+
+    task: Task
+    image: torch.Tensor  # [1, 3, H, W] in [0, 1], finished (colour, alpha)
+    precision: Precision
+    losses: dict[str, float] = field(default_factory=dict)
+    iterations: int = 0
+    seconds: float = 0.0
+    dream_objective: float | None = None
+
+
+@dataclass
+class Failed:
+    source: SourceRow
+    reason: str  # failures.csv's reason column
+    message: str
+
+
+Outcome = Made | Failed
+Decoded = Iterator[tuple[list[Task], list[torch.Tensor]]]  # a group and its source, one tensor per scale
+DecodeFn = Callable[[Iterable[list[Task]]], Decoded]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def group_by_source(tasks: Iterable[Task]) -> list[list[Task]]:
+    groups: dict[SourceRow, list[Task]] = {}
+    for task in tasks:
+        groups.setdefault(task.source, []).append(task)
+    return list(groups.values())
+
+
+def copy_of(task: Task, content: torch.Tensor) -> Made:
+    """An original, re-encoded at the output size: no network involved."""
+    return Made(task, content.cpu(), Precision.FP32)
+
+
+def _finish(config: RunConfig, task: Task) -> Finish:
+    return Finish(preserve_color=config.preserve_color, alpha=task.alpha)
+
+
+class CopyDriver:
+    """A part with only originals to copy (rows of splits that are not stylized)."""
+
+    batch_size = 1
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def run(self, groups: Iterable[list[Task]], decode: DecodeFn) -> Iterator[Outcome]:
+        t0 = time.perf_counter()
+        for group, decoded in decode(groups):
+            for task in group:
+                yield copy_of(task, decoded[-1])
+        self.timings["compute_s"] = time.perf_counter() - t0
+
+
+class DreamDriver:
+    """Deep Dream variants; also the dream stage of --engine gatys+dream (``dream_one``)."""
+
+    def __init__(self, config: RunConfig, device: torch.device, precision: Precision, weights: ResolvedWeights) -> None:
+        self.config, self.device, self.precision = config, device, precision
+        self.options = config.dream_options()
+        self.dtype = HALF_DTYPES.get(precision, torch.float32)
+        self.net = build_dream_net(weights, self.options.layers, device=device).to(self.dtype)
+        self.batch_size = config.batch_size or CPU_BATCH
+        self.timings: dict[str, float] = {}
+        self._guides: dict[str, dict[str, torch.Tensor] | ImageProblem] = {}
+        self._octave_note: set[tuple[int, int]] = set()
+        log.info("dream network %s on %s, %s", weights.identity, describe_device(device), precision.value)
+
+    def guide(self, style: Style) -> dict[str, torch.Tensor] | ImageProblem:
+        """A guide image's activations (guided dream), once per style."""
+        if style.name not in self._guides:
+            try:
+                image = load_rgb(style.path, max_pixels=self.config.max_pixels)
+                tensor = to_tensor(resize_long_side(image, self.config.size)).to(self.device)
+                self._guides[style.name] = guide_features(self.net, tensor, self.config.dream_layers, self.dtype)
+            except ImageProblem as err:
+                self._guides[style.name] = err
+        return self._guides[style.name]
+
+    def note_octaves(self, height: int, width: int) -> None:
+        """Logs once per size when octaves had to be dropped for a small image."""
+        octaves = len(octave_sizes(height, width, self.options))
+        if octaves < self.options.octaves and (height, width) not in self._octave_note:
+            self._octave_note.add((height, width))
+            log.info("%dx%d is too small for %d octaves at scale %s: using %d",
+                     width, height, self.options.octaves, self.options.octave_scale, octaves)  # fmt: skip
+
+    def dream_one(self, task: Task, image: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Dream on top of a stylized image (--engine gatys+dream): the image and its objective."""
+        guides = None
+        if self.config.guide:
+            guide = self.guide(task.style)
+            if isinstance(guide, ImageProblem):  # the style decoded for gatys; cannot happen twice
+                raise guide
+            guides = guide
+        batcher = DreamBatcher(self.net, self.options, batch_size=1, device=self.device, dtype=self.dtype)
+        (result,) = batcher.run([DreamJob(task, image, task.seed, guides)])
+        self.note_octaves(*image.shape[-2:])
+        return result.image, result.objective
+
+    def run(self, groups: Iterable[list[Task]], decode: DecodeFn) -> Iterator[Outcome]:
+        """Batches of equal-size images, every image the same steps (no continuous batching)."""
+        t0 = time.perf_counter()
+        batcher = DreamBatcher(self.net, self.options, batch_size=self.batch_size, device=self.device, dtype=self.dtype)
+        side: deque[Outcome] = deque()  # copies and failures met while building jobs
+        contents: dict[Task, torch.Tensor] = {}
+        for result in batcher.run(self._jobs(groups, decode, side, contents)):
+            yield from _drain(side)
+            task: Task = result.key  # type: ignore[assignment]
+            self.note_octaves(*result.image.shape[-2:])
+            image = _finish(self.config, task).apply(result.image, contents.pop(task))
+            yield Made(task, image, self.precision, iterations=result.steps, seconds=result.seconds,
+                       dream_objective=result.objective)  # fmt: skip
+        yield from _drain(side)
+        self.timings.update(compute_s=time.perf_counter() - t0, batch_size=self.batch_size)
+
+    def _jobs(
+        self, groups: Iterable[list[Task]], decode: DecodeFn, side: deque[Outcome], contents: dict[Task, torch.Tensor]
+    ) -> Iterator[DreamJob]:
+        for group, decoded in decode(groups):
+            content = decoded[-1]
+            for task in group:
+                if task.original:
+                    side.append(copy_of(task, content))
+                    continue
+                guides = self.guide(task.style) if self.config.guide else None
+                if isinstance(guides, ImageProblem):
+                    side.append(Failed(task.source, "bad_style", f"style {task.style.name}: {guides}"))
+                    continue
+                contents[task] = content
+                yield DreamJob(task, content, task.seed, guides)
+
+
+class GatysDriver:
+    """Style transfer; with ``dreamer``, Deep Dream on top of each stylized image."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        device: torch.device,
+        precision: Precision,
+        weights: ResolvedWeights,
+        *,
+        dreamer: DreamDriver | None = None,
+    ) -> None:
+        t0 = time.perf_counter()
+        self.config, self.device, self.precision, self.dreamer = config, device, precision, dreamer
+        self.options = config.gatys_options()
+        enable_fast_fp32(device)
+        self.channels_last = use_channels_last(device, precision)
+        self.net = build_vgg19(weights, self.options.layers, pooling=config.pooling, device=device)
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.timings: dict[str, float] = {"model_build_s": time.perf_counter() - t0}
+        log.info("weights %s (%s) on %s, %s",
+                 weights.identity, weights.flavour.value, describe_device(device), precision.value)  # fmt: skip
+        self.batch_size = self._batch_size()
+
+    def _batch_size(self) -> int:
+        if self.config.batch_size:
+            return self.config.batch_size
+        if self.device.type != "cuda":
+            return CPU_BATCH
+        free, _ = torch.cuda.mem_get_info(self.device)
+        w, h = fit_long_side(self.config.size, self.config.size, self.config.size)  # square: the largest
+        half = self.precision in (Precision.BF16, Precision.FP16)
+        per_image = bytes_per_image(self.net, h, w, history_size=self.options.history_size, half=half)
+        size = auto_batch_size(free, per_image)
+        log.info("batch size %d (%.0f MB free, about %.0f MB per image)", size, free / 1e6, per_image / 1e6)
+        return size
+
+    def run(self, groups: Iterable[list[Task]], decode: DecodeFn) -> Iterator[Outcome]:
+        t0 = time.perf_counter()
+        batcher = self._batcher(self.precision)
+        retry = yield from self._pass(batcher, groups, decode)
+        if retry:  # mixed precision overflowed for these: redo them in fp32
+            log.warning("%d images had a non-finite loss in %s; redoing them in fp32", len(retry), self.precision.value)
+            yield from self._pass(self._batcher(Precision.FP32), group_by_source(retry), decode)
+        self.timings.update(compute_s=time.perf_counter() - t0, batch_size=self.batch_size,
+                            oom_backoffs=batcher.oom_events)  # fmt: skip
+        if self.device.type == "cuda":
+            self.timings["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 1e6
+
+    def _batcher(self, precision: Precision) -> GatysBatcher:
+        return GatysBatcher(
+            self.net, self.options, batch_size=self.batch_size, precision=precision, channels_last=self.channels_last
+        )
+
+    def _pass(
+        self, batcher: GatysBatcher, groups: Iterable[list[Task]], decode: DecodeFn
+    ) -> Generator[Outcome, None, list[Task]]:
+        """Every task through ``batcher``; returns those whose loss went non-finite in half
+        precision (in fp32 they fail)."""
+        side: deque[Outcome] = deque()  # copies and failures met while building jobs
+        contents: dict[Task, torch.Tensor] = {}  # sources kept for --preserve-color / --alpha
+        grams: dict[tuple[str, int], StyleGrams | ImageProblem] = {}  # per pass: this precision's
+        retry = []
+        for result in batcher.run(self._jobs(batcher, groups, decode, side, contents, grams)):
+            yield from _drain(side)
+            task: Task = result.key
+            if not math.isfinite(result.losses["total"]):
+                if batcher.precision is not Precision.FP32:
+                    retry.append(task)
+                else:
+                    message = f"{task.output}: the loss became {result.losses['total']}"
+                    yield Failed(task.source, "non_finite", message)
+                continue
+            image, objective = result.image, None
+            if self.dreamer is not None:
+                image, objective = self.dreamer.dream_one(task, image)
+            if task in contents:
+                image = _finish(self.config, task).apply(image, contents.pop(task))
+            yield Made(task, image, batcher.precision, result.losses, result.iterations, result.seconds, objective)
+        yield from _drain(side)
+        return retry
+
+    def _jobs(
+        self,
+        batcher: GatysBatcher,
+        groups: Iterable[list[Task]],
+        decode: DecodeFn,
+        side: deque[Outcome],
+        contents: dict[Task, torch.Tensor],
+        grams: dict[tuple[str, int], StyleGrams | ImageProblem],
+    ) -> Iterator[Job]:
+        """Jobs in group order; the source is decoded ahead while the device computes."""
+        iterations, sizes = self.config.stage_iterations, self.config.stage_sizes()
+        for group, decoded in decode(groups):
+            scales = [c.to(self.device) for c in decoded]  # one per scale, full size last
+            features = [batcher.content_features(c) for c in scales]  # once per image, shared by its styles
+            for task in group:
+                if task.original:
+                    side.append(copy_of(task, scales[-1]))
+                    continue
+                targets = [self._targets(batcher, grams, task, size, c) for size, c in zip(sizes, scales)]
+                problem = next((t for t in targets if isinstance(t, ImageProblem)), None)
+                if problem is not None:
+                    side.append(Failed(task.source, "bad_style", f"style {task.style_name}: {problem}"))
+                    continue
+                if _finish(self.config, task).needs_content:
+                    contents[task] = scales[-1]
+                options = self.config.gatys_options(**task.loss_overrides)
+                yield make_job(task, scales, targets, features, iterations, options, task.seed)  # type: ignore[arg-type]
+
+    def _targets(
+        self,
+        batcher: GatysBatcher,
+        grams: dict[tuple[str, int], StyleGrams | ImageProblem],
+        task: Task,
+        size: int,
+        content: torch.Tensor,
+    ) -> Grams | ImageProblem:
+        """Gram targets of the task's style (or blend of two) for a content image of this size;
+        each style's once per size and pass. The style image is --style-scale times the
+        content's long side."""
+        found = []
+        for style in (task.style, task.style2):
+            if style is None:
+                continue
+            if (style.name, size) not in grams:
+                try:
+                    image = load_rgb(style.path, max_pixels=self.config.max_pixels)
+                    image = resize_long_side(image, self.config.style_size(size))
+                    grams[style.name, size] = StyleGrams(
+                        batcher.style_targets(to_tensor(image)), image.width * image.height
+                    )
+                except ImageProblem as err:
+                    grams[style.name, size] = err
+            found.append(grams[style.name, size])
+        problem = next((s for s in found if isinstance(s, ImageProblem)), None)
+        return problem or stage_targets(found, content, task.mix)  # type: ignore[arg-type]
+
+
+def _drain(side: deque[Outcome]) -> Iterator[Outcome]:
+    while side:
+        yield side.popleft()
