@@ -107,32 +107,8 @@ def merge(
     Refuses parts with different pixel-changing settings, and unfinished parts.
     """
     target = outs[0]
-    infos, manifests, failures = [], [], []
-    for out in outs:
-        names = part_names(out)
-        if not names:
-            raise MergeError(f"{out}: no parts to merge (expected {out / PARTS}/*.json)")
-        for name in names:
-            info = json.loads((out / PARTS / f"{name}.json").read_text(encoding="utf-8"))
-            # A stopped run merges what its parts recorded, whatever state they were left in.
-            if info.get("status") != "finished" and interrupted is None:
-                raise MergeError(
-                    f"{out / PARTS / name}.json: part {name} has not finished (status {info.get('status')})"
-                )
-            infos.append((out, info))
-            rows = part_rows(out, name)
-            manifests.append(
-                (out, pd.DataFrame.from_records(rows) if rows else _read_part_csv(out / PARTS / f"{name}.manifest.csv"))
-            )
-            failures.append(_read_part_csv(out / PARTS / f"{name}.failures.csv"))
-    # Pixel settings (config hash) and what was planned (originals, splits, balance, ...).
-    hashes = {_settings(info) for _, info in infos}
-    if expected_hash is not None:
-        hashes.add(expected_hash)
-    if len(hashes) > 1:
-        described = ", ".join(f"{out / PARTS / info['part']}: {_settings(info)}" for out, info in infos)
-        raise MergeError(f"parts were made with different settings (config hashes {described})")
-
+    infos, manifests, failures = _read_parts(outs, interrupted)
+    _check_same_settings(infos, expected_hash)
     frames = []
     for out, frame in manifests:
         if out != target:
@@ -145,22 +121,70 @@ def merge(
         .sort_values(["_row", "path"])
         .drop(columns="_row")
     )
+    run = _run_json(infos, len(manifest), len(failed), interrupted, counts)
     try:
         with atomic_write(target / "manifest.csv", "w", encoding="utf-8", newline="") as handle:
             manifest.to_csv(handle, index=False)
         with atomic_write(target / "failures.csv", "w", encoding="utf-8", newline="") as handle:
             failed.reindex(columns=list(FAILURE_COLUMNS)).to_csv(handle, index=False)
+        write_exports(target, webdataset=bool(infos[0][1]["config"].get("webdataset")))
     except OSError as err:
         raise OutputError(f"cannot write to {target}: {err}") from err
+    write_text(target / "run.json", json.dumps(run, indent=2, ensure_ascii=False) + "\n")
+    log.info("merged %d parts into %s: %d images, %d failed rows", len(infos), target, len(manifest), len(failed))
+    return run
 
+
+Info = tuple[Path, dict[str, Any]]
+
+
+def _read_parts(
+    outs: list[Path], interrupted: Stopped | None
+) -> tuple[list[Info], list[tuple[Path, pd.DataFrame]], list[pd.DataFrame]]:
+    """Every part's .json, rows and failures; an unfinished part is refused unless the run
+    was stopped (then it merges what its parts recorded)."""
+    infos, manifests, failures = [], [], []
+    for out in outs:
+        names = part_names(out)
+        if not names:
+            raise MergeError(f"{out}: no parts to merge (expected {out / PARTS}/*.json)")
+        for name in names:
+            info = json.loads((out / PARTS / f"{name}.json").read_text(encoding="utf-8"))
+            if info.get("status") != "finished" and interrupted is None:
+                raise MergeError(
+                    f"{out / PARTS / name}.json: part {name} has not finished (status {info.get('status')})"
+                )
+            infos.append((out, info))
+            rows = part_rows(out, name)
+            manifests.append(
+                (out, pd.DataFrame.from_records(rows) if rows else _read_part_csv(out / PARTS / f"{name}.manifest.csv"))
+            )
+            failures.append(_read_part_csv(out / PARTS / f"{name}.failures.csv"))
+    return infos, manifests, failures
+
+
+def _check_same_settings(infos: list[Info], expected_hash: str | None) -> None:
+    """Pixel settings (config hash) and what was planned (originals, splits, balance, ...)."""
+    hashes = {_settings(info) for _, info in infos}
+    if expected_hash is not None:
+        hashes.add(expected_hash)
+    if len(hashes) > 1:
+        described = ", ".join(f"{out / PARTS / info['part']}: {_settings(info)}" for out, info in infos)
+        raise MergeError(f"parts were made with different settings (config hashes {described})")
+
+
+def _run_json(
+    infos: list[Info], written: int, failed: int, interrupted: Stopped | None, counts: dict[str, int] | None
+) -> dict[str, Any]:
+    """run.json from the parts' .json files."""
     first = infos[0][1]
     working = [info for _, info in infos if info["counts"]["tasks"]]  # not the failures-only part
-    exit_code = interrupted.exit_code if interrupted else EXIT_SOME_FAILED if len(failed) else EXIT_OK
+    exit_code = interrupted.exit_code if interrupted else EXIT_SOME_FAILED if failed else EXIT_OK
     compute = sum(info["timings"].get("compute_s", 0.0) for _, info in infos)
-    run = {
+    return {
         "status": interrupted.status if interrupted else "finished",
         "exit_code": exit_code,
-        "exit_reason": str(interrupted) if interrupted else "failed rows" if len(failed) else "all done",
+        "exit_reason": str(interrupted) if interrupted else "failed rows" if failed else "all done",
         "started": min(info["started"] for _, info in infos),
         "finished": max((info["finished"] for _, info in infos if info.get("finished")), default=None),
         "config": first["config"],
@@ -174,8 +198,8 @@ def merge(
         "parts": [{k: info[k] for k in ("part", "device", "counts", "timings")} for _, info in infos],
         "counts": {
             "tasks": sum(info["counts"]["tasks"] for _, info in infos),
-            "written": len(manifest),
-            "failed_rows": len(failed),
+            "written": written,
+            "failed_rows": failed,
             **(counts or {}),
         },
         "timings": {
@@ -183,16 +207,9 @@ def merge(
             **(working[0]["timings"] if len(working) == 1 else {}),
             "compute_s": round(compute, 3),
             "seconds": max((info["timings"].get("seconds", 0.0) for info in working), default=0.0),
-            "seconds_per_image": round(compute / len(manifest), 3) if len(manifest) else None,
+            "seconds_per_image": round(compute / written, 3) if written else None,
         },
     }
-    try:
-        write_exports(target, webdataset=bool(first["config"].get("webdataset")))
-    except OSError as err:
-        raise OutputError(f"cannot write to {target}: {err}") from err
-    write_text(target / "run.json", json.dumps(run, indent=2, ensure_ascii=False) + "\n")
-    log.info("merged %d parts into %s: %d images, %d failed rows", len(infos), target, len(manifest), len(failed))
-    return run
 
 
 def _settings(info: dict[str, Any]) -> str:

@@ -119,83 +119,86 @@ def _run(config: RunConfig, progress: ProgressFn | None, deadline: float | None)
         if world > 1:
             return _run_rank(config, prepared, out, weights, rank, world, progress, started, deadline)
         if config.shard:
-            shard = Shard.parse(config.shard)
-            name = f"shard-{shard.index}-of-{shard.count}"
-            tasks = [t for t in prepared.tasks if shard.owns(t)]
-            keys = _keys(config, prepared, weights, tasks)
-            done = reusable_rows(out, keys, names=[name])
-            part = _run_part(
-                config, prepared, out, name, weights, tasks, progress=progress, keys=keys, done=done, deadline=deadline
+            return _run_shard(config, prepared, out, weights, progress, started, deadline)
+        return _run_whole(config, prepared, out, weights, progress, started, deadline, weights_s)
+
+
+def _run_shard(
+    config: RunConfig, prepared: Prepared, out: Path, weights: NetWeights,
+    progress: ProgressFn | None, started: float, deadline: float | None,
+) -> RunSummary:  # fmt: skip
+    """One shard of K: its own part, joined by `augment merge` once every shard has run."""
+    shard = Shard.parse(config.shard)  # type: ignore[arg-type]
+    name = f"shard-{shard.index}-of-{shard.count}"
+    tasks = [t for t in prepared.tasks if shard.owns(t)]
+    keys = _keys(config, prepared, weights, tasks)
+    done = reusable_rows(out, keys, names=[name])
+    part = _run_part(
+        config, prepared, out, name, weights, tasks, progress=progress, keys=keys, done=done, deadline=deadline
+    )
+    log.info("shard %s done; run `augment merge %s` once every shard has finished", config.shard, out)
+    return _summary(out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name)
+
+
+def _run_whole(
+    config: RunConfig, prepared: Prepared, out: Path, weights: NetWeights,
+    progress: ProgressFn | None, started: float, deadline: float | None, weights_s: float,
+) -> RunSummary:  # fmt: skip
+    """The whole job in this process or its local workers, merged into OUT at the end."""
+    workers = config.workers or (torch.cuda.device_count() if resolve_device(config.device).type == "cuda" else 1)
+    keys = _keys(config, prepared, weights)
+    done, kept_stale, counts = _reuse_and_clean(config, prepared, out, keys)
+    interrupted = None
+    try:
+        if workers > 1:
+            _run_workers(
+                config, prepared, out, workers, progress, keys=keys, done=done, kept=kept_stale, deadline=deadline
             )
-            log.info("shard %s done; run `augment merge %s` once every shard has finished", config.shard, out)
-            return _summary(
-                out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name
-            )
-        workers = config.workers or (torch.cuda.device_count() if resolve_device(config.device).type == "cuda" else 1)
-        # Incremental: tasks whose image exists with the same key are kept, not redone; images
-        # of tasks that left the plan are removed (only ones augment recorded).
-        keys = _keys(config, prepared, weights)
-        done = reusable_rows(out, keys)
-        stale = {
-            row["path"]: row for row in recorded_rows(out) if row["path"] not in keys and (out / row["path"]).is_file()
-        }
-        partial_plan = config.limit is not None  # a trial on the first rows: the rest is not stale
-        removed = 0
-        if config.keep_stale or partial_plan:
-            kept_stale = stale  # stay recorded, so a later run can still remove them
         else:
-            kept_stale, removed = {}, remove_stale(out, keep=set(keys))
-        clear_parts(out)  # their rows live on in `done`
-        _remove_dead_temp_files(out)
-        counts = {"skipped": len(done), "removed": removed}
-        limit = failure_limit(config, prepared)
-        if limit is not None and len(prepared.failures) > limit:
-            raise TooManyFailures(
-                f"{len(prepared.failures)} rows failed up front, more than --max-failures {config.max_failures} allows"
-            )
-        if done or removed:
-            log.info("%d images up to date, %d stale removed, %d to make", len(done), removed, len(keys) - len(done))
-        interrupted = None
-        try:
-            if workers > 1:
-                _run_workers(
-                    config, prepared, out, workers, progress, keys=keys, done=done, kept=kept_stale, deadline=deadline
-                )
-            else:
-                _run_part(
-                    config,
-                    prepared,
-                    out,
-                    "main",
-                    weights,
-                    prepared.tasks,
-                    progress=progress,
-                    timings={"weights_s": weights_s},
-                    keys=keys,
-                    done=done,
-                    kept=kept_stale,
-                    deadline=deadline,
-                )
-        except KeyboardInterrupt:
-            interrupted = Interrupted(EXIT_SIGINT, "SIGINT")
-        except Stopped as err:
-            interrupted = err
-        result = merge(
-            [out], expected_hash=f"{config.config_hash()}/{config.plan_hash()}", interrupted=interrupted, counts=counts
+            timings = {"weights_s": weights_s}
+            _run_part(config, prepared, out, "main", weights, prepared.tasks, progress=progress, timings=timings,
+                      keys=keys, done=done, kept=kept_stale, deadline=deadline)  # fmt: skip
+    except KeyboardInterrupt:
+        interrupted = Interrupted(EXIT_SIGINT, "SIGINT")
+    except Stopped as err:
+        interrupted = err
+    result = merge(
+        [out], expected_hash=f"{config.config_hash()}/{config.plan_hash()}", interrupted=interrupted, counts=counts
+    )
+    if interrupted:
+        log.warning("%s: kept %d finished images", interrupted, result["counts"]["written"])
+        raise interrupted
+    written, failed = result["counts"]["written"], result["counts"]["failed_rows"]
+    device = resolve_device(config.device)
+    return _summary(out, written, failed, len(prepared.tasks), started, weights.identity, device)
+
+
+def _reuse_and_clean(
+    config: RunConfig, prepared: Prepared, out: Path, keys: dict[str, str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, int]]:
+    """Incremental: tasks whose image exists with the same key are kept, not redone; images of
+    tasks that left the plan are removed (only ones augment recorded). Returns the rows kept
+    as done, the stale rows kept recorded, and the counts for run.json."""
+    done = reusable_rows(out, keys)
+    stale = {
+        row["path"]: row for row in recorded_rows(out) if row["path"] not in keys and (out / row["path"]).is_file()
+    }
+    partial_plan = config.limit is not None  # a trial on the first rows: the rest is not stale
+    removed = 0
+    if config.keep_stale or partial_plan:
+        kept_stale = stale  # stay recorded, so a later run can still remove them
+    else:
+        kept_stale, removed = {}, remove_stale(out, keep=set(keys))
+    clear_parts(out)  # their rows live on in `done`
+    _remove_dead_temp_files(out)
+    limit = failure_limit(config, prepared)
+    if limit is not None and len(prepared.failures) > limit:
+        raise TooManyFailures(
+            f"{len(prepared.failures)} rows failed up front, more than --max-failures {config.max_failures} allows"
         )
-        if interrupted:
-            log.warning("%s: kept %d finished images", interrupted, result["counts"]["written"])
-            raise interrupted
-        device = resolve_device(config.device)
-        return _summary(
-            out,
-            result["counts"]["written"],
-            result["counts"]["failed_rows"],
-            len(prepared.tasks),
-            started,
-            weights.identity,
-            device,
-        )
+    if done or removed:
+        log.info("%d images up to date, %d stale removed, %d to make", len(done), removed, len(keys) - len(done))
+    return done, kept_stale, {"skipped": len(done), "removed": removed}
 
 
 def _run_part(
