@@ -196,112 +196,12 @@ class RunConfig:
     log_level: str = _opt("info", "debug, info, warning or error.")
 
     def __post_init__(self) -> None:
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        try:
-            set_("pooling", Pooling(self.pooling))
-            set_("optimizer", Optimizer(self.optimizer))
-            set_("init", Init(self.init))
-            set_("weights_flavour", WeightsFlavour(self.weights_flavour))
-            set_("precision", Precision(self.precision))
-            set_("engine", Engine(self.engine))
-            set_("style_assignment", Assignment(self.style_assignment))
-        except ValueError as err:
-            raise ConfigError(str(err)) from err
-        for name in ("style_weight", "alpha", "blend"):
-            if getattr(self, name) is not None:  # style_weight None: the flavour's default
-                set_(name, _spread(name, getattr(self, name)))
-        if isinstance(self.splits, str):
-            set_("splits", tuple(s.strip() for s in self.splits.split(",") if s.strip()))
-        set_("splits", tuple(s.lower() for s in self.splits))  # split names are read lowercase
-        formats = (
-            [f.strip() for f in self.format.split(",") if f.strip()]
-            if isinstance(self.format, str)
-            else list(self.format)
-        )
-        if "webdataset" in formats:
-            formats.remove("webdataset")
-            set_("webdataset", True)
-        set_("format", formats[0] if len(formats) == 1 else "png" if not formats else ",".join(formats))
-        if self.target_per_class is not None:
-            set_("balance", True)
-        if isinstance(self.style_layers, str):
-            set_("style_layers", tuple(s.strip() for s in self.style_layers.split(",") if s.strip()))
-        set_("style_layers", tuple(self.style_layers))
-        if self.style_layer_weights is not None:
-            try:
-                set_("style_layer_weights", parse_layer_weights(self.style_layer_weights, len(self.style_layers)))
-            except ValueError as err:
-                raise ConfigError(f"style_layer_weights: {err}") from None
-        if isinstance(self.dream_layers, str):
-            set_("dream_layers", tuple(s.strip() for s in self.dream_layers.split(",") if s.strip()))
-        set_("dream_layers", tuple(self.dream_layers))
-        dream_conv = [layer for layer in self.dream_layers if not layer.startswith("inception")]
-        if not self.dream_layers or (dream_conv and len(dream_conv) != len(self.dream_layers)):
-            raise ConfigError("dream_layers: all GoogLeNet inception layers or all VGG19 conv layers")
-        for layer in self.dream_layers:
-            if layer not in INCEPTION_LAYERS and layer not in CONV_LAYERS:
-                hint = difflib.get_close_matches(layer, INCEPTION_LAYERS + CONV_LAYERS, n=1)
-                raise ConfigError(f"unknown dream layer {layer!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
-        if isinstance(self.scales, str):
-            set_("scales", tuple(float(x) for x in self.scales.split(",") if x.strip()))
-        elif isinstance(self.scales, (int, float)):
-            set_("scales", (float(self.scales),))
-        set_("scales", tuple(float(x) for x in self.scales))
-        if (
-            not self.scales
-            or self.scales[-1] != 1.0
-            or list(self.scales) != sorted(set(self.scales))
-            or self.scales[0] <= 0
-        ):
-            raise ConfigError(f"scales must rise to 1, e.g. 0.5,1 (got {','.join(map(str, self.scales))})")
-        for layer in (self.content_layer, *self.style_layers):
-            if layer not in CONV_LAYERS:
-                hint = difflib.get_close_matches(layer, CONV_LAYERS, n=1)
-                raise ConfigError(f"unknown layer {layer!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
-        if self.format not in FORMAT_EXT:
-            raise ConfigError(f"unknown format {self.format!r}; use one of {', '.join(FORMAT_EXT)}")
-        checks = [
-            (self.per_image >= 1, "per_image must be at least 1"),
-            (self.size >= 16, "size must be at least 16 pixels"),
-            (self.iterations >= 0, "iterations must be >= 0"),
-            (1 <= self.quality <= 100, "quality must be between 1 and 100"),
-            (self.limit is None or self.limit >= 1, "limit must be at least 1"),
-            (self.batch_size is None or self.batch_size >= 1, "batch_size must be at least 1"),
-            (self.workers is None or self.workers >= 1, "workers must be at least 1"),
-            (self.max_seconds is None or self.max_seconds > 0, "max_seconds must be > 0"),
-            (
-                self.max_failures is None
-                or re.fullmatch(r"\d+(\.\d+)?%|\d+", str(self.max_failures).strip()) is not None,
-                "max_failures takes N or P%, e.g. 10 or 5%",
-            ),
-            (self.octaves >= 1 and self.octave_scale > 1.0, "octaves must be >= 1 and octave_scale > 1"),
-            (0.0 <= self.dream_blend <= 1.0, "dream_blend must be between 0 and 1"),
-            (
-                self.jitter >= 0 and self.dream_step > 0 and self.dream_iterations >= 0,
-                "jitter >= 0, dream_step > 0, dream_iterations >= 0",
-            ),
-            (self.tol >= 0, "tol must be >= 0"),
-            (
-                all(w is None or w >= 0 for w in (self.content_weight, _low(self.style_weight), self.tv_weight)),
-                "loss weights must be >= 0",
-            ),
-            (self.learning_rate is None or self.learning_rate > 0, "learning_rate must be > 0"),
-            (0.0 <= _low(self.alpha) and _high(self.alpha) <= 1.0, "alpha must be between 0 and 1"),
-            (0.0 <= _low(self.blend) and _high(self.blend) < 1.0, "blend must be at least 0 and under 1"),
-            (self.style_scale > 0, "style_scale must be > 0"),
-            (
-                self.engine is not Engine.DREAM or self.blend == 0.0,
-                "blend mixes styles for gatys and gatys+dream, not for --engine dream",
-            ),
-            (self.target_per_class is None or self.target_per_class >= 1, "target_per_class must be at least 1"),
-            (bool(self.splits), "splits must name at least one split"),
-            (self.tv_beta > 0, "tv_beta must be > 0"),
-            (
-                self.log_level.lower() in ("debug", "info", "warning", "error"),
-                "log_level must be debug, info, warning or error",
-            ),
-        ]
-        for ok, message in checks:
+        # Values from YAML or flags arrive as text ("0.5,1", "1e3:1e4", "png,webdataset"):
+        # parsed first, then every value checked; the first problem is a ConfigError.
+        for name, value in _parsed(self).items():
+            object.__setattr__(self, name, value)
+        _check_layers(self)
+        for ok, message in _checks(self):
             if not ok:
                 raise ConfigError(message)
 
@@ -421,6 +321,126 @@ class RunConfig:
         values = self.to_dict()
         data = {name: values[name] for name in names}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_names(value: str | Iterable[str]) -> tuple[str, ...]:
+    """A comma-separated list ("a, b") or a list, as a tuple of its non-empty names."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def parse_scales(value: str | float | Iterable[float]) -> tuple[float, ...]:
+    """--scales: "0.5,1", a number or a list; they must rise to 1."""
+    try:
+        if isinstance(value, str):
+            scales = tuple(float(x) for x in value.split(",") if x.strip())
+        elif isinstance(value, (int, float)):
+            scales = (float(value),)
+        else:
+            scales = tuple(float(x) for x in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"scales: expected numbers separated by commas, e.g. 0.5,1 (got {value!r})") from None
+    if not scales or scales[-1] != 1.0 or list(scales) != sorted(set(scales)) or scales[0] <= 0:
+        raise ConfigError(f"scales must rise to 1, e.g. 0.5,1 (got {','.join(map(str, scales))})")
+    return scales
+
+
+def parse_format(value: str | Iterable[str]) -> tuple[str, bool]:
+    """--format: the image format and whether webdataset shards were asked for too."""
+    formats = list(parse_names(value))
+    webdataset = "webdataset" in formats
+    formats = [f for f in formats if f != "webdataset"]
+    return (formats[0] if len(formats) == 1 else "png" if not formats else ",".join(formats)), webdataset
+
+
+_ENUMS = {"pooling": Pooling, "optimizer": Optimizer, "init": Init, "weights_flavour": WeightsFlavour,
+          "precision": Precision, "engine": Engine, "style_assignment": Assignment}  # fmt: skip
+
+
+def _parsed(c: RunConfig) -> dict[str, Any]:
+    """Every field given as text or a list, in its typed form."""
+    values: dict[str, Any] = {}
+    try:
+        values.update({name: kind(getattr(c, name)) for name, kind in _ENUMS.items()})
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    for name in ("style_weight", "alpha", "blend"):
+        if getattr(c, name) is not None:  # style_weight None: the flavour's default
+            values[name] = _spread(name, getattr(c, name))
+    values["splits"] = tuple(s.lower() for s in parse_names(c.splits))  # split names are read lowercase
+    values["format"], webdataset = parse_format(c.format)
+    values["webdataset"] = c.webdataset or webdataset
+    values["balance"] = c.balance or c.target_per_class is not None
+    values["style_layers"] = parse_names(c.style_layers)
+    if c.style_layer_weights is not None:
+        try:
+            values["style_layer_weights"] = parse_layer_weights(c.style_layer_weights, len(values["style_layers"]))
+        except ValueError as err:
+            raise ConfigError(f"style_layer_weights: {err}") from None
+    values["dream_layers"] = parse_names(c.dream_layers)
+    values["scales"] = parse_scales(c.scales)
+    return values
+
+
+def _check_layers(c: RunConfig) -> None:
+    """Every layer name known, with a did-you-mean; dream layers all of one network."""
+    dream_conv = [layer for layer in c.dream_layers if not layer.startswith("inception")]
+    if not c.dream_layers or (dream_conv and len(dream_conv) != len(c.dream_layers)):
+        raise ConfigError("dream_layers: all GoogLeNet inception layers or all VGG19 conv layers")
+    for layer in c.dream_layers:
+        if layer not in INCEPTION_LAYERS and layer not in CONV_LAYERS:
+            hint = difflib.get_close_matches(layer, INCEPTION_LAYERS + CONV_LAYERS, n=1)
+            raise ConfigError(f"unknown dream layer {layer!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    for layer in (c.content_layer, *c.style_layers):
+        if layer not in CONV_LAYERS:
+            hint = difflib.get_close_matches(layer, CONV_LAYERS, n=1)
+            raise ConfigError(f"unknown layer {layer!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    if c.format not in FORMAT_EXT:
+        raise ConfigError(f"unknown format {c.format!r}; use one of {', '.join(FORMAT_EXT)}")
+
+
+def _checks(c: RunConfig) -> list[tuple[bool, str]]:
+    """(holds, message if not) for every value with a range."""
+    return [
+        (c.per_image >= 1, "per_image must be at least 1"),
+        (c.size >= 16, "size must be at least 16 pixels"),
+        (c.iterations >= 0, "iterations must be >= 0"),
+        (1 <= c.quality <= 100, "quality must be between 1 and 100"),
+        (c.limit is None or c.limit >= 1, "limit must be at least 1"),
+        (c.batch_size is None or c.batch_size >= 1, "batch_size must be at least 1"),
+        (c.workers is None or c.workers >= 1, "workers must be at least 1"),
+        (c.max_seconds is None or c.max_seconds > 0, "max_seconds must be > 0"),
+        (
+            c.max_failures is None or re.fullmatch(r"\d+(\.\d+)?%|\d+", str(c.max_failures).strip()) is not None,
+            "max_failures takes N or P%, e.g. 10 or 5%",
+        ),
+        (c.octaves >= 1 and c.octave_scale > 1.0, "octaves must be >= 1 and octave_scale > 1"),
+        (0.0 <= c.dream_blend <= 1.0, "dream_blend must be between 0 and 1"),
+        (
+            c.jitter >= 0 and c.dream_step > 0 and c.dream_iterations >= 0,
+            "jitter >= 0, dream_step > 0, dream_iterations >= 0",
+        ),
+        (c.tol >= 0, "tol must be >= 0"),
+        (
+            all(w is None or w >= 0 for w in (c.content_weight, _low(c.style_weight), c.tv_weight)),
+            "loss weights must be >= 0",
+        ),
+        (c.learning_rate is None or c.learning_rate > 0, "learning_rate must be > 0"),
+        (0.0 <= _low(c.alpha) and _high(c.alpha) <= 1.0, "alpha must be between 0 and 1"),
+        (0.0 <= _low(c.blend) and _high(c.blend) < 1.0, "blend must be at least 0 and under 1"),
+        (c.style_scale > 0, "style_scale must be > 0"),
+        (
+            c.engine is not Engine.DREAM or c.blend == 0.0,
+            "blend mixes styles for gatys and gatys+dream, not for --engine dream",
+        ),
+        (c.target_per_class is None or c.target_per_class >= 1, "target_per_class must be at least 1"),
+        (bool(c.splits), "splits must name at least one split"),
+        (c.tv_beta > 0, "tv_beta must be > 0"),
+        (
+            c.log_level.lower() in ("debug", "info", "warning", "error"),
+            "log_level must be debug, info, warning or error",
+        ),
+    ]
 
 
 def _spread(name: str, value: Any) -> Spread:

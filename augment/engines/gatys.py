@@ -264,6 +264,18 @@ class _Slot:
     trace: list[float] = field(default_factory=list)
     restarts: int = 0
 
+    def observe(self, terms: dict[str, float], tol: float) -> bool:
+        """Record an evaluation's loss terms; True when it is the best so far."""
+        total = terms["total"]
+        self.trace.append(total)
+        change = abs(self.last_total - total) / max(abs(total), 1e-12)
+        self.calm = self.calm + 1 if change < tol else 0
+        self.last_total = total
+        if total < self.best_total:
+            self.best_total, self.best_terms = total, terms
+            return True
+        return False
+
 
 class GatysBatcher:
     """Optimises a stream of jobs, up to ``batch_size`` at a time through one VGG19 pass.
@@ -424,18 +436,11 @@ class GatysBatcher:
         done, stepping, restart, improved = [], [], [], []
         for j, slot in enumerate(live):
             assert slot is not None
-            total_j = values["total"][j]
-            slot.trace.append(total_j)
-            if total_j < slot.best_total:  # the image just evaluated is the best so far: keep it
-                slot.best_total = total_j
-                slot.best_terms = {name: value[j] for name, value in values.items()}
-                improved.append(active[j])
-            change = abs(slot.last_total - total_j) / max(abs(total_j), 1e-12)
-            slot.calm = slot.calm + 1 if change < self.options.tol else 0
-            slot.last_total = total_j
+            if slot.observe({name: value[j] for name, value in values.items()}, self.options.tol):
+                improved.append(active[j])  # the image just evaluated is the best so far: keep it
             if slot.iterations >= slot.limit or slot.calm >= PATIENCE or not finite[j]:
                 done.append(j)
-            elif total_j > RESTART_FACTOR * slot.best_total:
+            elif slot.last_total > RESTART_FACTOR * slot.best_total:
                 restart.append(j)
             else:
                 stepping.append(j)
