@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,6 +31,17 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def load_imagefolder_offline(images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Hugging Face's imagefolder loader on ``images``, offline, with a private cache."""
+    datasets = pytest.importorskip(
+        "datasets", reason="Hugging Face datasets is not installed (pip install -e '.[test]')"
+    )
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    return datasets.load_dataset("imagefolder", data_dir=str(images), split="train", cache_dir=str(tmp_path / "hf"))
 
 
 def noise_image(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image:

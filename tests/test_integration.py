@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from .conftest import load_imagefolder_offline
 from .test_cli import invoke
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -94,14 +95,6 @@ def test_balanced_real_dataset_loads_in_imagefolder_with_a_report(balanced_out: 
 def test_balanced_real_dataset_loads_in_hugging_face(
     balanced_out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    datasets = pytest.importorskip(
-        "datasets", reason="Hugging Face datasets is not installed (pip install -e '.[test]')"
-    )
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    loaded = datasets.load_dataset(
-        "imagefolder", data_dir=str(balanced_out / "images"), split="train", cache_dir=str(tmp_path / "hf")
-    )
+    loaded = load_imagefolder_offline(balanced_out / "images", tmp_path, monkeypatch)
     assert len(loaded) == 48 and sorted(set(loaded["label"])) == ["ants", "bees"]
     assert loaded["label"].count("bees") == 24

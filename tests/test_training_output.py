@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from .conftest import FAST, make_dataset, make_styles
+from .conftest import FAST, load_imagefolder_offline, make_dataset, make_styles
 from .test_cli import invoke
 
 
@@ -112,18 +112,10 @@ def test_exports_load_in_imagefolder_manifest_dataset_and_webdataset(tmp_path: P
 def test_hugging_face_imagefolder_reads_the_labels(
     dataset: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    datasets = pytest.importorskip(
-        "datasets", reason="Hugging Face datasets is not installed (pip install -e '.[test]')"
-    )
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     manifest, styles = dataset
     out = tmp_path / "out"
     assert invoke("run", manifest, "--styles", styles, "--out", out, "--include-originals", *FAST)[0] == 0
-    loaded = datasets.load_dataset(
-        "imagefolder", data_dir=str(out / "images"), split="train", cache_dir=str(tmp_path / "hf")
-    )
+    loaded = load_imagefolder_offline(out / "images", tmp_path, monkeypatch)
     rows = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
     assert sorted(zip(loaded["label"], loaded["style"])) == sorted(zip(rows["label"], rows["style"]))
     assert loaded[0]["image"].size[0] <= 32
