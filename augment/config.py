@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 import re
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -197,7 +198,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         # Values from YAML or flags arrive as text ("0.5,1", "1e3:1e4", "png,webdataset"):
-        # parsed first, then every value checked; the first problem is a ConfigError.
+        # types checked, then parsed, then every value checked; the first problem is a ConfigError.
+        _check_types(self)
         for name, value in _parsed(self).items():
             object.__setattr__(self, name, value)
         _check_layers(self)
@@ -357,6 +359,29 @@ _ENUMS = {"pooling": Pooling, "optimizer": Optimizer, "init": Init, "weights_fla
           "precision": Precision, "engine": Engine, "style_assignment": Assignment}  # fmt: skip
 
 
+_SCALARS = {str: "text", int: "a whole number", float: "a number", bool: "true or false"}
+
+
+def _check_types(c: RunConfig) -> None:
+    """A YAML value of the wrong type (out: 123, shard: 1, styles: [a, b]) names its option."""
+    for f in fields(c):
+        hint = _HINTS[f.name]
+        kinds = [k for k in typing.get_args(hint) or (hint,) if k is not type(None)]
+        if len(kinds) != 1 or kinds[0] not in _SCALARS:
+            continue  # enums, lists and ranges are parsed (and checked) below
+        kind, value = kinds[0], getattr(c, f.name)
+        if value is None and type(None) in typing.get_args(hint):
+            continue
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind is str:
+            ok = isinstance(value, (str, Path))
+        else:
+            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{f.name}: expected {_SCALARS[kind]}, got {value!r}")
+
+
 def _parsed(c: RunConfig) -> dict[str, Any]:
     """Every field given as text or a list, in its typed form."""
     values: dict[str, Any] = {}
@@ -379,6 +404,9 @@ def _parsed(c: RunConfig) -> dict[str, Any]:
             raise ConfigError(f"style_layer_weights: {err}") from None
     values["dream_layers"] = parse_names(c.dream_layers)
     values["scales"] = parse_scales(c.scales)
+    for name in ("manifest", "styles", "out", "weights", "dream_weights"):
+        if isinstance(getattr(c, name), Path):
+            values[name] = str(getattr(c, name))
     return values
 
 
@@ -440,6 +468,11 @@ def _checks(c: RunConfig) -> list[tuple[bool, str]]:
             c.log_level.lower() in ("debug", "info", "warning", "error"),
             "log_level must be debug, info, warning or error",
         ),
+        (bool(str(c.out).strip()), "out must name a folder (give . for the current one)"),
+        (
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", c.device) is not None,
+            f"device: unknown device {c.device!r}; use auto, cpu, cuda or cuda:N",
+        ),
     ]
 
 
@@ -470,6 +503,7 @@ def _high(value: Spread) -> float:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+_HINTS = typing.get_type_hints(RunConfig)
 
 # The option groups of `augment run --help` (and docs/config.md), every field in one.
 PANELS: dict[str, tuple[str, ...]] = {
@@ -518,9 +552,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     for key in ("manifest", "styles", "out"):
         if isinstance(values.get(key), str) and not Path(values[key]).is_absolute():
             values[key] = str(path.parent / values[key])
-    if isinstance(values.get("weights"), str) and values["weights"] != "random":
-        if not Path(values["weights"]).is_absolute():
-            values["weights"] = str(path.parent / values["weights"])
+    for key in ("weights", "dream_weights"):
+        if isinstance(values.get(key), str) and values[key] != "random" and not Path(values[key]).is_absolute():
+            values[key] = str(path.parent / values[key])
     return values
 
 

@@ -28,6 +28,7 @@ from .engines.gatys import GatysBatcher, Job
 from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image
 from .engines.precision import HALF_DTYPES, Precision, enable_fast_fp32, use_channels_last
 from .engines.transfer import Finish, Grams, StyleGrams, make_job, stage_targets
+from .errors import ConfigError
 from .images import ImageProblem, fit_long_side, load_rgb, resize_long_side, to_tensor
 from .manifest import SourceRow
 from .plan import Task
@@ -63,9 +64,19 @@ DecodeFn = Callable[[Iterable[list[Task]]], Decoded]
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto, cpu, cuda or cuda:N; a GPU that this machine does not have is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            have = f"{count} GPU(s)" if count else "no GPU"
+            raise ConfigError(f"device {name}: this machine has {have} (use --device cpu or auto)")
+    return device
 
 
 def describe_device(device: torch.device) -> str:

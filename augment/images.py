@@ -51,14 +51,18 @@ def probe(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[in
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 size = img.size
-                if img.getexif().get(0x0112) in _SIDEWAYS:
+                if size[0] * size[1] > max_pixels:
+                    raise ImageProblem(
+                        "too_large", f"{path}: {size[0]}x{size[1]} is over the {max_pixels:,}-pixel limit"
+                    )
+                # Pillow finds a PNG's EXIF only by decoding the whole image, unless the chunk
+                # came before the pixels: a header read must not decode.
+                if (img.format != "PNG" or "exif" in img.info) and img.getexif().get(0x0112) in _SIDEWAYS:
                     size = (size[1], size[0])
     except Image.DecompressionBombError as err:
         raise ImageProblem("too_large", f"{path}: {err}") from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise ImageProblem("undecodable", f"{path}: not a readable image ({err})") from err
-    if size[0] * size[1] > max_pixels:
-        raise ImageProblem("too_large", f"{path}: {size[0]}x{size[1]} is over the {max_pixels:,}-pixel limit")
     if size[0] < 1 or size[1] < 1:
         raise ImageProblem("undecodable", f"{path}: image has no pixels")
     return size

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,7 +100,13 @@ def load_input(path: str | Path) -> InputRows:
 
 def _load_csv(path: Path) -> InputRows:
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        # index_col=False: a trailing comma on every row must not turn the first column into
+        # the index (and shift every column left).
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False)
+        if caught:  # fields past the header's columns (often a trailing comma) are not read
+            log.warning("%s: some rows have more fields than the header; the extra fields are ignored", path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ManifestError(f"{path}: not a readable CSV manifest ({err})") from err
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -182,6 +189,12 @@ def _load_image_folder(root: Path) -> InputRows:
         for file in files:
             index += 1
             source = file.relative_to(root).as_posix()
+            if not _is_utf8(source + label):
+                # Its name would reach the manifest, the journal and the output names, all UTF-8.
+                shown = _shown(source)
+                message = f"{shown}: the file name is not valid UTF-8; rename it"
+                failures.append(Failure(index, shown, _shown(label), "bad_name", message))
+                continue
             problem = label_problem(label)
             if problem:
                 failures.append(Failure(index, source, label, "bad_label", f"{source}: {problem}"))
@@ -190,6 +203,19 @@ def _load_image_folder(root: Path) -> InputRows:
     if not rows and not failures:
         raise ManifestError(f"{root}: no images found under its class folders")
     return InputRows(rows=rows, failures=failures, root=root, extra_columns=[])
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a name Python read from bytes that are not UTF-8 (kept as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def write_csv(path: str | Path, records: list[dict[str, object]], columns: list[str]) -> None:

@@ -179,6 +179,12 @@ def _reuse_and_clean(
     """Incremental: tasks whose image exists with the same key are kept, not redone; images of
     tasks that left the plan are removed (only ones augment recorded). Returns the rows kept
     as done, the stale rows kept recorded, and the counts for run.json."""
+    # Limits first: a run that is going to abort must not remove or clear anything.
+    limit = failure_limit(config, prepared)
+    if limit is not None and len(prepared.failures) > limit:
+        raise TooManyFailures(
+            f"{len(prepared.failures)} rows failed up front, more than --max-failures {config.max_failures} allows"
+        )
     done = reusable_rows(out, keys)
     stale = {
         row["path"]: row for row in recorded_rows(out) if row["path"] not in keys and (out / row["path"]).is_file()
@@ -191,14 +197,10 @@ def _reuse_and_clean(
         kept_stale, removed = {}, remove_stale(out, keep=set(keys))
     clear_parts(out)  # their rows live on in `done`
     _remove_dead_temp_files(out)
-    limit = failure_limit(config, prepared)
-    if limit is not None and len(prepared.failures) > limit:
-        raise TooManyFailures(
-            f"{len(prepared.failures)} rows failed up front, more than --max-failures {config.max_failures} allows"
-        )
     if done or removed:
         log.info("%d images up to date, %d stale removed, %d to make", len(done), removed, len(keys) - len(done))
-    return done, kept_stale, {"skipped": len(done), "removed": removed}
+    # tasks: the job's, once (workers each report the whole job's total).
+    return done, kept_stale, {"tasks": len(prepared.tasks), "skipped": len(done), "removed": removed}
 
 
 def _run_part(
@@ -241,8 +243,17 @@ def _weights(config: RunConfig, prepared: Prepared) -> NetWeights:
     return resolve_for(config) if any(not t.original for t in prepared.tasks) else NetWeights(None, None)
 
 
+def _content_digest(path: Path) -> str:
+    """A source's content hash; an unreadable file gets a marker (its row then fails at the
+    header read, with the reason, like any other bad row)."""
+    try:
+        return file_sha256(path)
+    except OSError as err:
+        return f"unreadable:{err.errno}"
+
+
 def _keys(config: RunConfig, prepared: Prepared, weights: Any, tasks: list[Task] | None = None) -> dict[str, str]:
-    digest = functools.lru_cache(maxsize=None)(file_sha256)
+    digest = functools.lru_cache(maxsize=None)(_content_digest)
     return task_keys(prepared.tasks if tasks is None else tasks, config_hash=config.config_hash(),
                      copy_hash=config.copy_hash(), weights=weights.identity, digest=digest)  # fmt: skip
 

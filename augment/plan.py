@@ -101,7 +101,9 @@ class Plan:
 def stable_hash(*parts: object) -> int:
     """A 63-bit hash that is the same in every process and on every machine."""
     text = "\0".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 1
+    # surrogateescape: a file name that is not UTF-8 (its bytes kept by Python as surrogates)
+    # hashes too; every valid name gives the same bytes as plain UTF-8.
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()[:8], "big") >> 1
 
 
 def sample(value: Spread, rng: random.Random, *, log: bool = False) -> float:

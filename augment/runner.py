@@ -126,7 +126,10 @@ class RunLog:
             self.logger.setLevel(logging.INFO)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:  # cron users read run.log: how the run ended goes there (the console has it already)
+            message = f"run stopped: {type(exc).__name__}: {exc}"
+            self.handler.handle(self.logger.makeRecord(self.logger.name, logging.ERROR, __file__, 0, message, (), None))
         self.logger.removeHandler(self.handler)
         self.logger.setLevel(self.previous_level)
         self.handler.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .engines.weighting import parse_layer_weights
 from .errors import StyleBankError
-from .images import ImageProblem, image_extensions, probe
+from .images import ImageProblem, image_extensions, load_rgb
 from .yamlfile import read_mapping
 
 STYLES_YAML = "styles.yaml"
@@ -63,8 +63,8 @@ def load_style_bank(folder: str | Path, *, max_pixels: int | None = None, style_
     if not files:
         raise StyleBankError(f"{folder}: no style images found")
     for file in files:
-        try:
-            probe(file, **({"max_pixels": max_pixels} if max_pixels else {}))
+        try:  # decoded whole, once: a truncated painting is refused here, not on every row
+            load_rgb(file, **({"max_pixels": max_pixels} if max_pixels else {}))
         except ImageProblem as err:
             raise StyleBankError(f"style image {file}: {err}") from err
 

@@ -24,7 +24,8 @@ def test_unknown_yaml_key_names_the_file_and_suggests(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [({"size": 8}, "size"), ({"per_image": 0}, "per_image"), ({"format": "gif"}, "format"),
-     ({"content_layer": "conv4_9"}, "did you mean"), ({"pooling": "min"}, "min"), ({"size": "big"}, "invalid")],
+     ({"content_layer": "conv4_9"}, "did you mean"), ({"pooling": "min"}, "min"),
+     ({"size": "big"}, "size: expected a whole number")],
 )  # fmt: skip
 def test_bad_values_are_config_errors(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
