@@ -104,6 +104,20 @@ def _lock_target(config_file: Path | None, out: str | None, shard: str | None) -
     return Path(out), lock_name(shard, int(os.environ.get("RANK", 0)))
 
 
+def _failed_summary(out: Path, err: BaseException) -> dict[str, Any]:
+    """The --json object of a run that ended early: its exit code and why, and what OUT/run.json
+    recorded of it (counts) when the run got that far."""
+    code = err.exit_code if isinstance(err, (AugmentError, Stopped)) else EXIT_SIGINT
+    summary: dict[str, Any] = {"out": str(out), "exit_code": code, "error": str(err) or type(err).__name__}
+    try:
+        run_json = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return summary
+    if run_json.get("exit_code") == code:  # this run's record, not an older run's
+        summary.update(status=run_json.get("status"), **run_json.get("counts", {}))
+    return summary
+
+
 def _run_with_progress(config: RunConfig) -> RunSummary:
     if config.quiet or not err_console.is_terminal:
         return run_job(config, lock=False)
@@ -185,12 +199,18 @@ def run(
     """Stylize every image of MANIFEST (a CSV or an ImageFolder directory) with styles from --styles."""
     flags["manifest"] = str(manifest)
     out, shard = flags.get("out"), flags.get("shard")
-    # The lock comes first, before the other options are checked: a second run on a busy OUT
-    # exits 75 at once, whatever else it says.
-    with OutLock(*_lock_target(config, out, shard)):
-        cfg = build_config(config, **flags)
-        _setup_logging(cfg.log_level, cfg.quiet)
-        summary = _run_with_progress(cfg)
+    target = _lock_target(config, out, shard)
+    try:
+        # The lock comes first, before the other options are checked: a second run on a busy
+        # OUT exits 75 at once, whatever else it says.
+        with OutLock(*target):
+            cfg = build_config(config, **flags)
+            _setup_logging(cfg.log_level, cfg.quiet)
+            summary = _run_with_progress(cfg)
+    except (AugmentError, Stopped, KeyboardInterrupt) as err:
+        if as_json:  # pipelines read stdout on every exit, not only on success
+            out_console.print_json(json.dumps(_failed_summary(target[0], err)))
+        raise
     if as_json:
         out_console.print_json(json.dumps(summary.as_dict()))
     if not cfg.quiet:

@@ -151,3 +151,21 @@ def test_run_json_counts_each_task_once_with_workers(dataset: tuple[Path, Path],
 
 def test_path_values_are_accepted_as_text() -> None:
     assert RunConfig(out=Path("x")).out == "x"
+
+
+def test_json_is_printed_on_every_exit(tmp_path: Path) -> None:
+    from augment.lock import OutLock
+
+    manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
+    manifest.write_text(manifest.read_text() + "gone.png,ants\n")
+    code, stdout, _ = invoke("run", manifest, "--styles", styles, "--out", out, "--json", "--max-failures", "0", *FAST)
+    assert code == 3 and json.loads(stdout)["exit_code"] == 3 and "max-failures" in json.loads(stdout)["error"]
+    with OutLock(out):  # another run holds OUT
+        code, stdout, _ = invoke("run", manifest, "--styles", styles, "--out", out, "--json", *FAST)
+    assert code == 75 and json.loads(stdout)["exit_code"] == 75
+    code, stdout, _ = invoke("run", manifest, "--styles", styles, "--out", out, "--json", "--size", "8", *FAST[:2])
+    assert code == 2 and json.loads(stdout) == {
+        "out": str(out),
+        "exit_code": 2,
+        "error": "size must be at least 16 pixels",
+    }
