@@ -137,7 +137,7 @@ def _run_with_progress(config: RunConfig) -> RunSummary:
 
 Opt = typer.Option
 # validate takes the options that decide what a job plans, not how it runs.
-VALIDATE_OPTIONS = ("styles", "per_image", "include_originals", "splits", "balance", "target_per_class",
+VALIDATE_OPTIONS = ("styles", "out", "per_image", "include_originals", "splits", "balance", "target_per_class",
                     "style_assignment", "size", "format", "limit", "engine", "guide")  # fmt: skip
 
 

@@ -29,6 +29,8 @@ BASE_COLUMNS = [
     "size", "width", "height", "iterations", "precision",
     "content_loss", "style_loss", "tv_loss", "total_loss", "dream_objective", "params", "key", "seconds",
 ]  # fmt: skip
+# Names of files written in OUT/images beside the class folders (Hugging Face's metadata.csv).
+RESERVED_LABELS = frozenset({"metadata.csv", "metadata.jsonl", "metadata.parquet"})
 # Output columns an input column may not overwrite (and metadata.csv's file_name).
 RESERVED_COLUMNS = (frozenset(BASE_COLUMNS) - {"path", "label", "split"}) | {"file_name"}
 
@@ -79,6 +81,8 @@ def label_problem(label: str) -> str | None:
         return f"label {label!r} has leading or trailing spaces"
     if label in (".", ".."):
         return f"label {label!r} is not a folder name"
+    if label.casefold() in RESERVED_LABELS:
+        return f"label {label!r} is the name of a file augment writes beside the class folders"
     if "/" in label or "\\" in label:
         return f"label {label!r} contains a path separator"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in label):

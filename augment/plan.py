@@ -31,6 +31,22 @@ from .manifest import SourceRow
 from .styles import Style
 
 NAME_SEPARATOR = "__"
+# File names stay under this many bytes: 255 is the limit of common file systems, and a write
+# goes through a temporary name (".<name>.<random>.tmp") about 20 bytes longer.
+MAX_NAME_BYTES = 220
+
+
+def fit_name(name: str, ext: str) -> str:
+    """``name + ext``, or for an overlong one, its first bytes (whole characters) and a hash of
+    the whole name, so names stay distinct and under MAX_NAME_BYTES."""
+    if len((name + ext).encode("utf-8")) <= MAX_NAME_BYTES:
+        return name + ext
+    suffix = f"-{stable_hash(name) % 16**8:08x}{ext}"
+    budget = MAX_NAME_BYTES - len(suffix.encode("utf-8"))
+    prefix = name.encode("utf-8")[:budget].decode("utf-8", "ignore")
+    return prefix + suffix
+
+
 ORIGINAL = Style("original", Path(), "original", weight=0.0)  # the style of a copied source
 # A number, or a (low, high) range sampled per task.
 Spread = float | tuple[float, float]
@@ -192,7 +208,7 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Pl
         folder = f"images/{row.split}/{row.label}" if row.split else f"images/{row.label}"
 
         def output(style_name: str, k: int, folder: str = folder, stem: str = stem) -> str:
-            return f"{folder}/{NAME_SEPARATOR.join((stem, style_name, str(k)))}{ext}"
+            return f"{folder}/{fit_name(NAME_SEPARATOR.join((stem, style_name, str(k))), ext)}"
 
         if options.include_originals:
             tasks.append(

@@ -41,12 +41,26 @@ class Validation:
     estimated_bytes: int = 0
 
 
+def check_out_apart(config: RunConfig) -> None:
+    """OUT must not hold the manifest (OUT/manifest.csv would overwrite it) nor overlap an
+    ImageFolder input (outputs would be read back as inputs on the next run)."""
+    out, source = Path(config.out).resolve(), Path(config.manifest).resolve()  # type: ignore[arg-type]
+    if source.is_dir():
+        if out == source or out.is_relative_to(source) or source.is_relative_to(out):
+            raise ConfigError(
+                f"--out {config.out} overlaps the image folder {config.manifest}: choose an --out outside it"
+            )
+    elif source.is_relative_to(out):
+        raise ConfigError(f"--out {config.out} holds the manifest {config.manifest}: choose another --out")
+
+
 def prepare(config: RunConfig) -> Prepared:
     if not config.manifest:
         raise ConfigError("no manifest given")
     needs_styles = config.engine is not Engine.DREAM or config.guide
     if needs_styles and not config.styles:
         raise ConfigError("no style folder given (--styles DIR)" + (" for --guide" if config.guide else ""))
+    check_out_apart(config)
     inputs = load_input(config.manifest)
     if needs_styles:
         styles = load_style_bank(

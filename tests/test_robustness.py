@@ -169,3 +169,46 @@ def test_json_is_printed_on_every_exit(tmp_path: Path) -> None:
         "exit_code": 2,
         "error": "size must be at least 16 pixels",
     }
+
+
+def test_overlong_file_names_and_reserved_labels(tmp_path: Path) -> None:
+    # A 240-character stem made names over 255 bytes: exit 3 on every run, forever.
+    data = tmp_path / "data"
+    (data / "ants").mkdir(parents=True)
+    long_stem = "é" * 120  # 240 bytes in UTF-8
+    noise_image(24, 20, 1).save(data / "ants" / f"{long_stem}.png")
+    noise_image(24, 20, 2).save(data / "ants" / "short.png")
+    (data / "metadata.csv").mkdir()
+    noise_image(24, 20, 3).save(data / "metadata.csv" / "x.png")
+    lines = [f"ants/{long_stem}.png,ants", "ants/short.png,ants", "metadata.csv/x.png,metadata.csv"]
+    (data / "manifest.csv").write_text("path,label\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    code, _, err = invoke("run", data / "manifest.csv", "--styles", make_styles(tmp_path), "--out", out,
+                          "--per-image", "2", *FAST)  # fmt: skip
+    assert code == 1, err
+    names = [p.name for p in files_under(out / "images")]
+    assert len(names) == 4 and all(len(n.encode()) <= 220 for n in names)
+    assert sum(n.startswith("short__") for n in names) == 2  # short names are unchanged
+    long_names = [n for n in names if not n.startswith("short")]
+    assert len(set(long_names)) == 2 and all(n.startswith("éé") for n in long_names)
+    failures = pd.read_csv(out / "failures.csv")
+    assert list(failures["reason"]) == ["bad_label"] and "metadata.csv" in failures["message"][0]
+
+
+def test_out_may_not_hold_the_manifest_or_overlap_an_image_folder(tmp_path: Path) -> None:
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    before = manifest.read_text()
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", manifest.parent, *FAST)
+    assert code == 2 and "holds the manifest" in err and manifest.read_text() == before
+    folder = tmp_path / "folder"
+    (folder / "ants").mkdir(parents=True)
+    noise_image(24, 20, 1).save(folder / "ants" / "a.png")
+    for out in (folder, folder / "aug", tmp_path):
+        code, _, err = invoke("run", folder, "--styles", styles, "--out", out, *FAST)
+        assert code == 2 and "overlaps the image folder" in err, out
+    assert invoke("validate", manifest, "--styles", styles, "--config", _yaml(tmp_path, manifest.parent))[0] == 2
+
+
+def _yaml(tmp_path: Path, out: Path) -> Path:
+    (tmp_path / "run.yaml").write_text(f"out: {out}\n")
+    return tmp_path / "run.yaml"
