@@ -40,7 +40,7 @@ from .merge import PARTS, clear_parts, merge, part_names, recorded_rows, remove_
 from .plan import Task, stable_hash, task_keys
 from .prepare import Prepared, prepare
 from .progress import ProgressFn
-from .record import failure_limit
+from .record import failure_limit, too_many_failures
 from .runner import PartRun, RunLog, RunSummary, order_by_shape
 from .weights import NetWeights, file_sha256, resolve_for
 
@@ -365,10 +365,15 @@ def _run_workers(
     header = PartRun(config, prepared, out, name="header", keys=keys)
     header.rows = list(done.values()) + list(kept.values())
     header.record_failures(failures)
+    # --max-failures counts the job's failed rows: these, and every worker's (one shared count).
+    limit = failure_limit(config, prepared)
+    failed = ctx.Value("i", len(header.record.failures))
+    if limit is not None and failed.value > limit:
+        raise TooManyFailures(too_many_failures(failed.value, config))
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(config, out, f"worker-{i}-of-{workers}", devices[i], threads, queue, counter, keys, deadline),
+            args=(config, out, f"worker-{i}-of-{workers}", devices[i], threads, queue, counter, failed, keys, deadline),
             name=f"augment-worker-{i}",
             daemon=True,
         )
@@ -382,6 +387,8 @@ def _run_workers(
         while any(p.is_alive() for p in procs):
             if progress:
                 progress(failed_up_front + counter.value, total)
+            if limit is not None and failed.value > limit:
+                raise TooManyFailures(too_many_failures(failed.value, config))  # the workers stop below
             time.sleep(0.5)
     finally:  # interrupted: stop the workers before the merge reads their parts
         for proc in procs:
@@ -390,9 +397,11 @@ def _run_workers(
             proc.join()
     if progress:
         progress(failed_up_front + counter.value, total)
-    failed = [p.name for p in procs if p.exitcode != 0]
-    if failed:
-        raise OutputError(f"worker(s) {', '.join(failed)} failed; see {out / 'run.log'}")
+    if limit is not None and failed.value > limit:
+        raise TooManyFailures(too_many_failures(failed.value, config))
+    broken = [p.name for p in procs if p.exitcode != 0]
+    if broken:
+        raise OutputError(f"worker(s) {', '.join(broken)} failed; see {out / 'run.log'}")
 
 
 def _devices(config: RunConfig, workers: int) -> list[str]:
@@ -417,7 +426,7 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(
-    config: RunConfig, out: Path, name: str, device: str, threads: int, queue: Any, done: Any,
+    config: RunConfig, out: Path, name: str, device: str, threads: int, queue: Any, done: Any, failed: Any,
     keys: dict[str, str], deadline: float | None,
 ) -> None:  # fmt: skip
     _die_with_parent()
@@ -438,8 +447,9 @@ def _worker_main(
             done.value += finished - reported
         reported = finished
 
-    prepared.failures = []  # recorded once, by the parent's header part
     with RunLog(out / f"run.{name}.log"):
-        part = PartRun(config, prepared, out, name=name, device=device, progress=count, keys=keys, deadline=deadline)
+        part = PartRun(config, prepared, out, name=name, device=device, progress=count, keys=keys, deadline=deadline,
+                       shared_failures=failed)  # fmt: skip
+        part.record.failures = []  # recorded once, by the parent's header part (and counted in `failed`)
         part.prefetch = 1
         part.run(weights, groups(), total=len(prepared.tasks), failures=[])

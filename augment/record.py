@@ -36,12 +36,21 @@ def failure_limit(config: RunConfig, prepared: Prepared) -> int | None:
     return int(text)
 
 
+def too_many_failures(failed: int, config: RunConfig) -> str:
+    return f"{failed} rows failed, more than --max-failures {config.max_failures} allows"
+
+
 class Recorder:
-    def __init__(self, config: RunConfig, prepared: Prepared, out: Path, name: str) -> None:
+    def __init__(
+        self, config: RunConfig, prepared: Prepared, out: Path, name: str, *, shared_failures: Any = None
+    ) -> None:
         self.config, self.prepared, self.out, self.name = config, prepared, out, name
         self.rows: list[dict[str, Any]] = []
         self.failures: list[Failure] = list(prepared.failures)
         self.max_failures = failure_limit(config, prepared)
+        # Workers of one job count their failed rows together (a multiprocessing Value) so
+        # that --max-failures holds for the job, not for each worker.
+        self.shared_failures = shared_failures
         self.started = time.time()
         self._pending: list[tuple[Future[None], dict[str, Any]]] = []  # images being written
         self._saver: ThreadPoolExecutor | None = None
@@ -105,16 +114,18 @@ class Recorder:
         """One failures.csv row per input row, even when several of its tasks fail."""
         if not any(f.row == failure.row and f.path == failure.path for f in self.failures):
             self.failures.append(failure)
+            if self.shared_failures is not None:
+                with self.shared_failures.get_lock():
+                    self.shared_failures.value += 1
         self.check_failures()
 
     def add_failures(self, failures: Iterable[Failure]) -> None:
         self.failures += list(failures)
 
     def check_failures(self) -> None:
-        if self.max_failures is not None and len(self.failures) > self.max_failures:
-            raise TooManyFailures(
-                f"{len(self.failures)} rows failed, more than --max-failures {self.config.max_failures} allows"
-            )
+        failed = len(self.failures) if self.shared_failures is None else self.shared_failures.value
+        if self.max_failures is not None and failed > self.max_failures:
+            raise TooManyFailures(too_many_failures(failed, self.config))
 
     # -- part files ---------------------------------------------------------------------------
     def _part(self, suffix: str) -> Path:

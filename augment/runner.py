@@ -152,12 +152,13 @@ class PartRun:
         progress: ProgressFn | None = None,
         keys: dict[str, str] | None = None,
         deadline: float | None = None,
+        shared_failures: Any = None,
     ) -> None:
         self.config, self.prepared, self.out, self.name = config, prepared, out, name
         self.keys = keys or {}  # output path -> task key, recorded in each row
         self.device = resolve_device(device or config.device)
         self.precision = resolve_precision(config.precision, self.device)
-        self.record = Recorder(config, prepared, out, name)
+        self.record = Recorder(config, prepared, out, name, shared_failures=shared_failures)
         self.tracker = ProgressTracker(
             progress, deadline=deadline, max_seconds=config.max_seconds, checkpoint=self.record.write_outputs
         )

@@ -212,3 +212,26 @@ def test_out_may_not_hold_the_manifest_or_overlap_an_image_folder(tmp_path: Path
 def _yaml(tmp_path: Path, out: Path) -> Path:
     (tmp_path / "run.yaml").write_text(f"out: {out}\n")
     return tmp_path / "run.yaml"
+
+
+def test_max_failures_counts_the_whole_job_with_workers(tmp_path: Path) -> None:
+    # Three bad rows of six, --max-failures 1: exit 3 alone, and with two workers too (each
+    # worker used to count only its own failures, and the header part's not at all).
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    data = manifest.parent
+    for name in ("cut1.jpg", "cut2.jpg"):  # headers read fine, decoding fails: found by the workers
+        noise_image(40, 30, 5).save(data / "ants" / name, quality=95)
+        whole = (data / "ants" / name).read_bytes()
+        (data / "ants" / name).write_bytes(whole[: len(whole) // 2])
+    manifest.write_text(manifest.read_text() + "ants/cut1.jpg,ants\nants/cut2.jpg,ants\ngone.png,ants\n")
+    for extra in ([], ["--workers", "2"]):
+        out = tmp_path / f"out{len(extra)}"
+        code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--max-failures", "1", *extra, *FAST)
+        assert code == 3 and "more than --max-failures 1" in err, (extra, err)
+        assert json.loads((out / "run.json").read_text())["status"] == "aborted"
+    out = tmp_path / "lenient"
+    code, _, err = invoke(
+        "run", manifest, "--styles", styles, "--out", out, "--max-failures", "3", "--workers", "2", *FAST
+    )
+    assert code == 1, err
+    assert len(pd.read_csv(out / "failures.csv")) == 3 and len(pd.read_csv(out / "manifest.csv")) == 3
