@@ -114,6 +114,8 @@ def _load_csv(path: Path) -> InputRows:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ManifestError(f"{path}: not a readable CSV manifest ({err})") from err
     frame.columns = [str(c).strip() for c in frame.columns]
+    if frame.empty:  # most often an upstream step that failed; never a reason to empty OUT
+        raise ManifestError(f"{path}: no rows, only a header (a manifest needs at least one path,label row)")
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(

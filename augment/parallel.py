@@ -190,11 +190,15 @@ def _reuse_and_clean(
         row["path"]: row for row in recorded_rows(out) if row["path"] not in keys and (out / row["path"]).is_file()
     }
     partial_plan = config.limit is not None  # a trial on the first rows: the rest is not stale
+    # A row still in the manifest but failing this time (its file missing for a moment, say)
+    # is not gone: its images stay, recorded, until the row itself leaves the manifest.
+    failing = {failure.path for failure in prepared.failures}
+    protected = {path: row for path, row in stale.items() if row.get("source") in failing}
     removed = 0
     if config.keep_stale or partial_plan:
         kept_stale = stale  # stay recorded, so a later run can still remove them
     else:
-        kept_stale, removed = {}, remove_stale(out, keep=set(keys))
+        kept_stale, removed = protected, remove_stale(out, keep=set(keys) | set(protected))
     clear_parts(out)  # their rows live on in `done`
     _remove_dead_temp_files(out)
     if done or removed:

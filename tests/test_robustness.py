@@ -235,3 +235,22 @@ def test_max_failures_counts_the_whole_job_with_workers(tmp_path: Path) -> None:
     )
     assert code == 1, err
     assert len(pd.read_csv(out / "failures.csv")) == 3 and len(pd.read_csv(out / "manifest.csv")) == 3
+
+
+def test_a_row_failing_for_a_moment_keeps_its_images_and_an_empty_manifest_removes_nothing(tmp_path: Path) -> None:
+    manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
+    assert invoke("run", manifest, "--styles", styles, "--out", out, *FAST)[0] == 0
+    before = sorted(p.name for p in files_under(out / "images"))
+    source = manifest.parent / "ants" / "a1.png"
+    source.rename(source.with_suffix(".bak"))  # gone for a moment (a sync, a remount)
+    code, _, _ = invoke("run", manifest, "--styles", styles, "--out", out, *FAST)
+    assert code == 1 and sorted(p.name for p in files_under(out / "images")) == before
+    source.with_suffix(".bak").rename(source)
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, *FAST)
+    assert code == 0, err
+    assert json.loads((out / "run.json").read_text())["counts"]["skipped"] == 3  # it was kept, not redone
+    header_only = tmp_path / "empty.csv"
+    header_only.write_text("path,label\n")
+    code, _, err = invoke("run", header_only, "--styles", styles, "--out", out, *FAST)
+    assert code == 2 and "no rows" in err
+    assert sorted(p.name for p in files_under(out / "images")) == before
