@@ -265,6 +265,8 @@ def merge(
     run_json = merge_parts(outs)
     counts = run_json["counts"]
     err_console.print(f"{counts['written']} images, {counts['failed_rows']} failed rows in {outs[0]}", highlight=False)
+    if run_json["status"] == "incomplete":
+        err_console.print(f"augment: not done: {run_json['exit_reason']}", highlight=False, soft_wrap=True)
     raise typer.Exit(run_json["exit_code"])
 
 

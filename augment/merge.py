@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,11 @@ def merge(
     Refuses parts with different pixel-changing settings, and unfinished parts.
     """
     target = outs[0]
-    infos, manifests, failures = _read_parts(outs, interrupted)
+    infos, manifests, failures, missing = _read_parts(outs, interrupted)
     _check_same_settings(infos, expected_hash)
+    missing += _missing_parts(outs)
+    for problem in missing:
+        log.warning("incomplete: %s", problem)
     frames = []
     for out, frame in manifests:
         if out != target:
@@ -121,7 +125,7 @@ def merge(
         .sort_values(["_row", "path"])
         .drop(columns="_row")
     )
-    run = _run_json(infos, len(manifest), len(failed), interrupted, counts)
+    run = _run_json(infos, len(manifest), len(failed), interrupted, counts, missing)
     try:
         with atomic_write(target / "manifest.csv", "w", encoding="utf-8", newline="") as handle:
             manifest.to_csv(handle, index=False)
@@ -140,27 +144,57 @@ Info = tuple[Path, dict[str, Any]]
 
 def _read_parts(
     outs: list[Path], interrupted: Stopped | None
-) -> tuple[list[Info], list[tuple[Path, pd.DataFrame]], list[pd.DataFrame]]:
-    """Every part's .json, rows and failures; an unfinished part is refused unless the run
-    was stopped (then it merges what its parts recorded)."""
-    infos, manifests, failures = [], [], []
+) -> tuple[list[Info], list[tuple[Path, pd.DataFrame]], list[pd.DataFrame], list[str]]:
+    """Every part's .json, rows and failures, and what is missing from them; an unfinished
+    part is refused unless the run was stopped (then it merges what its parts recorded)."""
+    infos, manifests, failures, missing = [], [], [], []
     for out in outs:
         names = part_names(out)
         if not names:
             raise MergeError(f"{out}: no parts to merge (expected {out / PARTS}/*.json)")
         for name in names:
-            info = json.loads((out / PARTS / f"{name}.json").read_text(encoding="utf-8"))
+            try:
+                info = json.loads((out / PARTS / f"{name}.json").read_text(encoding="utf-8"))
+                rows = part_rows(out, name)
+            except (ValueError, pd.errors.ParserError) as err:
+                missing.append(f"{out / PARTS / name}: unreadable ({err}); run that part again")
+                continue
             if info.get("status") != "finished" and interrupted is None:
                 raise MergeError(
                     f"{out / PARTS / name}.json: part {name} has not finished (status {info.get('status')})"
                 )
             infos.append((out, info))
-            rows = part_rows(out, name)
+            written = info.get("counts", {}).get("written", 0)
+            if info.get("status") == "finished" and len(rows) < written:
+                missing.append(f"{out / PARTS / name}: {len(rows)} of its {written} rows are left; run that part again")
             manifests.append(
                 (out, pd.DataFrame.from_records(rows) if rows else _read_part_csv(out / PARTS / f"{name}.manifest.csv"))
             )
             failures.append(_read_part_csv(out / PARTS / f"{name}.failures.csv"))
-    return infos, manifests, failures
+    if not infos:
+        raise MergeError("no readable parts to merge: " + "; ".join(missing))
+    return infos, manifests, failures, missing
+
+
+def _missing_parts(outs: list[Path]) -> list[str]:
+    """Shards (and workers) come as K-of-N: every K from 0 to N-1 must be there, all with one N."""
+    found: dict[str, dict[int, set[int]]] = {}
+    for out in outs:
+        for name in part_names(out):
+            match = re.fullmatch(r"(shard|worker)-(\d+)-of-(\d+)", name)
+            if match:
+                kind, index, count = match.group(1), int(match.group(2)), int(match.group(3))
+                found.setdefault(kind, {}).setdefault(count, set()).add(index)
+    missing = []
+    for kind, by_count in found.items():
+        if len(by_count) > 1:
+            counts = ", ".join(f"{len(ks)} of {n}" for n, ks in sorted(by_count.items()))
+            missing.append(f"{kind}s of different splits ({counts}): run one split (--shard K/N, one N) to the end")
+        for count, indices in sorted(by_count.items()):
+            absent = [f"{kind}-{k}-of-{count}" for k in range(count) if k not in indices]
+            if absent:
+                missing.append(f"{', '.join(absent)} not run (or its part files are gone)")
+    return missing
 
 
 def _check_same_settings(infos: list[Info], expected_hash: str | None) -> None:
@@ -174,17 +208,24 @@ def _check_same_settings(infos: list[Info], expected_hash: str | None) -> None:
 
 
 def _run_json(
-    infos: list[Info], written: int, failed: int, interrupted: Stopped | None, counts: dict[str, int] | None
+    infos: list[Info],
+    written: int,
+    failed: int,
+    interrupted: Stopped | None,
+    counts: dict[str, int] | None,
+    missing: list[str],
 ) -> dict[str, Any]:
-    """run.json from the parts' .json files."""
+    """run.json from the parts' .json files; "finished" only when no part is missing."""
     first = infos[0][1]
     working = [info for _, info in infos if info["counts"]["tasks"]]  # not the failures-only part
-    exit_code = interrupted.exit_code if interrupted else EXIT_SOME_FAILED if failed else EXIT_OK
+    exit_code = interrupted.exit_code if interrupted else EXIT_SOME_FAILED if failed or missing else EXIT_OK
     compute = sum(info["timings"].get("compute_s", 0.0) for _, info in infos)
+    reason = "failed rows" if failed else "all done"
+    reason = f"incomplete: {'; '.join(missing)}" if missing else reason
     return {
-        "status": interrupted.status if interrupted else "finished",
+        "status": interrupted.status if interrupted else "incomplete" if missing else "finished",
         "exit_code": exit_code,
-        "exit_reason": str(interrupted) if interrupted else "failed rows" if failed else "all done",
+        "exit_reason": str(interrupted) if interrupted else reason,
         "started": min(info["started"] for _, info in infos),
         "finished": max((info["finished"] for _, info in infos if info.get("finished")), default=None),
         "config": first["config"],

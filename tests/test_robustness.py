@@ -254,3 +254,29 @@ def test_a_row_failing_for_a_moment_keeps_its_images_and_an_empty_manifest_remov
     code, _, err = invoke("run", header_only, "--styles", styles, "--out", out, *FAST)
     assert code == 2 and "no rows" in err
     assert sorted(p.name for p in files_under(out / "images")) == before
+
+
+def test_merge_says_done_only_when_every_shard_and_row_is_there(tmp_path: Path) -> None:
+    manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
+    run = ["run", manifest, "--styles", styles, "--out", out, *FAST]
+    assert invoke(*run, "--shard", "0/2")[0] == 0
+    code, _, err = invoke("merge", out)
+    assert code == 1 and "shard-1-of-2 not run" in err
+    assert json.loads((out / "run.json").read_text())["status"] == "incomplete"
+    assert invoke(*run, "--shard", "1/2")[0] == 0
+    assert invoke("merge", out)[0] == 0  # both halves: done
+    assert invoke(*run, "--shard", "2/3")[0] == 0  # another split of the job beside them
+    code, _, err = invoke("merge", out)
+    assert code == 1 and "different splits" in err
+    (out / "parts" / "shard-2-of-3.json").unlink()
+    (out / "parts" / "shard-2-of-3.manifest.csv").unlink()
+    (out / "parts" / "shard-2-of-3.failures.csv").unlink()
+    part = max((out / "parts").glob("shard-*-of-2.manifest.csv"), key=lambda p: len(p.read_text().splitlines()))
+    rows = part.read_text().splitlines()
+    assert len(rows) >= 2  # a header and at least one row
+    part.write_text("\n".join(rows[:-1]) + "\n")  # a part manifest that lost a row
+    code, _, err = invoke("merge", out)
+    assert code == 1 and "rows are left" in err
+    (out / "parts" / "shard-1-of-2.json").write_text("{ not json")
+    code, _, err = invoke("merge", out)
+    assert code == 1 and "unreadable" in err and "Traceback" not in err
