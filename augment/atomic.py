@@ -40,3 +40,23 @@ def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs: Any) -> Iter
 def write_text(path: str | Path, text: str) -> None:
     with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
         handle.write(text)
+
+
+# What augment writes in OUT by following a path rather than renaming over it: folders it
+# writes into, and files it appends to or locks. A symlink there would send writes outside OUT.
+_FOLDERS = ("images", "parts", "webdataset", "report")
+
+
+def foreign_symlinks(out: str | Path) -> list[Path]:
+    """Symlinks in OUT that augment would write through (it never makes one itself)."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    found = [p for p in out.iterdir() if p.is_symlink() and (p.name in _FOLDERS or p.suffix in (".log", ".lock"))]
+    found += [p for p in out.glob(".augment*.holder.json") if p.is_symlink()]
+    for folder in (out / name for name in _FOLDERS):
+        if folder.is_dir() and not folder.is_symlink():
+            for root, dirs, files in os.walk(folder):  # os.walk does not follow symlinked folders
+                found += [Path(root, d) for d in dirs if Path(root, d).is_symlink()]
+                found += [Path(root, f) for f in files if f.endswith(".jsonl") and Path(root, f).is_symlink()]
+    return found

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import time
 from collections import deque
@@ -223,7 +224,7 @@ class GatysDriver:
 
     def _batch_size(self) -> int:
         if self.config.batch_size:
-            return self.config.batch_size
+            return self._fitting(self.config.batch_size)
         if self.device.type != "cuda":
             return CPU_BATCH
         free, _ = torch.cuda.mem_get_info(self.device)
@@ -233,6 +234,21 @@ class GatysDriver:
         size = auto_batch_size(free, per_image)
         log.info("batch size %d (%.0f MB free, about %.0f MB per image)", size, free / 1e6, per_image / 1e6)
         return size
+
+    def _fitting(self, requested: int) -> int:
+        """--batch-size, or as many images as the CPU's free memory holds if that is fewer (the
+        batch's buffers are allocated up front: 100000 would ask for far more than there is)."""
+        if self.device.type != "cpu" or not hasattr(os, "sysconf"):
+            return requested
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        w, h = fit_long_side(self.config.size, self.config.size, self.config.size)
+        half = self.precision in (Precision.BF16, Precision.FP16)
+        per_image = bytes_per_image(self.net, h, w, history_size=self.options.history_size, half=half)
+        fits = max(1, int(free * 0.7) // per_image)
+        if requested > fits:
+            log.warning("--batch-size %d would need %.0f GB; using %d (what %.0f GB of free memory holds)",
+                        requested, requested * per_image / 1e9, fits, free / 1e9)  # fmt: skip
+        return min(requested, fits)
 
     def run(self, groups: Iterable[list[Task]], decode: DecodeFn) -> Iterator[Outcome]:
         t0 = time.perf_counter()

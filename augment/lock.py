@@ -16,6 +16,7 @@ from types import TracebackType
 
 from filelock import FileLock, Timeout
 
+from .atomic import foreign_symlinks, write_text
 from .errors import EXIT_LOCKED, AugmentError, OutputError
 
 
@@ -41,6 +42,12 @@ class OutLock:
 
     def __enter__(self) -> OutLock:
         self.created = not self.path.parent.exists()
+        planted = foreign_symlinks(self.path.parent)
+        if planted:  # augment makes no symlinks: writing through one would write outside OUT
+            shown = ", ".join(map(str, planted[:3]))
+            raise OutputError(
+                f"{self.path.parent} holds symlinks augment did not make ({shown}); remove them or choose another --out"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
@@ -52,7 +59,11 @@ class OutLock:
             raise OutputError(f"cannot write to {self.path.parent}: {err}") from err
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "command": " ".join(sys.argv)}  # fmt: skip
-        self.info.write_text(json.dumps(holder) + "\n", encoding="utf-8")
+        try:  # a full disk can fail this too; renamed into place, never written through a link
+            write_text(self.info, json.dumps(holder) + "\n")
+        except OSError as err:
+            self._lock.release()
+            raise OutputError(f"cannot write to {self.path.parent}: {err}") from err
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:

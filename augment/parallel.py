@@ -411,6 +411,8 @@ def _run_workers(
 def _devices(config: RunConfig, workers: int) -> list[str]:
     if config.devices:
         listed = [d.strip() for d in config.devices.split(",") if d.strip()]
+        for device in listed:
+            resolve_device(device)  # a GPU this machine does not have: exit 2 here, not in a worker
         return [listed[i % len(listed)] for i in range(workers)]
     if resolve_device(config.device).type == "cuda":
         return [f"cuda:{i % torch.cuda.device_count()}" for i in range(workers)]

@@ -280,3 +280,38 @@ def test_merge_says_done_only_when_every_shard_and_row_is_there(tmp_path: Path) 
     (out / "parts" / "shard-1-of-2.json").write_text("{ not json")
     code, _, err = invoke("merge", out)
     assert code == 1 and "unreadable" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("planted", ["images", "run.log", ".augment.holder.json", "images/ants"])
+def test_symlinks_planted_in_out_are_refused_and_nothing_is_written_outside(tmp_path: Path, planted: str) -> None:
+    manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = elsewhere / "target"
+    if planted in ("images", "images/ants"):
+        target.mkdir()
+    else:
+        target.write_text("a user's file\n")
+    link = out / planted
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, *FAST)
+    assert code == 3 and "symlinks augment did not make" in err
+    assert sorted(p.name for p in elsewhere.rglob("*")) == ["target"]  # nothing written through the link
+    if target.is_file():
+        assert target.read_text() == "a user's file\n"
+
+
+def test_a_batch_size_larger_than_memory_is_cut_to_what_fits(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", tmp_path / "o", "--batch-size", "100000",
+                          "--device", "cpu", *FAST)  # fmt: skip
+    assert code == 0 and "--batch-size 100000 would need" in err
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 8, reason="this machine has a cuda:7")
+def test_workers_on_a_gpu_that_is_not_there_exit_2(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", tmp_path / "o", "--workers", "2",
+                          "--devices", "cuda:7", *FAST)  # fmt: skip
+    assert code == 2 and "cuda:7" in err
