@@ -1,7 +1,8 @@
-"""One driver per engine: each takes a part's task groups, decoded, and yields what became of
-every task, a finished image (``Made``) or a failed one (``Failed``), in the order they finish.
-The runner's one loop records them; a driver writes nothing and knows no file but the style
-images it reads its targets from.
+"""One driver per engine: each takes a part's task groups, decoded, and hands every task's
+outcome, a finished image (``Made``) or a failed one (``Failed``), to ``emit`` the moment it is
+known (a copied original at once, not when the next stylized image finishes). The runner's
+``emit`` records them; a driver writes nothing and knows no file but the style images it reads
+its targets from.
 
 - ``CopyDriver``: originals only, re-encoded at the output size; no network.
 - ``GatysDriver``: style transfer through ``GatysBatcher`` (continuous batching), with the
@@ -17,8 +18,7 @@ import math
 import os
 import platform
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +62,7 @@ class Failed:
 Outcome = Made | Failed
 Decoded = Iterator[tuple[list[Task], list[torch.Tensor]]]  # a group and its source, one tensor per scale
 DecodeFn = Callable[[Iterable[list[Task]]], Decoded]
+EmitFn = Callable[[Outcome], None]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,11 +111,11 @@ class CopyDriver:
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
 
-    def run(self, groups: Iterable[list[Task]], decode: DecodeFn) -> Iterator[Outcome]:
+    def run(self, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn) -> None:
         t0 = time.perf_counter()
         for group, decoded in decode(groups):
             for task in group:
-                yield copy_of(task, decoded[-1])
+                emit(copy_of(task, decoded[-1]))
         self.timings["compute_s"] = time.perf_counter() - t0
 
 
@@ -164,34 +165,31 @@ class DreamDriver:
         self.note_octaves(*image.shape[-2:])
         return result.image, result.objective
 
-    def run(self, groups: Iterable[list[Task]], decode: DecodeFn) -> Iterator[Outcome]:
+    def run(self, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn) -> None:
         """Batches of equal-size images, every image the same steps (no continuous batching)."""
         t0 = time.perf_counter()
         batcher = DreamBatcher(self.net, self.options, batch_size=self.batch_size, device=self.device, dtype=self.dtype)
-        side: deque[Outcome] = deque()  # copies and failures met while building jobs
         contents: dict[Task, torch.Tensor] = {}
-        for result in batcher.run(self._jobs(groups, decode, side, contents)):
-            yield from _drain(side)
+        for result in batcher.run(self._jobs(groups, decode, emit, contents)):
             task: Task = result.key  # type: ignore[assignment]
             self.note_octaves(*result.image.shape[-2:])
             image = _finish(self.config, task).apply(result.image, contents.pop(task))
-            yield Made(task, image, self.precision, iterations=result.steps, seconds=result.seconds,
-                       dream_objective=result.objective)  # fmt: skip
-        yield from _drain(side)
+            emit(Made(task, image, self.precision, iterations=result.steps, seconds=result.seconds,
+                      dream_objective=result.objective))  # fmt: skip
         self.timings.update(compute_s=time.perf_counter() - t0, batch_size=self.batch_size)
 
     def _jobs(
-        self, groups: Iterable[list[Task]], decode: DecodeFn, side: deque[Outcome], contents: dict[Task, torch.Tensor]
+        self, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn, contents: dict[Task, torch.Tensor]
     ) -> Iterator[DreamJob]:
         for group, decoded in decode(groups):
             content = decoded[-1]
             for task in group:
                 if task.original:
-                    side.append(copy_of(task, content))
+                    emit(copy_of(task, content))
                     continue
                 guides = self.guide(task.style) if self.config.guide else None
                 if isinstance(guides, ImageProblem):
-                    side.append(Failed(task.source, "bad_style", f"style {task.style.name}: {guides}"))
+                    emit(Failed(task.source, "bad_style", f"style {task.style.name}: {guides}"))
                     continue
                 contents[task] = content
                 yield DreamJob(task, content, task.seed, guides)
@@ -208,8 +206,10 @@ class GatysDriver:
         weights: ResolvedWeights,
         *,
         dreamer: DreamDriver | None = None,
+        after_iteration: Callable[[], None] = lambda: None,
     ) -> None:
         t0 = time.perf_counter()
+        self.after_iteration = after_iteration
         self.config, self.device, self.precision, self.dreamer = config, device, precision, dreamer
         self.options = config.gatys_options()
         enable_fast_fp32(device)
@@ -250,13 +250,13 @@ class GatysDriver:
                         requested, requested * per_image / 1e9, fits, free / 1e9)  # fmt: skip
         return min(requested, fits)
 
-    def run(self, groups: Iterable[list[Task]], decode: DecodeFn) -> Iterator[Outcome]:
+    def run(self, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn) -> None:
         t0 = time.perf_counter()
         batcher = self._batcher(self.precision)
-        retry = yield from self._pass(batcher, groups, decode)
+        retry = self._pass(batcher, groups, decode, emit)
         if retry:  # mixed precision overflowed for these: redo them in fp32
             log.warning("%d images had a non-finite loss in %s; redoing them in fp32", len(retry), self.precision.value)
-            yield from self._pass(self._batcher(Precision.FP32), group_by_source(retry), decode)
+            self._pass(self._batcher(Precision.FP32), group_by_source(retry), decode, emit)
         self.timings.update(compute_s=time.perf_counter() - t0, batch_size=self.batch_size,
                             oom_backoffs=batcher.oom_events)  # fmt: skip
         if self.device.type == "cuda":
@@ -264,35 +264,31 @@ class GatysDriver:
 
     def _batcher(self, precision: Precision) -> GatysBatcher:
         return GatysBatcher(
-            self.net, self.options, batch_size=self.batch_size, precision=precision, channels_last=self.channels_last
-        )
+            self.net, self.options, batch_size=self.batch_size, precision=precision, channels_last=self.channels_last,
+            after_iteration=self.after_iteration,
+        )  # fmt: skip
 
-    def _pass(
-        self, batcher: GatysBatcher, groups: Iterable[list[Task]], decode: DecodeFn
-    ) -> Generator[Outcome, None, list[Task]]:
+    def _pass(self, batcher: GatysBatcher, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn) -> list[Task]:
         """Every task through ``batcher``; returns those whose loss went non-finite in half
         precision (in fp32 they fail)."""
-        side: deque[Outcome] = deque()  # copies and failures met while building jobs
         contents: dict[Task, torch.Tensor] = {}  # sources kept for --preserve-color / --alpha
         grams: dict[tuple[str, int], StyleGrams | ImageProblem] = {}  # per pass: this precision's
         retry = []
-        for result in batcher.run(self._jobs(batcher, groups, decode, side, contents, grams)):
-            yield from _drain(side)
+        for result in batcher.run(self._jobs(batcher, groups, decode, emit, contents, grams)):
             task: Task = result.key
             if not math.isfinite(result.losses["total"]):
                 if batcher.precision is not Precision.FP32:
                     retry.append(task)
                 else:
                     message = f"{task.output}: the loss became {result.losses['total']}"
-                    yield Failed(task.source, "non_finite", message)
+                    emit(Failed(task.source, "non_finite", message))
                 continue
             image, objective = result.image, None
             if self.dreamer is not None:
                 image, objective = self.dreamer.dream_one(task, image)
             if task in contents:
                 image = _finish(self.config, task).apply(image, contents.pop(task))
-            yield Made(task, image, batcher.precision, result.losses, result.iterations, result.seconds, objective)
-        yield from _drain(side)
+            emit(Made(task, image, batcher.precision, result.losses, result.iterations, result.seconds, objective))
         return retry
 
     def _jobs(
@@ -300,7 +296,7 @@ class GatysDriver:
         batcher: GatysBatcher,
         groups: Iterable[list[Task]],
         decode: DecodeFn,
-        side: deque[Outcome],
+        emit: EmitFn,
         contents: dict[Task, torch.Tensor],
         grams: dict[tuple[str, int], StyleGrams | ImageProblem],
     ) -> Iterator[Job]:
@@ -311,12 +307,12 @@ class GatysDriver:
             features = [batcher.content_features(c) for c in scales]  # once per image, shared by its styles
             for task in group:
                 if task.original:
-                    side.append(copy_of(task, scales[-1]))
+                    emit(copy_of(task, scales[-1]))
                     continue
                 targets = [self._targets(batcher, grams, task, size, c) for size, c in zip(sizes, scales)]
                 problem = next((t for t in targets if isinstance(t, ImageProblem)), None)
                 if problem is not None:
-                    side.append(Failed(task.source, "bad_style", f"style {task.style_name}: {problem}"))
+                    emit(Failed(task.source, "bad_style", f"style {task.style_name}: {problem}"))
                     continue
                 if _finish(self.config, task).needs_content:
                     contents[task] = scales[-1]
@@ -350,8 +346,3 @@ class GatysDriver:
             found.append(grams[style.name, size])
         problem = next((s for s in found if isinstance(s, ImageProblem)), None)
         return problem or stage_targets(found, content, task.mix)  # type: ignore[arg-type]
-
-
-def _drain(side: deque[Outcome]) -> Iterator[Outcome]:
-    while side:
-        yield side.popleft()

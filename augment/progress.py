@@ -53,9 +53,14 @@ class ProgressTracker:
         self._t0, self._eta_logged = time.monotonic(), 0.0
         self.report()
 
-    def advance(self, count: int) -> None:
+    def check_deadline(self) -> None:
+        """BudgetExhausted once --max-seconds is spent: called between images and between a
+        batch's iterations, so a long image cannot overrun the budget."""
         if self.deadline is not None and time.time() > self.deadline:
             raise BudgetExhausted(self.max_seconds or 0.0)  # drops the rest of the current batch
+
+    def advance(self, count: int) -> None:
+        self.check_deadline()
         self.done += count
         self.report()
         if time.monotonic() - self._last_checkpoint >= CHECKPOINT_EVERY_S:

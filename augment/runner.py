@@ -223,20 +223,24 @@ class PartRun:
         if engine is Engine.GATYS_DREAM:
             assert weights.dream is not None
             dreamer = DreamDriver(self.config, self.device, self.precision, weights.dream)
-        return GatysDriver(self.config, self.device, self.precision, weights.gatys, dreamer=dreamer)
+        return GatysDriver(self.config, self.device, self.precision, weights.gatys, dreamer=dreamer,
+                           after_iteration=self.tracker.check_deadline)  # fmt: skip
 
     def _make(self, driver: CopyDriver | DreamDriver | GatysDriver, groups: Iterable[list[Task]]) -> None:
-        """The one loop every engine shares: each outcome recorded, the count advanced."""
+        """Has the engine's driver make the groups; each outcome goes through ``_emit``."""
         self.tracker.begin(driver.batch_size)
         with self.record.saving():
-            for outcome in driver.run(groups, self._decoded):
-                if isinstance(outcome, Made):
-                    self.record.submit(outcome.image, self._row(outcome))
-                else:
-                    self._fail(outcome)
-                self.tracker.advance(1)
-                self.record.collect(wait=False)
+            driver.run(groups, self._decoded, self._emit)
         self.timings.update(driver.timings)
+
+    def _emit(self, outcome: Made | Failed) -> None:
+        """The one place every engine's outcomes go: recorded, then counted."""
+        if isinstance(outcome, Made):
+            self.record.submit(outcome.image, self._row(outcome))
+        else:
+            self._fail(outcome)
+        self.tracker.advance(1)
+        self.record.collect(wait=False)
 
     def _decoded(self, groups: Iterable[list[Task]]) -> Iterator[tuple[list[Task], list[torch.Tensor]]]:
         """Each group with its source decoded (one tensor per scale, full size last), decoding

@@ -67,7 +67,9 @@ def test_broken_rows_are_recorded_and_the_rest_runs(dataset: tuple[Path, Path], 
     assert not (out / "images" / "..").resolve().joinpath("x").exists()
 
 
-def test_two_runs_give_the_same_bytes(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+def test_two_runs_give_the_same_bytes(dataset: tuple[Path, Path], tmp_path: Path, one_thread: None) -> None:
+    # --precision auto is fp32 on a CPU without native bf16, and fp32 convolutions on two
+    # threads differ from run to run (conftest.one_thread): one thread makes bytes repeat.
     manifest, styles = dataset
     for name in ("a", "b"):
         code, _, err = invoke("run", manifest, "--styles", styles, "--per-image", "2", "--out", tmp_path / name, *FAST)
@@ -278,8 +280,8 @@ def test_dream_engine_needs_no_styles(dataset: tuple[Path, Path], tmp_path: Path
     assert "too small for 4 octaves" in (out / "run.log").read_text()  # 40 px: fewer octaves, a note
 
 
-def test_dream_twice_gives_the_same_bytes(dataset: tuple[Path, Path], tmp_path: Path) -> None:
-    manifest, _ = dataset
+def test_dream_twice_gives_the_same_bytes(dataset: tuple[Path, Path], tmp_path: Path, one_thread: None) -> None:
+    manifest, _ = dataset  # one thread: see test_two_runs_give_the_same_bytes
     for name in ("a", "b"):
         code, _, err = invoke("run", manifest, "--engine", "dream", "--weights", "random", "--size", "32",
                               "--iterations", "2", "--out", tmp_path / name)  # fmt: skip

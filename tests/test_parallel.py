@@ -60,6 +60,7 @@ def test_shards_partition_the_tasks() -> None:
         Shard.parse("2/2")
 
 
+@pytest.mark.slow
 def test_two_workers_write_the_same_dataset(dataset: tuple[Path, Path], tmp_path: Path) -> None:
     manifest, styles = dataset
     _run(manifest, styles, tmp_path / "one")
@@ -102,6 +103,7 @@ def test_merge_refuses_parts_made_with_different_settings(dataset: tuple[Path, P
     assert not (tmp_path / "out" / "manifest.csv").exists()
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_write_the_same_dataset(dataset: tuple[Path, Path], tmp_path: Path) -> None:
     manifest, styles = dataset
     _run(manifest, styles, tmp_path / "one")

@@ -141,6 +141,7 @@ def test_a_truncated_or_non_finite_style_is_refused_when_the_bank_loads(tmp_path
             load_style_bank(styles)
 
 
+@pytest.mark.slow
 def test_run_json_counts_each_task_once_with_workers(dataset: tuple[Path, Path], tmp_path: Path) -> None:
     manifest, styles = dataset
     out = tmp_path / "out"
@@ -214,6 +215,7 @@ def _yaml(tmp_path: Path, out: Path) -> Path:
     return tmp_path / "run.yaml"
 
 
+@pytest.mark.slow
 def test_max_failures_counts_the_whole_job_with_workers(tmp_path: Path) -> None:
     # Three bad rows of six, --max-failures 1: exit 3 alone, and with two workers too (each
     # worker used to count only its own failures, and the header part's not at all).
@@ -309,6 +311,7 @@ def test_a_batch_size_larger_than_memory_is_cut_to_what_fits(dataset: tuple[Path
     assert code == 0 and "--batch-size 100000 would need" in err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.device_count() >= 8, reason="this machine has a cuda:7")
 def test_workers_on_a_gpu_that_is_not_there_exit_2(dataset: tuple[Path, Path], tmp_path: Path) -> None:
     manifest, styles = dataset

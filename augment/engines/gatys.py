@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -294,10 +294,12 @@ class GatysBatcher:
         batch_size: int = 4,
         precision: Precision = Precision.FP32,
         channels_last: bool = False,
+        after_iteration: Callable[[], None] = lambda: None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.flavour = net.normalize.flavour
+        self.after_iteration = after_iteration  # the caller's hook: may raise to stop the run
         self.options, self.precision = options.resolved(self.flavour), precision
         # Half precision keeps its own copy of the weights in that dtype: autocast would cast
         # all 20M weights again on every pass (measured 15% of a bf16 iteration on CPU).
@@ -342,6 +344,7 @@ class GatysBatcher:
                 return
             try:
                 finished = self._iterate(slots, sorted(active))
+                self.after_iteration()
             except torch.cuda.OutOfMemoryError:
                 capacity = next_batch_size(capacity)
                 if capacity == 0:
