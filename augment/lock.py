@@ -57,6 +57,10 @@ class OutLock:
             ) from None
         except OSError as err:  # read-only or full file system: exit 3 with one line
             raise OutputError(f"cannot write to {self.path.parent}: {err}") from err
+        busy = self._busy_neighbour()
+        if busy is not None:
+            self._lock.release()
+            raise RunLocked(f"{self.path.parent} is in use by another run ({busy}); try again when it ends")
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "command": " ".join(sys.argv)}  # fmt: skip
         try:  # a full disk can fail this too; renamed into place, never written through a link
@@ -73,6 +77,25 @@ class OutLock:
         if self.created and [p.name for p in self.path.parent.iterdir()] == [self.path.name]:
             self.path.unlink(missing_ok=True)
             self.path.parent.rmdir()
+
+    def _busy_neighbour(self) -> str | None:
+        """A whole-job run and a shard run of one OUT exclude each other (the whole run clears
+        the parts a live shard is writing): the holder of the other kind's lock, if any."""
+        whole = self.path.parent / lock_name()
+        if self.path == whole:
+            others = sorted(self.path.parent.glob(".augment-shard-*.lock"))
+        elif self.path.name.startswith(".augment-shard-"):
+            others = [whole] if whole.exists() else []
+        else:
+            return None
+        for other in others:
+            probe = FileLock(str(other), timeout=0)
+            try:
+                probe.acquire()
+            except Timeout:
+                return OutLock(self.path.parent, other.name)._holder()
+            probe.release()
+        return None
 
     def _holder(self) -> str:
         try:

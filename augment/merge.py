@@ -126,6 +126,9 @@ def merge(
         .drop(columns="_row")
     )
     run = _run_json(infos, len(manifest), len(failed), interrupted, counts, missing)
+    for name in ("manifest.csv", "failures.csv", "run.json"):  # what a killed merge may have left
+        for tmp in target.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
     try:
         with atomic_write(target / "manifest.csv", "w", encoding="utf-8", newline="") as handle:
             manifest.to_csv(handle, index=False)

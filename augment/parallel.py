@@ -15,8 +15,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,7 @@ def _run_shard(
     tasks = [t for t in prepared.tasks if shard.owns(t)]
     keys = _keys(config, prepared, weights, tasks)
     done = reusable_rows(out, keys, names=[name])
+    _remove_dead_temp_files(out, [t.output for t in tasks], part=name)
     part = _run_part(
         config, prepared, out, name, weights, tasks, progress=progress, keys=keys, done=done, deadline=deadline
     )
@@ -234,10 +236,19 @@ def _run_part(
     return part.run(weights, groups, total=len(tasks) + len(kept or {}), failures=failures)
 
 
-def _remove_dead_temp_files(out: Path) -> None:
-    """Temp files a killed run left (ours: ``.<name>.<random>.tmp``; this run holds the lock, so
-    no live writer owns them)."""
-    for tmp in [*(out / "images").rglob(".*.tmp"), *out.glob(".*.tmp"), *(out / PARTS).glob(".*.tmp")]:
+def _remove_dead_temp_files(out: Path, outputs: Iterable[str] | None = None, part: str | None = None) -> None:
+    """Temp files a killed run left (ours: ``.<name>.<random>.tmp``). A whole-job run holds
+    OUT alone and removes them all; a shard, whose neighbours may be writing, only those of
+    its own images (``outputs``) and of its own part files."""
+    if outputs is None:
+        for tmp in [*(out / "images").rglob(".*.tmp"), *out.glob(".*.tmp"), *(out / PARTS).glob(".*.tmp")]:
+            tmp.unlink(missing_ok=True)
+        return
+    for output in outputs:
+        path = out / output
+        for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+    for tmp in (out / PARTS).glob(f".{part}.*.tmp"):
         tmp.unlink(missing_ok=True)
 
 

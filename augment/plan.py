@@ -31,6 +31,13 @@ from .manifest import SourceRow
 from .styles import Style
 
 NAME_SEPARATOR = "__"
+MAX_PLANNED_TASKS = 10_000_000  # about 10 GB of plan in memory
+
+
+class PlanTooLarge(ValueError):
+    """More images asked for than one run plans (--target-per-class 100000000, say)."""
+
+
 # File names stay under this many bytes: 255 is the limit of common file systems, and a write
 # goes through a temporary name (".<name>.<random>.tmp") about 20 bytes longer.
 MAX_NAME_BYTES = 220
@@ -198,6 +205,10 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Pl
     pool = [s for s in styles if s.weight > 0]
     base = len(pool) if options.assignment is Assignment.ALL else options.per_image
     counts, targets = variant_counts(rows, options, base)
+    planned = sum(counts.values())
+    if planned > MAX_PLANNED_TASKS:  # the plan is held in memory: refuse before building it
+        raise PlanTooLarge(f"this job would plan {planned:,} images, more than {MAX_PLANNED_TASKS:,} in one run; "
+                           "lower --target-per-class or --per-image, or split the manifest")  # fmt: skip
     cycle_at = _cycle_offsets(counts, options.seed) if options.assignment is Assignment.CYCLE else {}
     tasks: list[Task] = []
     left_out = copies = 0

@@ -15,7 +15,7 @@ from .config import Engine, RunConfig
 from .errors import ConfigError
 from .images import ImageProblem, fit_long_side, probe
 from .manifest import Failure, InputRows, SourceRow, load_input
-from .plan import Plan, Task, class_key, plan
+from .plan import Plan, PlanTooLarge, Task, class_key, plan
 from .styles import Style, load_style_bank
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,10 @@ def prepare(config: RunConfig) -> Prepared:
     if config.limit is not None:
         rows = [r for r in rows if r.row <= config.limit]
         failures = [f for f in failures if f.row is None or f.row <= config.limit]
-    made = plan(rows, styles, config.plan_options())
+    try:
+        made = plan(rows, styles, config.plan_options())
+    except PlanTooLarge as err:
+        raise ConfigError(str(err)) from None
     if made.left_out:
         log.info(
             "%d rows of splits other than %s left out (--include-originals copies them)",

@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image
 
 from .atomic import write_text
-from .errors import AugmentError
+from .errors import AugmentError, OutputError
 from .export import read_manifest
 from .images import ImageProblem, load_rgb
 
@@ -45,18 +45,21 @@ def write_report(out: str | Path, *, sample: int = 12, seed: int = 0) -> Path:
         else pd.DataFrame()
     )
     thumbs = out / THUMBS
-    if thumbs.exists():
-        shutil.rmtree(thumbs)  # only augment writes here
-    thumbs.mkdir()
-    sections = [
-        _summary(out, run, manifest, failures),
-        _counts(manifest),
-        _contact_sheet(out, run, manifest, thumbs, sample, seed),
-        _failures(failures),
-        _timings(run),
-    ]
-    page = _PAGE.format(title=html.escape(f"augment report: {out.resolve().name}"), body="\n".join(sections))
-    write_text(out / REPORT, page)
+    try:  # a read-only or full OUT: exit 3 with one line, like a run
+        if thumbs.exists():
+            shutil.rmtree(thumbs)  # only augment writes here
+        thumbs.mkdir()
+        sections = [
+            _summary(out, run, manifest, failures),
+            _counts(manifest),
+            _contact_sheet(out, run, manifest, thumbs, sample, seed),
+            _failures(failures),
+            _timings(run),
+        ]
+        page = _PAGE.format(title=html.escape(f"augment report: {out.resolve().name}"), body="\n".join(sections))
+        write_text(out / REPORT, page)
+    except OSError as err:
+        raise OutputError(f"cannot write the report in {out}: {err}") from err
     return out / REPORT
 
 

@@ -318,3 +318,51 @@ def test_workers_on_a_gpu_that_is_not_there_exit_2(dataset: tuple[Path, Path], t
     code, _, err = invoke("run", manifest, "--styles", styles, "--out", tmp_path / "o", "--workers", "2",
                           "--devices", "cuda:7", *FAST)  # fmt: skip
     assert code == 2 and "cuda:7" in err
+
+
+def test_a_whole_job_and_a_shard_exclude_each_other_on_one_out(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    from augment.lock import OutLock, lock_name
+
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    with OutLock(out, lock_name("0/2")):  # a shard is running
+        code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, *FAST)
+        assert code == 75 and "in use by another run" in err
+        code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--shard", "1/2", *FAST)
+        assert code == 0, err  # shards run side by side
+    with OutLock(out):  # the whole job is running
+        code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, "--shard", "0/2", *FAST)
+        assert code == 75 and "in use by another run" in err
+
+
+def test_dead_temp_files_are_cleaned_by_shards_and_merge(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    assert invoke("run", manifest, "--styles", styles, "--out", out, "--shard", "0/1", *FAST)[0] == 0
+    name = next(p for p in files_under(out / "images"))
+    dead = [
+        name.parent / f".{name.name}.x1y2.tmp",
+        out / ".manifest.csv.a1b2.tmp",
+        out / "parts" / ".shard-0-of-1.json.q.tmp",
+    ]
+    for path in dead:
+        path.write_bytes(b"half")
+    assert invoke("run", manifest, "--styles", styles, "--out", out, "--shard", "0/1", *FAST)[0] == 0
+    assert invoke("merge", out)[0] == 0
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_report_on_an_out_it_cannot_write_exits_3(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    assert invoke("run", manifest, "--styles", styles, "--out", out, *FAST)[0] == 0
+    (out / "report").write_text("a file where the thumbnails folder goes\n")  # writing there fails
+    code, _, err = invoke("report", out)
+    assert code == 3 and "cannot write the report" in err and "Traceback" not in err
+
+
+def test_a_huge_target_per_class_is_refused_before_planning(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", tmp_path / "o", "--target-per-class",
+                          "100000000", *FAST)  # fmt: skip
+    assert code == 2 and "would plan 200,000,000 images" in err  # two classes x 10^8
