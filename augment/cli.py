@@ -104,6 +104,13 @@ def _lock_target(config_file: Path | None, out: str | None, shard: str | None) -
     return Path(out), lock_name(shard, int(os.environ.get("RANK", 0)))
 
 
+def _print_json(data: dict[str, Any]) -> None:
+    """One line of JSON on stdout: Airflow's BashOperator pushes the last line to XCom, and
+    `jq` or a pipeline step reads it whole."""
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.flush()
+
+
 def _failed_summary(out: Path, err: BaseException) -> dict[str, Any]:
     """The --json object of a run that ended early: its exit code and why, and what OUT/run.json
     recorded of it (counts) when the run got that far."""
@@ -209,10 +216,10 @@ def run(
             summary = _run_with_progress(cfg)
     except (AugmentError, Stopped, KeyboardInterrupt) as err:
         if as_json:  # pipelines read stdout on every exit, not only on success
-            out_console.print_json(json.dumps(_failed_summary(target[0], err)))
+            _print_json(_failed_summary(target[0], err))
         raise
     if as_json:
-        out_console.print_json(json.dumps(summary.as_dict()))
+        _print_json(summary.as_dict())
     if not cfg.quiet:
         err_console.print(
             f"{summary.written} images written to {summary.out}, {summary.failed_rows} rows failed"

@@ -366,3 +366,10 @@ def test_a_huge_target_per_class_is_refused_before_planning(dataset: tuple[Path,
     code, _, err = invoke("run", manifest, "--styles", styles, "--out", tmp_path / "o", "--target-per-class",
                           "100000000", *FAST)  # fmt: skip
     assert code == 2 and "would plan 200,000,000 images" in err  # two classes x 10^8
+
+
+def test_json_is_one_line_so_airflow_pushes_all_of_it(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    code, stdout, _ = invoke("run", manifest, "--styles", styles, "--out", tmp_path / "o", "--json", "-q", *FAST)
+    assert code == 0 and len(stdout.strip().splitlines()) == 1
+    assert json.loads(stdout.strip().splitlines()[-1])["written"] == 3
