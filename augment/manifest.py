@@ -232,4 +232,13 @@ def write_csv(path: str | Path, records: list[dict[str, object]], columns: list[
 
 
 def write_failures(path: str | Path, failures: list[Failure]) -> None:
-    write_csv(path, [f.as_dict() for f in failures], list(FAILURE_COLUMNS))
+    """failures.csv is read by people, often in a spreadsheet: text from the input that would
+    start a formula (= + - @) gets a leading apostrophe (OWASP's CSV-injection advice).
+    manifest.csv keeps every value verbatim: it is data, and its paths and labels must match
+    the files."""
+    rows = [{k: defuse_formula(v) if isinstance(v, str) else v for k, v in f.as_dict().items()} for f in failures]
+    write_csv(path, rows, list(FAILURE_COLUMNS))
+
+
+def defuse_formula(text: str) -> str:
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

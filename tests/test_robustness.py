@@ -373,3 +373,13 @@ def test_json_is_one_line_so_airflow_pushes_all_of_it(dataset: tuple[Path, Path]
     code, stdout, _ = invoke("run", manifest, "--styles", styles, "--out", tmp_path / "o", "--json", "-q", *FAST)
     assert code == 0 and len(stdout.strip().splitlines()) == 1
     assert json.loads(stdout.strip().splitlines()[-1])["written"] == 3
+
+
+def test_failures_csv_defuses_spreadsheet_formulas(tmp_path: Path) -> None:
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    manifest.write_text(manifest.read_text() + '"=HYPERLINK(""http://x"")",ants\n@SUM(A1),ants\n')
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", tmp_path / "out", *FAST)
+    assert code == 1, err
+    failures = pd.read_csv(tmp_path / "out" / "failures.csv", dtype=str)
+    assert all(not str(v).startswith(("=", "@")) for v in failures["path"]) and len(failures) == 2
+    assert all(not str(v).startswith(("=", "@")) for v in failures["message"])
