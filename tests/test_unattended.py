@@ -434,3 +434,22 @@ def test_workers_stop_with_sigterm_and_die_with_a_killed_parent(dataset: tuple[P
     while any(_alive(pid) for pid in workers):
         assert time.monotonic() < deadline, "a worker outlived its killed parent"
         time.sleep(0.2)
+
+
+@pytest.mark.skipif(
+    not _can_mount_tmpfs(), reason="needs `unshare -rm` and a tmpfs mount (user namespaces) to make a small disk"
+)
+def test_a_disk_already_full_at_start_is_exit_3_with_one_line(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    # The lock's holder file is the first thing written: a full disk there was exit 70.
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    out.mkdir()
+    run = f"{sys.executable} -m augment run {manifest} --styles {styles} --out {out} --weights random --size 32 -q"
+    script = (
+        f"mount -t tmpfs -o size=16k tmpfs {out} && {{ dd if=/dev/zero of={out}/fill bs=1k count=64 2>/dev/null; "
+        f"{run} 2>{tmp_path}/err; echo $? >{tmp_path}/code; }}"
+    )
+    subprocess.run(["unshare", "-rm", "sh", "-c", script], check=True, timeout=180)
+    err = (tmp_path / "err").read_text().strip().splitlines()
+    assert (tmp_path / "code").read_text().strip() == "3", err
+    assert len(err) == 1 and "No space left on device" in err[0] and "Traceback" not in err[0]
