@@ -61,7 +61,7 @@ class RunConfig:
     out: str = _opt("augmented", "Output folder; created if missing.", short="-o")
     per_image: int = _opt(1, "Stylized variants per source image (distinct styles while the bank lasts).", short="-k")
     limit: int | None = _opt(None, "Only the first N rows of the manifest (or of the folder listing): a quick trial.")
-    format: str = _opt(
+    format: str | tuple[str, ...] = _opt(  # YAML may give a list: [jpg, webdataset]
         "png",
         "Output image format: png, jpg or webp; add ,webdataset (or give just webdataset) to also write tar shards.",
     )
@@ -188,7 +188,7 @@ class RunConfig:
     max_seconds: float | None = _opt(
         None, "Stop cleanly after this many seconds (exit 75: the next run resumes), for cron windows."
     )
-    max_failures: str | None = _opt(
+    max_failures: str | int | None = _opt(  # YAML may give a number
         None, "Abort (exit 3) when more rows than this fail: N, or P% of the manifest's rows. Default: no limit."
     )
     keep_stale: bool = _opt(False, "Keep images whose source left the manifest (default: remove them, and only them).")

@@ -383,3 +383,9 @@ def test_failures_csv_defuses_spreadsheet_formulas(tmp_path: Path) -> None:
     failures = pd.read_csv(tmp_path / "out" / "failures.csv", dtype=str)
     assert all(not str(v).startswith(("=", "@")) for v in failures["path"]) and len(failures) == 2
     assert all(not str(v).startswith(("=", "@")) for v in failures["message"])
+
+
+def test_yaml_lists_and_numbers_where_text_is_also_accepted(tmp_path: Path) -> None:
+    (tmp_path / "run.yaml").write_text("format: [jpg, webdataset]\nmax_failures: 10\n")
+    config = build_config(tmp_path / "run.yaml")
+    assert config.format == "jpg" and config.webdataset and str(config.max_failures) == "10"
