@@ -42,9 +42,9 @@ def write_text(path: str | Path, text: str) -> None:
         handle.write(text)
 
 
-# What augment writes in OUT by following a path rather than renaming over it: folders it
-# writes into, and files it appends to or locks. A symlink there would send writes outside OUT.
-_FOLDERS = ("images", "parts", "webdataset", "report")
+# The folders augment fills in OUT. With the files it appends to or locks, they are what it
+# writes through by path rather than renaming over: a symlink there would send writes outside OUT.
+OUT_FOLDERS = ("images", "parts", "webdataset", "report")
 
 
 def foreign_symlinks(out: str | Path) -> list[Path]:
@@ -52,9 +52,9 @@ def foreign_symlinks(out: str | Path) -> list[Path]:
     out = Path(out)
     if not out.is_dir():
         return []
-    found = [p for p in out.iterdir() if p.is_symlink() and (p.name in _FOLDERS or p.suffix in (".log", ".lock"))]
+    found = [p for p in out.iterdir() if p.is_symlink() and (p.name in OUT_FOLDERS or p.suffix in (".log", ".lock"))]
     found += [p for p in out.glob(".augment*.holder.json") if p.is_symlink()]
-    for folder in (out / name for name in _FOLDERS):
+    for folder in (out / name for name in OUT_FOLDERS):
         if folder.is_dir() and not folder.is_symlink():
             for root, dirs, files in os.walk(folder):  # os.walk does not follow symlinked folders
                 found += [Path(root, d) for d in dirs if Path(root, d).is_symlink()]

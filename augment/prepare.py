@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import OUT_FOLDERS
 from .config import Engine, RunConfig
 from .errors import ConfigError
 from .images import ImageProblem, fit_long_side, probe
@@ -50,7 +51,8 @@ def check_out_apart(config: RunConfig) -> None:
             raise ConfigError(
                 f"--out {config.out} overlaps the image folder {config.manifest}: choose an --out outside it"
             )
-    elif source.is_relative_to(out):
+    elif source.parent == out or any(source.is_relative_to(out / sub) for sub in OUT_FOLDERS):
+        # OUT/manifest.csv, failures.csv, ... and the folders augment fills: the user's file could be overwritten.
         raise ConfigError(f"--out {config.out} holds the manifest {config.manifest}: choose another --out")
 
 

@@ -389,3 +389,12 @@ def test_yaml_lists_and_numbers_where_text_is_also_accepted(tmp_path: Path) -> N
     (tmp_path / "run.yaml").write_text("format: [jpg, webdataset]\nmax_failures: 10\n")
     config = build_config(tmp_path / "run.yaml")
     assert config.format == "jpg" and config.webdataset and str(config.max_failures) == "10"
+
+
+def test_out_may_be_a_parent_of_the_manifests_folder(tmp_path: Path) -> None:
+    # --out . with the manifest in ./data: augment writes ./manifest.csv, never ./data/manifest.csv.
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    before = manifest.read_text()
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", tmp_path, *FAST)
+    assert code == 0, err
+    assert manifest.read_text() == before and (tmp_path / "manifest.csv").is_file()
