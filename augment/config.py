@@ -156,7 +156,7 @@ class RunConfig:
     octaves: int = _opt(4, "Dream octaves (fewer, with a note, when an image is too small for them).")
     octave_scale: float = _opt(1.4, "Size ratio between dream octaves.")
     dream_iterations: int = _opt(
-        10, "Dream steps per octave with --engine gatys+dream (--engine dream uses --iterations)."
+        10, "Dream steps per octave (10, as the reference DeepDream code); --iterations is style transfer's."
     )
     dream_step: float = _opt(0.01, "Dream step size, in [0,1] pixel units per normalised gradient step.")
     jitter: int = _opt(16, "Random shift in pixels per dream step.")
@@ -250,13 +250,13 @@ class RunConfig:
         return [max(16, round(self.size * scale)) for scale in self.scales]
 
     def dream_options(self) -> DreamOptions:
-        """The dream engine's options; --engine dream runs --iterations per octave."""
+        """The dream engine's options."""
         inception = self.dream_layers[0].startswith("inception")
         return DreamOptions(
             layers=self.dream_layers,
             octaves=self.octaves,
             octave_scale=self.octave_scale,
-            iterations=self.iterations if self.engine is Engine.DREAM else self.dream_iterations,
+            iterations=self.dream_iterations,
             step=self.dream_step,
             jitter=self.jitter,
             blend=self.dream_blend,

@@ -13,6 +13,7 @@ its targets from.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -20,13 +21,14 @@ import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
 from .config import RunConfig
-from .engines.dream import DreamBatcher, DreamJob, guide_features, octave_sizes
-from .engines.gatys import GatysBatcher, Job
-from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image
+from .engines.dream import DreamBatcher, DreamJob, dream, guide_features, octave_sizes
+from .engines.gatys import GatysBatcher, Job, Result
+from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image, measured_bytes
 from .engines.precision import HALF_DTYPES, Precision, enable_fast_fp32, use_channels_last
 from .engines.transfer import Finish, Grams, StyleGrams, make_job, stage_targets
 from .errors import ConfigError
@@ -37,6 +39,7 @@ from .styles import Style
 from .weights import ResolvedWeights, build_dream_net, build_vgg19
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -127,7 +130,7 @@ class DreamDriver:
         self.options = config.dream_options()
         self.dtype = HALF_DTYPES.get(precision, torch.float32)
         self.net = build_dream_net(weights, self.options.layers, device=device).to(self.dtype)
-        self.batch_size = config.batch_size or CPU_BATCH
+        self.batch_size = config.batch_size or self._auto_batch_size()
         self.timings: dict[str, float] = {}
         self._guides: dict[str, dict[str, torch.Tensor] | ImageProblem] = {}
         self._octave_note: set[tuple[int, int]] = set()
@@ -152,18 +155,39 @@ class DreamDriver:
             log.info("%dx%d is too small for %d octaves at scale %s: using %d",
                      width, height, self.options.octaves, self.options.octave_scale, octaves)  # fmt: skip
 
-    def dream_one(self, task: Task, image: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Dream on top of a stylized image (--engine gatys+dream): the image and its objective."""
-        guides = None
-        if self.config.guide:
-            guide = self.guide(task.style)
-            if isinstance(guide, ImageProblem):  # the style decoded for gatys; cannot happen twice
-                raise guide
-            guides = guide
-        batcher = DreamBatcher(self.net, self.options, batch_size=1, device=self.device, dtype=self.dtype)
-        (result,) = batcher.run([DreamJob(task, image, task.seed, guides)])
-        self.note_octaves(*image.shape[-2:])
-        return result.image, result.objective
+    def _auto_batch_size(self) -> int:
+        """On a GPU, as many images as fit, from the memory one dream step on one full-size image
+        was measured to take; on a CPU, CPU_BATCH."""
+        if self.device.type != "cuda":
+            return CPU_BATCH
+        w, h = fit_long_side(self.config.size, self.config.size, self.config.size)  # square: the largest
+        image = torch.rand(1, 3, h, w, device=self.device)
+        one_step = dataclasses.replace(self.options, octaves=1, iterations=1)
+        per_image = measured_bytes(lambda: dream(self.net, image, one_step, seeds=[0], dtype=self.dtype), self.device)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        size = auto_batch_size(free, per_image)
+        log.info("dream batch size %d (%.0f MB free, %.0f MB per image measured)", size, free / 1e6, per_image / 1e6)
+        return size
+
+    def dream_on(
+        self, stylized: Iterable[tuple[Task, torch.Tensor, T]]
+    ) -> Iterator[tuple[Task, torch.Tensor, T, float]]:
+        """Dream on top of stylized images (--engine gatys+dream), batched like --engine dream:
+        ``(task, image, extra)`` in, ``(task, dreamed image, extra, objective)`` out."""
+        batcher = DreamBatcher(self.net, self.options, batch_size=self.batch_size, device=self.device, dtype=self.dtype)
+        jobs = (DreamJob((task, extra), image, task.seed, self._guides_of(task)) for task, image, extra in stylized)
+        for result in batcher.run(jobs):
+            task, extra = result.key  # type: ignore[misc]
+            self.note_octaves(*result.image.shape[-2:])
+            yield task, result.image, extra, result.objective
+
+    def _guides_of(self, task: Task) -> dict[str, torch.Tensor] | None:
+        if not self.config.guide:
+            return None
+        guide = self.guide(task.style)
+        if isinstance(guide, ImageProblem):  # the style decoded for gatys; cannot happen twice
+            raise guide
+        return guide
 
     def run(self, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn) -> None:
         """Batches of equal-size images, every image the same steps (no continuous batching)."""
@@ -273,19 +297,24 @@ class GatysDriver:
         precision (in fp32 they fail)."""
         contents: dict[Task, torch.Tensor] = {}  # sources kept for --preserve-color / --alpha
         grams: dict[tuple[str, int], StyleGrams | ImageProblem] = {}  # per pass: this precision's
-        retry = []
-        for result in batcher.run(self._jobs(batcher, groups, decode, emit, contents, grams)):
-            task: Task = result.key
-            if not math.isfinite(result.losses["total"]):
-                if batcher.precision is not Precision.FP32:
+        retry: list[Task] = []
+
+        def stylized() -> Iterator[tuple[Task, torch.Tensor, Result]]:
+            for result in batcher.run(self._jobs(batcher, groups, decode, emit, contents, grams)):
+                task: Task = result.key
+                if math.isfinite(result.losses["total"]):
+                    yield task, result.image, result
+                elif batcher.precision is not Precision.FP32:
                     retry.append(task)
                 else:
-                    message = f"{task.output}: the loss became {result.losses['total']}"
-                    emit(Failed(task.source, "non_finite", message))
-                continue
-            image, objective = result.image, None
-            if self.dreamer is not None:
-                image, objective = self.dreamer.dream_one(task, image)
+                    emit(Failed(task.source, "non_finite", f"{task.output}: the loss became {result.losses['total']}"))
+
+        made: Iterable[tuple[Task, torch.Tensor, Result, float | None]]
+        if self.dreamer is None:
+            made = ((task, image, result, None) for task, image, result in stylized())
+        else:
+            made = self.dreamer.dream_on(stylized())
+        for task, image, result, objective in made:
             if task in contents:
                 image = _finish(self.config, task).apply(image, contents.pop(task))
             emit(Made(task, image, batcher.precision, result.losses, result.iterations, result.seconds, objective))

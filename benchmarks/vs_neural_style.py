@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from profile_iteration import PEAKS, flops_per_iteration  # same folder: run as a script
 
 from augment.engines.vgg import random_state_dict
 
@@ -35,23 +36,7 @@ STYLE = "starry_night.jpg"
 
 
 # Dense bf16 spec peak of an H100/H200 SXM, for model FLOP utilisation.
-PEAK_BF16_FLOPS = 989e12
-
-
-def flops_per_iteration(height: int, width: int) -> float:
-    """One L-BFGS iteration of one image, counted from layer shapes: every convolution up to
-    conv5_1 forward (2·Cin·Cout·9·H·W) and backward for the input gradient only (as much
-    again); Grams, pooling and the optimiser are left out (a few percent)."""
-    from augment.engines.gatys import GatysOptions
-    from augment.engines.vgg import VGG19Features
-
-    h, w, flops = height, width, 0.0
-    for module in VGG19Features(GatysOptions().layers).features:
-        if isinstance(module, torch.nn.Conv2d):
-            flops += 2 * module.in_channels * module.out_channels * 9 * h * w
-        elif isinstance(module, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)):
-            h, w = h // 2, w // 2
-    return 2 * flops
+PEAK_BF16_FLOPS = PEAKS["H100"]
 
 
 def timed(cmd: list[str]) -> float:

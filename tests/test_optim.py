@@ -135,4 +135,40 @@ def test_the_curvature_pair_is_the_step_actually_taken() -> None:
         positions.append(x.clone())
     # Slots 1..3 hold the pairs of steps 1..3 (slot 0: the first call has no pair yet).
     for k in (1, 2, 3):
-        assert torch.allclose(opt.old_s[k, 0], positions[k][0] - positions[k - 1][0], atol=1e-15)
+        assert torch.allclose(opt.pairs[0, k, 0], positions[k][0] - positions[k - 1][0], atol=1e-15)
+
+
+def test_direction_is_the_bfgs_product_of_the_accepted_pairs() -> None:
+    # A non-convex objective makes some curvature pairs fail the check (sᵀy ≤ 0); the compact
+    # form must give them zero weight. The reference is the dense BFGS recursion over the
+    # accepted pairs, oldest first, from H₀ = γI.
+    n, history = 12, 6
+    g0 = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g0, dtype=torch.float64), torch.randn(n, generator=g0, dtype=torch.float64)
+
+    def gradient(x: torch.Tensor) -> torch.Tensor:
+        xr = x.clone().requires_grad_(True)
+        (torch.cos(3 * xr @ a).sum() + 0.05 * (xr**2).sum() - b @ xr).backward()
+        return xr.grad
+
+    opt = BatchLBFGS(1, n, history_size=history, tolerance_grad=0.0, tolerance_change=0.0, dtype=torch.float64)
+    rows = torch.arange(1)
+    opt.reset(rows)
+    x = torch.zeros(1, n, dtype=torch.float64)
+    rejected = 0
+    for _ in range(14):  # past the ring's length: it wraps
+        x.clamp_(-1, 1)  # keep the steps short enough to stay in the cosine's bumps
+        g = gradient(x[0])
+        before = x.clone()
+        opt.step(rows, x, g[None])
+        rejected += int(not opt.valid[0, (opt.head - 1) % history])
+    order = [(opt.head + k) % history for k in range(history)]  # oldest first
+    h = opt.h_diag[0] * torch.eye(n, dtype=torch.float64)
+    for slot in order:
+        if opt.valid[0, slot]:
+            s, y = opt.pairs[0, slot, 0], opt.pairs[0, slot, 1]
+            rho = 1.0 / (s @ y)
+            left = torch.eye(n, dtype=torch.float64) - rho * torch.outer(s, y)
+            h = left @ h @ left.T + rho * torch.outer(s, s)
+    assert rejected >= 2  # the test would not test the masking otherwise
+    assert torch.allclose(x[0] - before[0], -h @ g, rtol=1e-8, atol=1e-12)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -277,6 +278,14 @@ class _Slot:
         return False
 
 
+def even_share(waiting: int, capacity: int) -> int:
+    """The batch size for ``waiting`` images of one shape: full batches while at least two
+    are left, then equal ones (the last batch of a shape costs a whole pass however small)."""
+    if waiting >= 2 * capacity or waiting == 0:
+        return capacity
+    return math.ceil(waiting / math.ceil(waiting / capacity))
+
+
 class GatysBatcher:
     """Optimises a stream of jobs, up to ``batch_size`` at a time through one VGG19 pass.
 
@@ -316,32 +325,45 @@ class GatysBatcher:
         waiting: list[_Work] = []  # stages not yet admitted: evicted, continued or of another shape
         slots: list[_Slot | None] = []
         shape: tuple[int, int] | None = None
-        capacity = self.batch_size
+        capacity = round_size = self.batch_size
         exhausted = False
+
+        def pull(want: int) -> None:
+            """Jobs from the source until ``want`` of the running shape wait, or one of another
+            shape comes (the caller orders jobs by shape), or the source ends."""
+            nonlocal exhausted
+            while not exhausted and not any(w.shape != shape for w in waiting):
+                if sum(w.shape == shape for w in waiting) >= want:
+                    return
+                job = next(source, None)
+                exhausted = job is None
+                if job is not None:
+                    waiting.append(_Work(job))
+
         while True:
-            # Admit work of the running shape into free slots; a new shape only once all drained.
             active = [i for i, s in enumerate(slots) if s is not None]
-            while len(active) < capacity:
-                work = next((w for w in waiting if w.shape == shape), None)
-                if work is None and not exhausted and not any(w.shape != shape for w in waiting):
-                    job = next(source, None)
-                    exhausted = job is None
-                    if job is not None:
-                        waiting.append(_Work(job))
-                        continue
-                if work is None:
-                    if active or not waiting:
-                        break
-                    work = waiting[0]
-                    shape = work.shape
+            if not active:
+                # A new round: look ahead up to two batches so that the last ones of a shape
+                # split evenly (48 images at capacity 45: 24 + 24, not 45 and then 3 alone).
+                pull(2 * capacity)
+                if not any(w.shape == shape for w in waiting):
+                    if not waiting:
+                        return
+                    shape = waiting[0].shape  # a new shape only once the last one drained
+                    pull(2 * capacity)
                     slots = [None] * capacity
                     self._allocate(capacity, 3 * shape[0] * shape[1])
+                round_size = even_share(sum(w.shape == shape for w in waiting), capacity)
+            # Continuous batching: an image that stops early frees its slot for a waiting one.
+            while len(active) < min(round_size, capacity):
+                pull(1)
+                work = next((w for w in waiting if w.shape == shape), None)
+                if work is None:
+                    break
                 waiting.remove(work)
                 index = slots.index(None)
                 slots[index] = self._admit(index, work)
                 active.append(index)
-            if not active:
-                return
             try:
                 finished = self._iterate(slots, sorted(active))
                 self.after_iteration()

@@ -1,7 +1,11 @@
-"""How many images fit in one pass: an estimate from layer shapes, and the OOM back-off."""
+"""How many images fit in one pass: an estimate from layer shapes or a measurement, and the OOM
+back-off."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import nn
 
 from .vgg import VGG19Features
@@ -34,3 +38,13 @@ def auto_batch_size(free_bytes: int, per_image: int, *, fraction: float = 0.7) -
 def next_batch_size(current: int) -> int:
     """After an out-of-memory error: half as many (0 means even one image does not fit)."""
     return current // 2
+
+
+def measured_bytes(run_one: Callable[[], object], device: torch.device) -> int:
+    """Peak GPU memory ``run_one`` allocates above what was already allocated (CUDA only)."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    run_one()
+    torch.cuda.synchronize(device)
+    return max(1, torch.cuda.max_memory_allocated(device) - before)

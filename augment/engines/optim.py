@@ -3,8 +3,8 @@
 Each row of ``x`` (``[B, N]``) is its own optimisation problem. Rows share tensors so one
 VGG19 pass serves all of them, but no quantity crosses rows: an image's result does not depend
 on what else is in its batch. The update rule is torch.optim.LBFGS's without line search
-(same two-loop recursion, same first-step scaling, same curvature check), so one row behaves
-like ``torch.optim.LBFGS(max_iter=1)`` called once per iteration.
+(same inverse-Hessian estimate, same first-step scaling, same curvature check), so one row
+behaves like ``torch.optim.LBFGS(max_iter=1)`` called once per iteration.
 
 History is a ring of ``history_size`` slots shared by all rows and advanced once per step;
 a row marks the slots it wrote as valid. A row whose curvature check fails leaves its slot
@@ -16,11 +16,39 @@ step proposed (``d·t``, as torch does): the caller may move ``x`` between steps
 clamps pixels to [0, 1]), and a pair describing a move that did not happen corrupts the
 inverse-Hessian estimate (measured: loss spikes of 10x on a clamped image; see docs/method.md).
 Without such moves the two are equal up to rounding.
+
+The direction is computed in the compact form of Byrd, Nocedal and Schnabel (1994), which is
+the two-loop recursion's product ``H·(−g)`` written as matrices: one batched matrix product
+reads the history to get every ``sᵢ·v`` and ``yᵢ·v`` at once (for ``v`` = −g and the newest
+pair), a triangular solve of size ``history`` per row (float64: tiny) gives the coefficients,
+and a second batched product adds up the history. The two-loop recursion reads the history
+as often but launches ~10 kernels per slot, one slot after another, and writes a temporary the
+size of the batch for each (measured on an H100: 43 % of an iteration at history 100).
+The products ``sᵢ·yⱼ`` and ``yᵢ·yⱼ`` are kept from step to step: a new pair adds one row and
+column to them.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+
+
+@contextlib.contextmanager
+def _exact_matmul(device: torch.device) -> Iterator[None]:
+    """Full fp32 products: the engine turns TF32 on for the network, and TF32's 10-bit
+    mantissa would spoil the dot products L-BFGS is built from."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 class BatchLBFGS:
@@ -39,10 +67,12 @@ class BatchLBFGS:
         self.lr, self.m = lr, history_size
         self.tolerance_grad, self.tolerance_change = tolerance_grad, tolerance_change
         kw = {"device": device, "dtype": dtype}
-        self.old_s = torch.zeros(history_size, capacity, numel, **kw)
-        self.old_y = torch.zeros(history_size, capacity, numel, **kw)
-        self.rho = torch.zeros(history_size, capacity, **kw)
-        self.valid = torch.zeros(history_size, capacity, dtype=torch.bool, device=device)
+        # pairs[row, slot] = (s, y): a row's whole history is one block, read by one product.
+        self.pairs = torch.zeros(capacity, history_size, 2, numel, **kw)
+        small = {"device": device, "dtype": torch.float64}
+        self.sy = torch.zeros(capacity, history_size, history_size, **small)  # sy[r, i, j] = sᵢ·yⱼ
+        self.yy = torch.zeros(capacity, history_size, history_size, **small)  # yy[r, i, j] = yᵢ·yⱼ
+        self.valid = torch.zeros(capacity, history_size, dtype=torch.bool, device=device)
         self.head = 0  # next ring slot to write
         self.filled = 0  # ring slots written at least once
         self.n_iter = torch.zeros(capacity, dtype=torch.long, device=device)
@@ -53,8 +83,9 @@ class BatchLBFGS:
     def reset(self, rows: torch.Tensor) -> None:
         """Start fresh problems in ``rows`` (an index tensor), e.g. when a new image joins."""
         self.n_iter[rows] = 0
-        self.valid[:, rows] = False
+        self.valid[rows] = False
         self.h_diag[rows] = 1.0
+        self.pairs[rows] = 0.0  # an old image's non-finite pair times a zero coefficient is NaN
 
     @torch.no_grad()
     def step(self, rows: torch.Tensor, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -69,39 +100,36 @@ class BatchLBFGS:
         converged = g.abs().amax(dim=1) <= self.tolerance_grad
 
         # Curvature pair from the step actually taken: s = x − x_prev, y = g − g_prev.
+        slot = self.head
         s = x_now - self.prev_x[rows]
         y = g - self.prev_grad[rows]
-        ys = (y * s).sum(dim=1)
-        accept = ~first & ~converged & (ys > 1e-10)
-        slot = self.head
-        self.valid[slot] = False  # the ring slot is reused: drop whatever any row had there
-        self.old_s[slot, rows] = s
-        self.old_y[slot, rows] = y
-        self.rho[slot, rows] = torch.where(accept, 1.0 / ys.clamp_min(1e-30), torch.zeros_like(ys))
-        self.valid[slot, rows] = accept
-        new_h = ys / (y * y).sum(dim=1).clamp_min(1e-30)
-        self.h_diag[rows] = torch.where(accept, new_h, self.h_diag[rows])
+        self.pairs[rows, slot, 0] = s
+        self.pairs[rows, slot, 1] = y
         self.head = (self.head + 1) % self.m
         self.filled = min(self.filled + 1, self.m)
+        used = self.filled  # slots 0..used-1 hold pairs (all of them once the ring has wrapped)
 
-        # Two-loop recursion over the ring, newest pair first; invalid slots contribute zero.
-        q = -g
-        order = [(slot - j) % self.m for j in range(self.filled)]
-        alphas = {}
-        for index in order:
-            valid = self.valid[index, rows]
-            alpha = torch.where(valid, self.rho[index, rows] * (self.old_s[index, rows] * q).sum(dim=1), 0.0)
-            alphas[index] = alpha
-            q = q - alpha[:, None] * self.old_y[index, rows]
-        r = q * self.h_diag[rows, None]
-        for index in reversed(order):
-            valid = self.valid[index, rows]
-            beta = torch.where(valid, self.rho[index, rows] * (self.old_y[index, rows] * r).sum(dim=1), 0.0)
-            r = r + self.old_s[index, rows] * (alphas[index] - beta)[:, None]
+        # One pass over the history: every sᵢ and yᵢ against v = −g and the new pair.
+        batch = self.pairs[rows, :used].reshape(len(g), 2 * used, -1)  # rows s₀, y₀, s₁, y₁, …
+        with _exact_matmul(g.device):
+            # [B, 3, N] read transposed: measured 2.6x faster than a [B, N, 3] operand with MKL.
+            vectors = torch.stack([-g, s, y], dim=1).transpose(1, 2)
+            dots = torch.bmm(batch, vectors).double().view(len(g), used, 2, 3)
+        ys, yy_new = dots[:, slot, 0, 2], dots[:, slot, 1, 2]
+        accept = ~first & ~converged & (ys > 1e-10)
+        self.valid[rows, slot] = accept
+        self._remember(rows, slot, dots)
+        gamma = torch.where(accept, ys / yy_new.clamp_min(1e-30), self.h_diag[rows].double())
+        self.h_diag[rows] = gamma.to(self.h_diag.dtype)
+
+        coefficients = self._coefficients(rows, slot, used, dots, gamma)
+        with _exact_matmul(g.device):
+            history_part = torch.bmm(coefficients.to(g.dtype).view(len(g), 1, 2 * used), batch).squeeze(1)
+        r = history_part - gamma.to(g.dtype)[:, None] * g  # H·(−g)
         d = torch.where(first[:, None], -g, r)
 
         # torch's step length: scaled by 1/|g|₁ on the first iteration, lr after.
-        t = torch.where(first, (1.0 / g.abs().sum(dim=1)).clamp(max=1.0) * self.lr, torch.full_like(ys, self.lr))
+        t = torch.where(first, (1.0 / g.abs().sum(dim=1)).clamp(max=1.0) * self.lr, torch.full_like(g[:, 0], self.lr))
         gtd = (g * d).sum(dim=1)
         moves = ~converged & (gtd <= -self.tolerance_change)
 
@@ -110,6 +138,43 @@ class BatchLBFGS:
         self.n_iter[rows] += (~converged).long()
         x.add_(torch.where(moves[:, None], d * t[:, None], torch.zeros_like(d)).to(x.dtype))
         return moves
+
+    def _remember(self, rows: torch.Tensor | slice, slot: int, dots: torch.Tensor) -> None:
+        """The new pair's row and column of sᵢ·yⱼ and yᵢ·yⱼ."""
+        used = dots.shape[1]
+        s_dot_y_new, y_dot_s_new, y_dot_y_new = dots[:, :, 0, 2], dots[:, :, 1, 1], dots[:, :, 1, 2]
+        sy, yy = self.sy[rows], self.yy[rows]  # views for a slice; copies written back below
+        sy[:, :used, slot] = s_dot_y_new  # sᵢ·y_new
+        sy[:, slot, :used] = y_dot_s_new  # s_new·yⱼ
+        yy[:, :used, slot] = y_dot_y_new
+        yy[:, slot, :used] = y_dot_y_new
+        if not isinstance(rows, slice):
+            self.sy[rows], self.yy[rows] = sy, yy
+
+    def _coefficients(
+        self, rows: torch.Tensor | slice, newest: int, used: int, dots: torch.Tensor, gamma: torch.Tensor
+    ) -> torch.Tensor:
+        """Weights of each sᵢ and yᵢ in H·v (v = −g) in the compact form, H₀ = γI:
+        H·v = γv + S·w − γY·p with p = R⁻¹Sᵀv, w = R⁻ᵀ((D + γYᵀY)p − γYᵀv),
+        R the upper triangle of SᵀY (pairs oldest first), D its diagonal. A row's invalid pairs
+        get a unit diagonal and zeros elsewhere, which gives them zero weight."""
+        order = torch.tensor([(newest - used + 1 + k) % self.m for k in range(used)], device=dots.device)
+        valid = self.valid[rows][:, order]
+        both = valid[:, :, None] & valid[:, None, :]
+        sy = self.sy[rows][:, order][:, :, order].where(both, 0.0)
+        yy = self.yy[rows][:, order][:, :, order].where(both, 0.0)
+        diagonal = sy.diagonal(dim1=1, dim2=2)
+        r = sy.triu(1) + torch.diag_embed(diagonal.where(valid, 1.0))
+        s_dot_v = dots[:, order, 0, 0].where(valid, 0.0)[..., None]
+        y_dot_v = dots[:, order, 1, 0].where(valid, 0.0)[..., None]
+        g3 = gamma[:, None, None]
+        p = torch.linalg.solve_triangular(r, s_dot_v, upper=True)
+        rhs = diagonal[..., None] * p + g3 * (yy @ p) - g3 * y_dot_v
+        w = torch.linalg.solve_triangular(r.transpose(1, 2), rhs, upper=False)
+        coefficients = torch.zeros(len(gamma), used, 2, dtype=torch.float64, device=dots.device)
+        coefficients[:, order, 0] = w[..., 0]
+        coefficients[:, order, 1] = -(g3 * p)[..., 0]
+        return coefficients
 
 
 class BatchAdam:
