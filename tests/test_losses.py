@@ -76,3 +76,21 @@ def test_style_loss_gradient_matches_autograd_through_the_formula() -> None:
     (plain_grad,) = torch.autograd.grad(plain.sum(), feats)
     assert torch.allclose(fused, plain) and torch.allclose(fused_grad, plain_grad)
     assert torch.autograd.gradcheck(lambda f: style_loss({"conv1_1": f}, {"conv1_1": target}, weights), (feats,))
+
+
+def test_style_loss_gradient_in_bf16_is_within_rounding_of_exact_maths() -> None:
+    # The bf16 backward multiplies in bf16 with fp32 accumulation. Against fp64 maths on the
+    # same bf16 activations it measured 0.24% relative error (an fp32 product rounded to bf16:
+    # 0.17%); an error in the formula would be of order 100%.
+    g = torch.Generator().manual_seed(0)
+    feats = torch.relu(torch.randn(2, 64, 24, 20, generator=g)).to(torch.bfloat16)
+    exact = feats.double().flatten(2)
+    target = exact @ exact.transpose(1, 2) * (1 + 0.3 * torch.rand(2, 64, 64, generator=g, dtype=torch.float64))
+    target = (target + target.transpose(1, 2)) / 2
+    x = feats.clone().requires_grad_(True)
+    style_loss({"l": x}, {"l": target.float()}, {"l": 1.0}).sum().backward()
+    assert x.grad.dtype == torch.bfloat16
+    diff = exact @ exact.transpose(1, 2) - target
+    reference = (4.0 / (4.0 * 64 * 64 * (24 * 20) ** 2)) * (diff @ exact)
+    error = (x.grad.double().flatten(2) - reference).norm() / reference.norm()
+    assert error < 0.005, error

@@ -85,15 +85,22 @@ class _GramLoss(torch.autograd.Function):
         with torch.autocast(device_type=flat.device.type, enabled=False):
             diff = flat @ flat.transpose(1, 2) - target
         norm = 4.0 * c * c * (h * w) ** 2
-        ctx.save_for_backward(flat, diff)
-        ctx.norm, ctx.shape, ctx.dtype = norm, features.shape, features.dtype
+        ctx.save_for_backward(features, diff)  # not the fp32 copy: half the memory when half
+        ctx.norm, ctx.shape = norm, features.shape
         return diff.pow(2).sum(dim=(1, 2)) / norm
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        flat, diff = ctx.saved_tensors
-        grad = per_image_matmul(diff, flat).mul_((4.0 / ctx.norm) * grad_out.view(-1, 1, 1))
-        return grad.reshape(ctx.shape).to(ctx.dtype), None
+        features, diff = ctx.saved_tensors
+        b, c, h, w = features.shape
+        scaled = diff * ((4.0 / ctx.norm) * grad_out.view(-1, 1, 1))
+        flat = features.reshape(b, c, h * w)
+        if features.dtype == torch.bfloat16:
+            # bf16 inputs, fp32 accumulation: the result is rounded to bf16 anyway. Measured:
+            # relative error 0.24% against fp64 maths, vs 0.17% for an fp32 product rounded to
+            # bf16; a bf16 iteration 16% faster (CPU). Not fp16: ``scaled`` (~1e-8) underflows.
+            return per_image_matmul(scaled.to(torch.bfloat16), flat).reshape(ctx.shape), None
+        return per_image_matmul(scaled, _fp32(flat)).reshape(ctx.shape).to(features.dtype), None
 
 
 def style_loss(
