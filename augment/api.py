@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from .images import load_rgb, resize_long_side, to_image, to_rgb, to_tensor
 from .parallel import run as _run
 from .progress import ProgressFn
 from .runner import RunSummary
+from .styles import load_style_bank, safe_name
 from .weights import build_vgg19, resolve_vgg19
 
 
@@ -39,6 +41,89 @@ def run(
     return _run(config, progress=progress)
 
 
+StyleInput = Image.Image | str | Path
+
+
+class Stylizer:
+    """Style transfer with the network loaded once, for many images: ``stylizer(image)``
+    returns the image repainted in one of its styles (drawn with its seed, or named). A
+    torchvision-style transform, PIL image in and out, for augmentation while training:
+
+    >>> stylize = augment.Stylizer("styles/", size=256, iterations=100)
+    >>> transform = torchvision.transforms.Compose([stylize, torchvision.transforms.ToTensor()])
+
+    ``styles``: a folder (its styles.yaml names apply), an image path, a PIL image, or a list
+    of images or paths. ``options`` are RunConfig fields (size, iterations, style_weight,
+    scales, precision, preserve_color, alpha, style_scale, upscale, ...). Each image is made as
+    `augment run` makes it: the same engine path (augment/engines/transfer.py).
+    """
+
+    def __init__(
+        self,
+        styles: StyleInput | list[StyleInput],
+        *,
+        weights: str | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        **options: Any,
+    ) -> None:
+        self.config = RunConfig(weights=weights, device=device, seed=seed, **options)
+        if isinstance(self.config.alpha, tuple):
+            raise ConfigError("alpha: a Stylizer takes one number, not a range")
+        self.styles = _style_images(styles, self.config.max_pixels)
+        self.device = resolve_device(self.config.device)
+        self.precision = resolve_precision(self.config.precision, self.device)
+        self.options = self.config.gatys_options()
+        config = self.config
+        resolved = resolve_vgg19(config.weights, flavour=config.weights_flavour, download=config.download)
+        self.weights = resolved.identity
+        self.channels_last = use_channels_last(self.device, self.precision)
+        self.net = build_vgg19(resolved, self.options.layers, pooling=self.config.pooling, device=self.device)
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self._draw = random.Random(seed)
+
+    def __call__(self, image: StyleInput, style: str | None = None) -> Image.Image:
+        """``image`` repainted in ``style`` (a name from ``self.styles``), or in one drawn at
+        random; an RGB image whose long side is ``size``."""
+        if style is None:
+            style = self._draw.choice(sorted(self.styles))
+        elif style not in self.styles:
+            raise ConfigError(f"unknown style {style!r}: known are {', '.join(sorted(self.styles))}")
+        config = self.config
+        content = to_rgb(image) if isinstance(image, Image.Image) else load_rgb(image)
+        sizes = config.stage_sizes(config.long_side(*content.size))
+        contents = [to_tensor(resize_long_side(content, size)).to(self.device) for size in sizes]
+        style_image = self.styles[style]
+        styles = [[to_tensor(resize_long_side(style_image, config.style_size(size))).to(self.device)]
+                  for size in config.stage_sizes()]  # fmt: skip
+        result = _stylize(
+            self.net, contents, styles, self.options, config.stage_iterations, precision=self.precision,
+            channels_last=self.channels_last, seed=config.seed,
+            finish=Finish(preserve_color=config.preserve_color, alpha=float(config.alpha)),
+        )  # fmt: skip
+        return to_image(result.image)
+
+    def __repr__(self) -> str:
+        return (f"Stylizer(styles={sorted(self.styles)}, size={self.config.size}, "
+                f"iterations={self.config.iterations}, weights={self.weights!r}, device={self.device})")  # fmt: skip
+
+
+def _style_images(styles: StyleInput | list[StyleInput], max_pixels: int) -> dict[str, Image.Image]:
+    """Name -> style image, from a folder, an image, a path or a list of them."""
+    if isinstance(styles, (str, Path)) and Path(styles).is_dir():
+        return {s.name: load_rgb(s.path, max_pixels=max_pixels) for s in load_style_bank(styles, max_pixels=max_pixels)}
+    found: dict[str, Image.Image] = {}
+    for i, item in enumerate(styles if isinstance(styles, list) else [styles]):
+        if isinstance(item, Image.Image):
+            found[f"style{i}"] = to_rgb(item)
+        else:
+            found[safe_name(Path(item).stem)] = load_rgb(item, max_pixels=max_pixels)
+    if not found:
+        raise ConfigError("no styles given")
+    return found
+
+
 def stylize(
     content: Image.Image | str | Path,
     style: Image.Image | str | Path,
@@ -49,29 +134,10 @@ def stylize(
     **options: Any,
 ) -> Image.Image:
     """Repaint one image in one style; returns an RGB image whose long side is ``size``.
+    Loads the network on every call: for many images, make a ``Stylizer`` once.
 
     ``options`` are RunConfig fields (size, iterations, style_weight, scales, precision,
     preserve_color, alpha, style_scale, ...). The image is made as `augment run` makes it:
     the same engine path (augment/engines/transfer.py), the same pixels for the same settings.
     """
-    config = RunConfig(weights=weights, device=device, seed=seed, **options)
-    if isinstance(config.alpha, tuple):
-        raise ConfigError("alpha: augment.stylize takes one number, not a range")
-    content_img = to_rgb(content) if isinstance(content, Image.Image) else load_rgb(content)
-    style_img = to_rgb(style) if isinstance(style, Image.Image) else load_rgb(style)
-    target = resolve_device(config.device)
-    precision = resolve_precision(config.precision, target)
-    gatys = config.gatys_options()
-    resolved = resolve_vgg19(config.weights, flavour=config.weights_flavour, download=config.download)
-    net = build_vgg19(resolved, gatys.layers, pooling=config.pooling, device=target)
-    channels_last = use_channels_last(target, precision)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    sizes = config.stage_sizes()
-    contents = [to_tensor(resize_long_side(content_img, size)).to(target) for size in sizes]
-    styles = [[to_tensor(resize_long_side(style_img, config.style_size(size))).to(target)] for size in sizes]
-    result = _stylize(
-        net, contents, styles, gatys, config.stage_iterations, precision=precision, channels_last=channels_last,
-        finish=Finish(preserve_color=config.preserve_color, alpha=float(config.alpha)), seed=seed,
-    )  # fmt: skip
-    return to_image(result.image)
+    return Stylizer(style, weights=weights, device=device, seed=seed, **options)(content)

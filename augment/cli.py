@@ -20,11 +20,18 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from . import __version__
-from .config import FIELD_NAMES, HELP, PANEL_OF, RunConfig, build_config, load_yaml
+from .config import FIELD_NAMES, HELP, PANEL_OF, RunConfig, _default_text, build_config, load_yaml
 from .errors import EXIT_OK, EXIT_SIGINT, EXIT_SOFTWARE, EXIT_SOME_FAILED, AugmentError, Stopped
 from .lock import OutLock, lock_name
 from .merge import merge as merge_parts
@@ -128,16 +135,18 @@ def _failed_summary(out: Path, err: BaseException) -> dict[str, Any]:
 def _run_with_progress(config: RunConfig) -> RunSummary:
     if config.quiet or not err_console.is_terminal:
         return run_job(config, lock=False)
+    # The bar moves every iteration (a running image counts by its share of iterations done),
+    # so the rate and the ETA come from the first iterations, not from the first finished batch.
     columns = (
-        TextColumn("[bold]stylizing"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
+        TextColumn("[bold]stylizing"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
     )  # fmt: skip
     with Progress(*columns, console=err_console, transient=False) as bar:
         task_id = bar.add_task("run", total=None, rate="")
 
-        def on_progress(done: int, total: int) -> None:
+        def on_progress(done: float, total: int) -> None:
             speed = bar.tasks[0].speed
-            bar.update(task_id, completed=done, total=total, rate=f"{speed * 60:.1f} img/min" if speed else "")
+            bar.update(task_id, completed=done, total=total, rate=f"{speed * 60:.1f}/min" if speed else "")
 
         return run_job(config, progress=on_progress, lock=False)
 
@@ -145,7 +154,8 @@ def _run_with_progress(config: RunConfig) -> RunSummary:
 Opt = typer.Option
 # validate takes the options that decide what a job plans, not how it runs.
 VALIDATE_OPTIONS = ("styles", "out", "per_image", "include_originals", "splits", "balance", "target_per_class",
-                    "style_assignment", "size", "format", "limit", "engine", "guide")  # fmt: skip
+                    "style_assignment", "size", "format", "limit", "engine", "guide", "dream_layers", "weights",
+                    "dream_weights", "download", "max_pixels")  # fmt: skip
 
 
 def _cli_type(hint: Any) -> Any:
@@ -158,15 +168,42 @@ def _cli_type(hint: Any) -> Any:
     return str
 
 
+# What --help shows after an option that takes a value; by type where not named here.
+METAVARS = {
+    "styles": "PATH", "out": "PATH", "weights": "PATH", "dream_weights": "PATH",
+    "alpha": "X|LO:HI", "blend": "X|LO:HI", "style_weight": "X|LO:HI",
+    "style_layers": "LAYERS", "dream_layers": "LAYERS", "content_layer": "LAYER", "splits": "NAMES",
+    "scales": "X,Y,..", "style_layer_weights": "X,Y,..", "format": "FORMAT", "device": "DEVICE",
+    "devices": "DEVICES", "shard": "I/N", "max_failures": "N|FRAC", "log_level": "LEVEL",
+}  # fmt: skip
+TYPE_METAVARS = {int: "N", float: "X", str: "TEXT"}
+
+
+def _metavar(name: str, cli_type: Any) -> str | None:
+    if name in METAVARS:
+        return METAVARS[name]
+    if isinstance(cli_type, type) and issubclass(cli_type, Enum):  # each help text names the choices
+        choices = "|".join(str(member.value) for member in cli_type)
+        return choices if len(choices) <= 12 else "MODE"  # long ones would squeeze the help column
+    return TYPE_METAVARS.get(cli_type)
+
+
 def _config_option(f: dataclasses.Field[Any], hint: Any) -> inspect.Parameter:
     """One RunConfig field as a typer option: its help, panel and short flag from the field's
-    metadata. Every option defaults to None, meaning "not given" (YAML or the default applies)."""
+    metadata. Every option defaults to None, meaning "not given" (YAML or the default applies),
+    so the default --help shows is the field's."""
     cli_type = _cli_type(hint)
     flag = "--" + f.name.replace("_", "-")
     if cli_type is bool:
         flag = f"{flag}/--no-{flag[2:]}" if f.default is True else flag
     names = [flag, *([f.metadata["short"]] if "short" in f.metadata else [])]
-    option = Opt(*names, help=HELP[f.name], rich_help_panel=PANEL_OF[f.name])
+    # The default goes into the help text (escaped from rich's markup): typer's own display of
+    # a default it does not hold would put it in parentheses.
+    shown = "" if f.default is None or cli_type is bool else f" \\[default: {_default_text(f.default)}]"
+    option = Opt(
+        *names, help=f.metadata["help"] + shown, rich_help_panel=PANEL_OF[f.name], show_default=False,
+        metavar="" if cli_type is bool else _metavar(f.name, cli_type),
+    )  # fmt: skip
     annotation = Annotated[cli_type | None, option]  # type: ignore[valid-type]
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
@@ -187,9 +224,9 @@ def _with_config_options(names: tuple[str, ...]) -> Callable[[F], F]:
     return decorate
 
 
-ManifestArg = Annotated[Path, typer.Argument(help=HELP["manifest"], rich_help_panel=PANEL_OF["manifest"])]
+ManifestArg = Annotated[Path, typer.Argument(help=HELP["manifest"], metavar="MANIFEST", show_default=False)]
 ConfigOpt = Annotated[
-    Path | None, Opt("--config", "-c", help="YAML file with any of these options; flags override it.")
+    Path | None, Opt("--config", "-c", metavar="PATH", help="YAML file with any of these options; flags override it.")
 ]
 
 
@@ -200,7 +237,7 @@ def run(
     manifest: ManifestArg,
     config: ConfigOpt = None,
     *,
-    as_json: Annotated[bool, Opt("--json", help="Also print the run summary as JSON on stdout.")] = False,
+    as_json: Annotated[bool, Opt("--json", metavar="", help="Also print the run summary as JSON on stdout.")] = False,
     **flags: Any,
 ) -> None:
     """Stylize every image of MANIFEST (a CSV or an ImageFolder directory) with styles from --styles."""
@@ -221,51 +258,97 @@ def run(
     if as_json:
         _print_json(summary.as_dict())
     if not cfg.quiet:
-        err_console.print(
-            f"{summary.written} images written to {summary.out}, {summary.failed_rows} rows failed"
-            f" (see {Path(summary.out) / 'failures.csv'}), {summary.seconds:.1f} s"
-            if summary.failed_rows
-            else f"{summary.written} images written to {summary.out} in {summary.seconds:.1f} s",
-            highlight=False,
-        )
+        err_console.print(_summary_line(summary), highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
+
+
+def _summary_line(summary: RunSummary) -> str:
+    """What the run did, each kind counted apart: "3 images written, 15 up to date, 1 stale
+    removed, 2 rows failed (see ...): 18 images in aug/ (4.2 s)"."""
+    parts = [f"{summary.written} images written"]
+    parts += [f"{summary.skipped} up to date"] if summary.skipped else []
+    parts += [f"{summary.removed} stale removed"] if summary.removed else []
+    if summary.failed_rows:
+        parts.append(f"{summary.failed_rows} rows failed (see {Path(summary.out) / 'failures.csv'})")
+    return f"{', '.join(parts)}: {summary.images} images in {summary.out} ({summary.seconds:.1f} s)"
 
 
 @app.command()
 @_exit_codes
 @_with_config_options(VALIDATE_OPTIONS)
-def validate(manifest: ManifestArg, config: ConfigOpt = None, **flags: Any) -> None:
-    """Check a job without running it: rows, styles, tasks per class and the disk it will need."""
+def validate(
+    manifest: ManifestArg,
+    config: ConfigOpt = None,
+    *,
+    as_json: Annotated[bool, Opt("--json", metavar="", help="Print the findings as one line of JSON.")] = False,
+    **flags: Any,
+) -> None:
+    """Check a job without running it: what run would refuse (options, OUT, weights), rows,
+    styles, tasks per class and the disk it will need."""
     flags["manifest"] = str(manifest)
-    cfg = build_config(config, **flags)
-    report = validate_job(cfg)
+    try:
+        cfg = build_config(config, **flags)
+        report = validate_job(cfg)
+    except AugmentError as err:
+        if as_json:
+            _print_json({"exit_code": err.exit_code, "error": str(err)})
+        raise
     prepared = report.prepared
-    table = Table("class", "images out", title=f"{len(prepared.tasks)} tasks")
-    for label, count in report.class_counts.items():
-        table.add_row(label, str(count))
-    out_console.print(table)
-    out_console.print(
+    code = EXIT_SOME_FAILED if prepared.failures else EXIT_OK
+    if as_json:
+        _print_json({
+            "exit_code": code, "tasks": len(prepared.tasks), "usable_rows": len(prepared.rows),
+            "failed_rows": len(prepared.failures), "styles": len(prepared.styles),
+            "classes": report.class_counts, "estimated_bytes": report.estimated_bytes, "weights": report.weights,
+            "left_out": prepared.plan.left_out if prepared.plan else 0,
+            "failures": [{"row": f.row, "reason": f.reason, "message": f.message} for f in prepared.failures],
+        })  # fmt: skip
+        raise typer.Exit(code)
+    lines = _validation_lines(cfg, report)
+    if out_console.is_terminal:
+        table = Table("class", "images out", title=f"{len(prepared.tasks)} tasks")
+        for label, count in report.class_counts.items():
+            table.add_row(label, str(count))
+        out_console.print(table)
+    else:  # piped: plain lines, never wrapped at 80 columns
+        lines = [f"{len(prepared.tasks)} tasks", *(f"  {k}: {v} images out" for k, v in report.class_counts.items()),
+                 *lines]  # fmt: skip
+    for line in lines:
+        out_console.print(line, highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _validation_lines(cfg: RunConfig, report: Any) -> list[str]:
+    prepared = report.prepared
+    lines = [
         f"{len(prepared.rows)} usable rows, {len(prepared.failures)} failed, {len(prepared.styles)} styles; "
-        f"about {report.estimated_bytes / 1e6:.1f} MB of output",
-        highlight=False,
-    )
+        f"about {_human_bytes(report.estimated_bytes)} of output in {cfg.out}",
+        *(f"weights {line}" for line in report.weights),
+    ]
     if prepared.plan and prepared.plan.left_out:
-        out_console.print(
-            f"{prepared.plan.left_out} rows of splits other than {','.join(cfg.splits)} left out "
-            "(--include-originals copies them)",
-            highlight=False,
-        )
-    for failure in prepared.failures[:20]:
-        out_console.print(f"  {failure.reason}: {failure.message}", highlight=False, markup=False)
+        lines.append(f"{prepared.plan.left_out} rows of splits other than {','.join(cfg.splits)} left out "
+                     "(--include-originals copies them)")  # fmt: skip
+    lines += [f"  {failure.reason}: {failure.message}" for failure in prepared.failures[:20]]
     if len(prepared.failures) > 20:
-        out_console.print(f"  ... and {len(prepared.failures) - 20} more")
-    raise typer.Exit(EXIT_SOME_FAILED if prepared.failures else EXIT_OK)
+        lines.append(f"  ... and {len(prepared.failures) - 20} more (--json lists them all)")
+    return lines
+
+
+def _human_bytes(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
 
 
 @app.command()
 @_exit_codes
 def merge(
-    outs: Annotated[list[Path], typer.Argument(help="Output folders holding parts; the first receives the dataset.")],
+    outs: Annotated[
+        list[Path],
+        typer.Argument(metavar="OUT...", help="Output folders holding parts; the first receives the dataset."),
+    ],
 ) -> None:
     """Join the parts of a sharded job (one OUT or several) into manifest.csv, failures.csv, run.json."""
     _setup_logging("info", False)
@@ -280,7 +363,7 @@ def merge(
 @app.command()
 @_exit_codes
 def report(
-    out: Annotated[Path, typer.Argument(help="An augment output folder.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="An augment output folder.")],
     sample: Annotated[int, Opt(help="Sources shown in the contact sheet.")] = 12,
     seed: Annotated[int, Opt(help="Which sources the contact sheet shows.")] = 0,
 ) -> None:

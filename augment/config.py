@@ -63,9 +63,20 @@ class RunConfig:
     limit: int | None = _opt(None, "Only the first N rows of the manifest (or of the folder listing): a quick trial.")
     format: str | tuple[str, ...] = _opt(  # YAML may give a list: [jpg, webdataset]
         "png",
-        "Output image format: png, jpg or webp; add ,webdataset (or give just webdataset) to also write tar shards.",
+        "Image encoding: png, jpg or webp (also inside --webdataset shards). The old spelling jpg,webdataset "
+        "still means --format jpg --webdataset.",
     )
-    webdataset: bool = _opt(False, "Also write webdataset tar shards of the output to OUT/webdataset/.")
+    webdataset: bool = _opt(
+        False, "Also write the dataset as webdataset tar shards, shuffled by --seed, to OUT/webdataset/."
+    )
+    shard_size: int = _opt(
+        1000, "Samples per webdataset tar shard (--webdataset); the last shard of a split has the rest."
+    )
+    images: bool = _opt(
+        True,
+        "Keep the image tree OUT/images/. --webdataset --no-images: only the shards stay once a run finishes (a "
+        "re-run then makes every image again).",
+    )
     quality: int = _opt(95, "JPEG/WebP quality (1-100).")
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "Refuse images larger than this many pixels (decompression bombs).")
     # What goes into the dataset (docs/training.md)
@@ -96,6 +107,7 @@ class RunConfig:
     style_scale: float = _opt(1.0, "Size of the style image relative to --size: smaller gives finer brush strokes.")
     # The method
     size: int = _opt(512, "Long side of the output in pixels; aspect ratio kept.")
+    upscale: bool = _opt(True, "Enlarge images smaller than --size to it; --no-upscale keeps them at their own size.")
     iterations: int = _opt(300, "Optimiser iterations per image (one VGG19 forward+backward each).")
     content_weight: float | None = _opt(None, f"α, weight of the content loss. Default: {ALPHA:g}.")
     style_weight: Spread | None = _opt(
@@ -122,7 +134,7 @@ class RunConfig:
         "balance no longer depends on the weights' activation scale.",
     )
     pooling: Pooling = _opt(Pooling.MAX, "Pooling in VGG19: max or avg.")
-    optimizer: Optimizer = _opt(Optimizer.LBFGS, "lbfgs (as the seed) or adam.")
+    optimizer: Optimizer = _opt(Optimizer.LBFGS, "lbfgs (as in the paper) or adam.")
     learning_rate: float | None = _opt(None, "Step size; default 1.0 for lbfgs, 0.02 for adam.")
     init: Init = _opt(Init.CONTENT, "Start from the content image or from noise.")
     seed: int = _opt(0, "Random seed: style sampling and noise init.")
@@ -245,9 +257,15 @@ class RunConfig:
         """Long side of the style image for a content image whose long side is ``size``."""
         return max(16, round(size * self.style_scale))
 
-    def stage_sizes(self) -> list[int]:
-        """Long side of each scale, lowest first (at least 16 px, what VGG19 can pool)."""
-        return [max(16, round(self.size * scale)) for scale in self.scales]
+    def long_side(self, width: int, height: int) -> int:
+        """The output's long side for an image of this size: --size, or its own if smaller
+        with --no-upscale."""
+        return self.size if self.upscale else min(self.size, max(width, height))
+
+    def stage_sizes(self, long_side: int | None = None) -> list[int]:
+        """Long side of each scale, lowest first (at least 16 px, what VGG19 can pool), for
+        an output of ``long_side`` (default --size)."""
+        return [max(16, round((long_side or self.size) * scale)) for scale in self.scales]
 
     def dream_options(self) -> DreamOptions:
         """The dream engine's options."""
@@ -305,6 +323,8 @@ class RunConfig:
             "style_assignment",
             "per_image",
             "webdataset",
+            "shard_size",
+            "images",
         }
         return self._hash(k for k in FIELD_NAMES if k not in ignored)
 
@@ -316,13 +336,17 @@ class RunConfig:
 
     def copy_hash(self) -> str:
         """Hash of what changes a copied original: its size and encoding."""
-        return self._hash(("size", "format", "quality", "max_pixels"))
+        return self._hash(("size", "upscale", "format", "quality", "max_pixels"))
 
     def _hash(self, names: Iterable[str]) -> str:
-        """Short hash of these options' values (canonical JSON)."""
+        """Short hash of these options' values (canonical JSON). Options added after outputs
+        existed count only when set away from their default, so those outputs stay current."""
         values = self.to_dict()
-        data = {name: values[name] for name in names}
+        data = {name: values[name] for name in names if HASHED_WHEN_CHANGED.get(name, ...) != values[name]}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+HASHED_WHEN_CHANGED = {"upscale": True}
 
 
 def parse_names(value: str | Iterable[str]) -> tuple[str, ...]:
@@ -348,7 +372,8 @@ def parse_scales(value: str | float | Iterable[float]) -> tuple[float, ...]:
 
 
 def parse_format(value: str | Iterable[str]) -> tuple[str, bool]:
-    """--format: the image format and whether webdataset shards were asked for too."""
+    """--format: the image format, and whether it carried the old spelling of --webdataset
+    (``jpg,webdataset``, or ``webdataset`` alone for png), kept so that older configs still run."""
     formats = list(parse_names(value))
     webdataset = "webdataset" in formats
     formats = [f for f in formats if f != "webdataset"]
@@ -435,6 +460,8 @@ def _checks(c: RunConfig) -> list[tuple[bool, str]]:
         (c.iterations >= 0, "iterations must be >= 0"),
         (1 <= c.quality <= 100, "quality must be between 1 and 100"),
         (c.limit is None or c.limit >= 1, "limit must be at least 1"),
+        (c.shard_size >= 1, "shard_size must be at least 1"),
+        (c.images or c.webdataset, "--no-images (images: false) needs --webdataset, or no image would be kept"),
         (c.batch_size is None or c.batch_size >= 1, "batch_size must be at least 1"),
         (c.workers is None or c.workers >= 1, "workers must be at least 1"),
         (c.max_seconds is None or c.max_seconds > 0, "max_seconds must be > 0"),
@@ -509,8 +536,8 @@ _HINTS = typing.get_type_hints(RunConfig)
 PANELS: dict[str, tuple[str, ...]] = {
     "Inputs": ("manifest", "styles", "splits", "limit", "max_pixels"),
     "Output": ("out", "per_image", "include_originals", "balance", "target_per_class", "format", "webdataset",
-               "quality", "keep_stale"),
-    "Style": ("engine", "style_assignment", "alpha", "blend", "preserve_color", "style_scale", "size",
+               "shard_size", "images", "quality", "keep_stale"),
+    "Style": ("engine", "style_assignment", "alpha", "blend", "preserve_color", "style_scale", "size", "upscale",
               "content_weight", "style_weight", "tv_weight", "tv_beta", "content_layer", "style_layers",
               "style_layer_weights", "normalize_gradients", "pooling"),
     "Optimiser": ("iterations", "optimizer", "learning_rate", "init", "seed", "scales", "tol"),

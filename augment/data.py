@@ -10,6 +10,7 @@ every split and every filtered view.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -54,16 +55,17 @@ class ManifestDataset(Dataset[tuple[Any, int]]):
         self.classes = sorted(self.class_to_idx, key=self.class_to_idx.__getitem__)
         keep = pd.Series(True, index=rows.index)
         if styles is not None:
-            keep &= rows["style"].isin(list(styles))
-        keep &= ~rows["style"].isin(list(exclude_styles))
+            keep &= rows["style"].isin(_known(styles, rows["style"], "style", self.root))
+        # "original" may be excluded from a dataset that has none: the same code serves both.
+        keep &= ~rows["style"].isin(_known(exclude_styles, rows["style"], "style", self.root, also={"original"}))
         if engines is not None:
-            keep &= rows["engine"].isin(list(engines))
+            keep &= rows["engine"].isin(_known(engines, rows["engine"], "engine", self.root))
         if split is not None:
             if not (rows["split"] != "").any():
                 raise ValueError(
                     f"{self.root}: the dataset has no splits (its manifest had no split column); leave split=None"
                 )
-            keep &= rows["split"] == split.lower()
+            keep &= rows["split"] == _known([split.lower()], rows["split"], "split", self.root)[0]
         self.rows = rows[keep].reset_index(drop=True)
         self.samples = [
             (str(self.root / p), self.class_to_idx[label]) for p, label in zip(self.rows["path"], self.rows["label"])
@@ -82,3 +84,18 @@ class ManifestDataset(Dataset[tuple[Any, int]]):
             self.transform(image) if self.transform else image,
             self.target_transform(target) if self.target_transform else target,
         )
+
+
+def _known(
+    names: Iterable[str], column: pd.Series, what: str, root: Path, also: frozenset[str] | set[str] = frozenset()
+) -> list[str]:
+    """``names`` as given, each one a value the manifest has: a typo would silently filter
+    every row out (or none), so it is an error with a did-you-mean."""
+    names = [names] if isinstance(names, str) else list(names)
+    present = sorted(set(column) - {""})
+    for name in names:
+        if name not in present and name not in also:
+            close = difflib.get_close_matches(name, present, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{root}: no {what} {name!r} in its manifest (it has {', '.join(present)}){hint}")
+    return names

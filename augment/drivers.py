@@ -230,7 +230,7 @@ class GatysDriver:
         weights: ResolvedWeights,
         *,
         dreamer: DreamDriver | None = None,
-        after_iteration: Callable[[], None] = lambda: None,
+        after_iteration: Callable[[int], None] = lambda images: None,
     ) -> None:
         t0 = time.perf_counter()
         self.after_iteration = after_iteration

@@ -1,12 +1,12 @@
 """What a training job reads besides the image tree, all derived from OUT/manifest.csv:
 
 - ``OUT/classes.json``: label -> index, labels sorted as torchvision's ImageFolder sorts its
-  class folders, so indices agree with ``ImageFolder(OUT/images)``;
-- ``OUT/images/metadata.csv``: ``file_name`` (relative to OUT/images) plus the manifest's
-  columns, for Hugging Face ``load_dataset("imagefolder", data_dir=OUT/images)``; with
-  splits, one per ``OUT/images/<split>/``, which is where that loader looks for them;
-- ``OUT/webdataset/<split>-NNNNNN.tar`` (``--format webdataset``): per sample
-  ``<key>.<ext>`` (the image), ``<key>.cls`` (class index) and ``<key>.json`` (its row).
+  class folders, so indices agree with ``ImageFolder(OUT/images)`` and with the ``ClassLabel``
+  that Hugging Face's ``load_dataset("imagefolder", data_dir=OUT/images)`` infers from the
+  same folders (no metadata file is written under OUT/images: see ``_remove_metadata``);
+- ``OUT/webdataset/<split>-NNNNNN.tar`` (``--webdataset``): per sample ``<key>.<ext>`` (the
+  image), ``<key>.cls`` (class index) and ``<key>.json`` (its row, typed), shuffled by the
+  run's seed, ``--shard-size`` samples a shard; ``OUT/webdataset/shards.json`` lists them.
 """
 
 from __future__ import annotations
@@ -14,24 +14,32 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import os
+import random
+import re
 import shutil
 import tarfile
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pandas as pd
 
 from .atomic import atomic_write, write_text
-from .manifest import BASE_COLUMNS
+from .errors import OutputError
 
 CLASSES = "classes.json"
 METADATA = "metadata.csv"
 WEBDATASET = "webdataset"
+SHARDS = "shards.json"
 SAMPLES_PER_SHARD = 1000
 STAMP = "manifest.sha256"  # marks OUT/webdataset as augment's, and what it was made from
 # Manifest columns a training loader has no use for (all of them stay in manifest.csv).
 INTERNAL = ("key", "params", "weights", "seconds", "precision")
-# What metadata.csv carries besides file_name: what a training script filters or groups by.
-METADATA_COLUMNS = ("label", "split", "source", "style", "engine", "k", "style_mix", "style_weight", "alpha")
+# Always text in a sample's .json, whatever they look like (a label "1", a file "007.png").
+TEXT_COLUMNS = ("path", "label", "split", "source", "style", "engine")
 
 
 def read_manifest(out: Path) -> pd.DataFrame:
@@ -43,63 +51,118 @@ def class_index(labels: list[str]) -> dict[str, int]:
     return {label: i for i, label in enumerate(sorted(set(labels)))}
 
 
-def write_exports(out: Path, *, webdataset: bool = False) -> None:
+def write_exports(out: Path, part: dict[str, Any] | None = None, *, finished: bool = True) -> None:
+    """classes.json, and the shards when the run asked for them. ``part`` is a part's .json
+    (its ``config`` and ``inputs_root``); ``finished``: the job ran to the end, so that with
+    ``--no-images`` the image files may go (an interrupted run keeps them, to resume)."""
+    config = (part or {}).get("config", {})
     manifest = read_manifest(out)
     classes = class_index(list(manifest["label"]))
     write_text(out / CLASSES, json.dumps(classes, indent=2, ensure_ascii=False) + "\n")
-    _write_metadata(out, manifest)
-    if webdataset:
-        _write_webdataset(out, manifest, classes)
+    _remove_metadata(out)
+    if config.get("webdataset"):
+        _write_webdataset(
+            out,
+            manifest,
+            classes,
+            seed=int(config.get("seed", 0)),
+            shard_size=int(config.get("shard_size", SAMPLES_PER_SHARD)),
+            inputs_root=(part or {}).get("inputs_root"),
+        )
+        if finished and config.get("images") is False:
+            _remove_images(out, manifest)
     elif (out / WEBDATASET / STAMP).is_file():  # shards of an earlier run that asked for them
         shutil.rmtree(out / WEBDATASET)
 
 
-def _write_metadata(out: Path, manifest: pd.DataFrame) -> None:
+def _remove_metadata(out: Path) -> None:
+    """Hugging Face's imagefolder loader (datasets 3 to 5) takes its columns from a metadata
+    file (metadata.csv/.jsonl/.parquet) when there is one, and then ignores the class folders:
+    ``label`` from a CSV is a string (``Value('large_string')``, no ``.names``), and leaving it out
+    leaves no label at all. Only without a metadata file does it infer ``label`` as a
+    ``ClassLabel`` from the folder names, sorted: the order of classes.json and torchvision. So
+    none is written (the per-image columns are in OUT/manifest.csv), and the one earlier versions
+    of augment wrote is removed: only where they wrote it (images/ and images/<split>/)."""
     images = out / "images"
-    # Only where it is ever written (images/ and images/<split>/): no walk of the whole tree.
     for stale in [images / METADATA, *images.glob(f"*/{METADATA}")]:
         stale.unlink(missing_ok=True)
-    # The input manifest's own columns come along; columns with no value anywhere do not.
-    extra = [c for c in manifest.columns if c not in BASE_COLUMNS]
-    columns = [c for c in (*METADATA_COLUMNS, *extra) if c in manifest and (manifest[c] != "").any()]
-    splits = sorted(set(manifest["split"])) if "split" in manifest else [""]
-    for split in splits:
-        rows = manifest[manifest["split"] == split] if "split" in manifest else manifest
-        folder = images / split if split else images
-        # file_name is relative to the metadata file's folder.
-        names = [
-            PurePosixPath(p).relative_to(PurePosixPath(folder.relative_to(out).as_posix())).as_posix()
-            for p in rows["path"]
-        ]
-        frame = pd.concat([pd.Series(names, name="file_name", index=rows.index), rows[columns]], axis=1)
-        with atomic_write(folder / METADATA, "w", encoding="utf-8", newline="") as handle:
-            frame.to_csv(handle, index=False)
 
 
-def _write_webdataset(out: Path, manifest: pd.DataFrame, classes: dict[str, int]) -> None:
-    """Tar shards, rewritten only when the manifest changed since they were made."""
+def _remove_images(out: Path, manifest: pd.DataFrame) -> None:
+    """``--no-images``: the manifest's image files, now in the shards, and the folders they
+    leave empty. Nothing else under OUT/images is touched."""
+    images = (out / "images").resolve()
+    folders = set()
+    for rel in manifest["path"]:
+        path = (out / rel).resolve()
+        if path.is_relative_to(images) and path.is_file():
+            path.unlink()
+            folders.add(path.parent)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        while folder != images and folder.is_relative_to(images) and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+
+
+def _write_webdataset(
+    out: Path,
+    manifest: pd.DataFrame,
+    classes: dict[str, int],
+    *,
+    seed: int,
+    shard_size: int,
+    inputs_root: str | None,
+) -> None:
+    """Tar shards and shards.json, rewritten only when the manifest or the sharding changed."""
     folder = out / WEBDATASET
     stamp = folder / STAMP
-    digest = hashlib.sha256((out / "manifest.csv").read_bytes()).hexdigest()
-    if stamp.is_file() and stamp.read_text().strip() == digest:
+    settings = json.dumps({"seed": seed, "shard_size": shard_size, "inputs_root": inputs_root}, sort_keys=True)
+    digest = hashlib.sha256((out / "manifest.csv").read_bytes() + settings.encode()).hexdigest()
+    if stamp.is_file() and stamp.read_text().strip() == digest and (folder / SHARDS).is_file():
         return
+    missing = [p for p in manifest["path"] if not (out / p).is_file()]
+    if missing:  # e.g. a part re-run after --no-images removed the other parts' images
+        raise OutputError(
+            f"{len(missing)} image(s) of the manifest are not in {out / 'images'} (first: {missing[0]}), so the "
+            "shards cannot be rebuilt: run the whole job again"
+        )
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir()
     has_split = "split" in manifest and (manifest["split"] != "").any()
-    for split, rows in manifest.groupby(manifest["split"] if has_split else pd.Series("train", index=manifest.index)):
-        records = rows.to_dict("records")
-        keys = _sample_keys(records)
-        for shard, start in enumerate(range(0, len(records), SAMPLES_PER_SHARD)):
-            with (
-                atomic_write(folder / f"{split}-{shard:06d}.tar") as handle,
-                tarfile.open(fileobj=handle, mode="w") as tar,
-            ):
-                for row, key in zip(
-                    records[start : start + SAMPLES_PER_SHARD], keys[start : start + SAMPLES_PER_SHARD]
-                ):
-                    _add_sample(tar, out, row, key, classes)
+    splits = manifest["split"] if has_split else pd.Series("train", index=manifest.index)
+    typed = _typed_columns(manifest)
+    listing: dict[str, Any] = {}
+    for split, rows in manifest.groupby(splits, sort=True):
+        records = sorted(rows.to_dict("records"), key=lambda r: r["path"])
+        samples = list(zip(_sample_keys(records), records))
+        # Shuffled across the shards, so that a shard is a sample of the whole split (in
+        # manifest order, a shard of 1000 often holds a single class): a fixed permutation
+        # from the run's seed and the split, the same on every machine and every re-run.
+        random.Random(_stable_seed(seed, split)).shuffle(samples)
+        shards = []
+        for number, start in enumerate(range(0, len(samples), shard_size)):
+            chunk, name = samples[start : start + shard_size], f"{split}-{number:06d}.tar"
+            with atomic_write(folder / name) as handle, tarfile.open(fileobj=handle, mode="w") as tar:
+                for key, row in chunk:
+                    _add_sample(tar, out, row, key, classes, typed, inputs_root)
+            shards.append({"url": name, "samples": len(chunk)})
+        counts = Counter(row["label"] for _, row in samples)
+        listing[split] = {
+            "samples": len(samples),
+            "shards": shards,
+            "classes": {label: counts[label] for label in classes if counts[label]},
+        }
+    # Beside the shards, like img2dataset's stats: a loader reads the shard names from here
+    # instead of guessing a brace pattern. Names are relative to this file's folder.
+    index = {"shard_size": shard_size, "seed": seed, "classes": classes, "splits": listing}
+    write_text(folder / SHARDS, json.dumps(index, indent=2, ensure_ascii=False) + "\n")
     write_text(stamp, digest + "\n")
+
+
+def _stable_seed(seed: int, split: str) -> int:
+    """Python's hash() of a string changes from process to process; this does not."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{split}".encode()).digest()[:8], "big")
 
 
 def _sample_keys(records: list[dict[str, str]]) -> list[str]:
@@ -117,9 +180,63 @@ def _sample_keys(records: list[dict[str, str]]) -> list[str]:
     return keys
 
 
-def _add_sample(tar: tarfile.TarFile, out: Path, row: dict[str, str], key: str, classes: dict[str, int]) -> None:
+_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+_ZERO_PADDED = re.compile(r"[-+]?0[0-9]+")  # "007" is an id, not 7 (or 7.0)
+
+
+def _typed_columns(manifest: pd.DataFrame) -> dict[str, Callable[[str], Any]]:
+    """Per column, how its text becomes a JSON value: int when every value is a whole number,
+    float when every value is a finite number, else text (one column, one type, across the
+    dataset); an empty value is null."""
+
+    def is_number(value: str) -> bool:
+        if _ZERO_PADDED.match(value):
+            return False
+        try:
+            return math.isfinite(float(value))
+        except ValueError:
+            return False
+
+    typed: dict[str, Callable[[str], Any]] = {}
+    for column in manifest.columns:
+        values = [v for v in manifest[column] if v != ""]
+        if column in TEXT_COLUMNS or not values:
+            typed[column] = str
+        elif all(_INT.fullmatch(v) for v in values):
+            typed[column] = int
+        elif all(is_number(v) for v in values):
+            typed[column] = float
+        else:
+            typed[column] = str
+    return typed
+
+
+def _portable_source(source: str, inputs_root: str | None) -> str:
+    """The source image as a path relative to the input manifest's folder (as the manifest
+    usually gives it); an absolute one outside that folder keeps only its file name, so no
+    host path travels with the shards (OUT/manifest.csv keeps the full one)."""
+    if not os.path.isabs(source):
+        return PurePosixPath(os.path.normpath(source).replace(os.sep, "/")).as_posix()
+    if inputs_root:
+        root = os.path.normpath(inputs_root)
+        if os.path.commonpath([os.path.normpath(source), root]) == root:
+            return Path(os.path.relpath(source, root)).as_posix()
+    return PurePosixPath(source.replace("\\", "/")).name
+
+
+def _add_sample(
+    tar: tarfile.TarFile,
+    out: Path,
+    row: dict[str, str],
+    key: str,
+    classes: dict[str, int],
+    typed: dict[str, Callable[[str], Any]],
+    inputs_root: str | None,
+) -> None:
     path = PurePosixPath(row["path"])
-    meta = {k: v for k, v in row.items() if k not in INTERNAL}
+    meta = {k: (typed[k](v) if v != "" else None) for k, v in row.items() if k not in INTERNAL}
+    if meta.get("source"):
+        meta["source"] = _portable_source(row["source"], inputs_root)
     members = {
         f"{key}{path.suffix}": (out / path).read_bytes(),
         f"{key}.cls": str(classes[row["label"]]).encode(),

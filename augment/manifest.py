@@ -29,7 +29,7 @@ BASE_COLUMNS = [
     "size", "width", "height", "iterations", "precision",
     "content_loss", "style_loss", "tv_loss", "total_loss", "dream_objective", "params", "key", "seconds",
 ]  # fmt: skip
-# Names of files written in OUT/images beside the class folders (Hugging Face's metadata.csv).
+# File names Hugging Face's imagefolder loader reads as metadata: a class so named would break it.
 RESERVED_LABELS = frozenset({"metadata.csv", "metadata.jsonl", "metadata.parquet"})
 # Output columns an input column may not overwrite (and metadata.csv's file_name).
 RESERVED_COLUMNS = (frozenset(BASE_COLUMNS) - {"path", "label", "split"}) | {"file_name"}
@@ -177,15 +177,37 @@ def _check_row(index: int, source: str, label: str, root: Path) -> Path | Failur
     return candidate
 
 
+# Top-level folders read as splits, as Hugging Face's imagefolder loader reads them.
+SPLIT_FOLDERS = frozenset({"train", "val", "valid", "validation", "test"})
+
+
 def _load_image_folder(root: Path) -> InputRows:
-    """``root/<label>/**/<image>`` as torchvision's ImageFolder reads it."""
+    """``root/<label>/**/<image>`` as torchvision's ImageFolder reads it; ``root/<split>/<label>/``
+    when every top-level folder is named like a split (train, val, validation, test)."""
     root = root.resolve()
-    extensions = image_extensions()
-    rows, failures = [], []
-    index = 0
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
+    top = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not top:
         raise ManifestError(f"{root}: no class folders (expected {root}/<label>/<image>)")
+    rows: list[SourceRow] = []
+    failures: list[Failure] = []
+    if all(p.name.lower() in SPLIT_FOLDERS for p in top):
+        log.info("%s: folders %s read as splits (root/<split>/<label>/<image>)", root, ", ".join(p.name for p in top))
+        for split_dir in top:
+            class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+            _read_classes(root, class_dirs, split_dir.name.lower(), rows, failures)
+    else:
+        _read_classes(root, top, "", rows, failures)
+    if not rows and not failures:
+        raise ManifestError(f"{root}: no images found under its class folders")
+    return InputRows(rows=rows, failures=failures, root=root, extra_columns=[])
+
+
+def _read_classes(
+    root: Path, class_dirs: list[Path], split: str, rows: list[SourceRow], failures: list[Failure]
+) -> None:
+    """Every image under each class folder, as rows (numbered on from those already read)."""
+    extensions = image_extensions()
+    index = len(rows) + len(failures)
     for class_dir in class_dirs:
         label = class_dir.name
         files = sorted(
@@ -205,10 +227,7 @@ def _load_image_folder(root: Path) -> InputRows:
             if problem:
                 failures.append(Failure(index, source, label, "bad_label", f"{source}: {problem}"))
                 continue
-            rows.append(SourceRow(row=index, source=source, path=file, label=label))
-    if not rows and not failures:
-        raise ManifestError(f"{root}: no images found under its class folders")
-    return InputRows(rows=rows, failures=failures, root=root, extra_columns=[])
+            rows.append(SourceRow(row=index, source=source, path=file, label=label, split=split))
 
 
 def _is_utf8(text: str) -> bool:

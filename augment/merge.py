@@ -134,7 +134,7 @@ def merge(
             manifest.to_csv(handle, index=False)
         with atomic_write(target / "failures.csv", "w", encoding="utf-8", newline="") as handle:
             failed.reindex(columns=list(FAILURE_COLUMNS)).to_csv(handle, index=False)
-        write_exports(target, webdataset=bool(infos[0][1]["config"].get("webdataset")))
+        write_exports(target, infos[0][1], finished=interrupted is None and not missing)
     except OSError as err:
         raise OutputError(f"cannot write to {target}: {err}") from err
     write_text(target / "run.json", json.dumps(run, indent=2, ensure_ascii=False) + "\n")

@@ -139,7 +139,10 @@ def _run_shard(
         config, prepared, out, name, weights, tasks, progress=progress, keys=keys, done=done, deadline=deadline
     )
     log.info("shard %s done; run `augment merge %s` once every shard has finished", config.shard, out)
-    return _summary(out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name)
+    return _summary(
+        out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name,
+        reused=len(done), skipped=len(done),
+    )  # fmt: skip
 
 
 def _run_whole(
@@ -170,9 +173,10 @@ def _run_whole(
     if interrupted:
         log.warning("%s: kept %d finished images", interrupted, result["counts"]["written"])
         raise interrupted
-    written, failed = result["counts"]["written"], result["counts"]["failed_rows"]
+    images, failed = result["counts"]["written"], result["counts"]["failed_rows"]
     device = resolve_device(config.device)
-    return _summary(out, written, failed, len(prepared.tasks), started, weights.identity, device)
+    return _summary(out, images, failed, len(prepared.tasks), started, weights.identity, device,
+                    reused=len(done) + len(kept_stale), skipped=len(done), removed=counts["removed"])  # fmt: skip
 
 
 def _reuse_and_clean(
@@ -274,15 +278,17 @@ def _keys(config: RunConfig, prepared: Prepared, weights: Any, tasks: list[Task]
 
 
 def _summary(
-    out: Path, written: int, failed: int, tasks: int, started: float, weights: str, device: torch.device,
-    *, part: str | None = None,
+    out: Path, images: int, failed: int, tasks: int, started: float, weights: str, device: torch.device,
+    *, part: str | None = None, reused: int = 0, skipped: int = 0, removed: int = 0,
 ) -> RunSummary:  # fmt: skip
-    """The summary of a whole job, or (``part``) of this process's share of it."""
+    """The summary of a whole job, or (``part``) of this process's share of it: ``images`` in
+    its manifest, of which ``reused`` were there before (``skipped`` of them up to date)."""
     failures_csv = out / PARTS / f"{part}.failures.csv" if part else out / "failures.csv"
     return RunSummary(
-        out=str(out), exit_code=EXIT_SOME_FAILED if failed else EXIT_OK, tasks=tasks, written=written,
+        out=str(out), exit_code=EXIT_SOME_FAILED if failed else EXIT_OK, tasks=tasks, written=images - reused,
         failed_rows=failed, seconds=round(time.time() - started, 3), weights=weights,
-        device=describe_device(device), failures=_read_failures(failures_csv),
+        device=describe_device(device), failures=_read_failures(failures_csv), skipped=skipped, removed=removed,
+        images=images,
     )  # fmt: skip
 
 
@@ -349,8 +355,9 @@ def _run_rank(
                 part.device,
             )
         return _summary(
-            out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name
-        )
+            out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name,
+            reused=len(done), skipped=len(done),
+        )  # fmt: skip
     finally:
         dist.destroy_process_group()
 
@@ -374,7 +381,7 @@ def _run_workers(
         queue.put([index[t.output] for t in group])
     for _ in range(workers):
         queue.put(None)
-    counter = ctx.Value("i", 0)
+    counter = ctx.Value("d", 0.0)  # images done, with the running ones' share (ProgressFn)
     # Rows failed up front or at the header read, and images kept from earlier runs, belong to
     # no worker: a part of their own.
     header = PartRun(config, prepared, out, name="header", keys=keys)
@@ -456,9 +463,9 @@ def _worker_main(
         while (indices := queue.get()) is not None:
             yield [prepared.tasks[i] for i in indices]
 
-    reported = 0
+    reported = 0.0
 
-    def count(finished: int, total: int) -> None:
+    def count(finished: float, total: int) -> None:
         nonlocal reported
         with done.get_lock():
             done.value += finished - reported

@@ -7,13 +7,14 @@ also reads each image's header so ``augment validate`` catches unreadable files 
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import OUT_FOLDERS
 from .config import Engine, RunConfig
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
 from .images import ImageProblem, fit_long_side, probe
 from .manifest import Failure, InputRows, SourceRow, load_input
 from .plan import Plan, PlanTooLarge, Task, class_key, plan
@@ -40,6 +41,7 @@ class Validation:
     prepared: Prepared
     class_counts: dict[str, int] = field(default_factory=dict)
     estimated_bytes: int = 0
+    weights: list[str] = field(default_factory=list)  # what run would load, one line per network
 
 
 def check_out_apart(config: RunConfig) -> None:
@@ -54,6 +56,16 @@ def check_out_apart(config: RunConfig) -> None:
     elif source.parent == out or any(source.is_relative_to(out / sub) for sub in OUT_FOLDERS):
         # OUT/manifest.csv, failures.csv, ... and the folders augment fills: the user's file could be overwritten.
         raise ConfigError(f"--out {config.out} holds the manifest {config.manifest}: choose another --out")
+
+
+def check_out_writable(config: RunConfig) -> None:
+    """OUT, or the folder it would be made in, must be a folder augment can write to."""
+    out = Path(config.out).resolve()
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"--out {config.out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"--out {config.out}: {existing} is not writable")
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -102,8 +114,14 @@ def prepare(config: RunConfig) -> Prepared:
 
 
 def validate(config: RunConfig) -> Validation:
-    """All of ``prepare`` plus a header read of every image; no pixels decoded, no model."""
+    """All of ``prepare`` plus what ``run`` would refuse before any work (OUT not writable,
+    weights missing and not downloadable) and a header read of every image; no pixels
+    decoded, no model loaded."""
+    from .weights import check_weights  # torch: only for validate, not for every prepare
+
     prepared = prepare(config)
+    check_out_writable(config)
+    weights = check_weights(config)
     good: list[SourceRow] = []
     pixels_per_source: dict[SourceRow, int] = {}
     for row in prepared.rows:
@@ -113,7 +131,7 @@ def validate(config: RunConfig) -> Validation:
             prepared.failures.append(Failure(row.row, row.source, row.label, err.reason, f"row {row.row}: {err}"))
             continue
         good.append(row)
-        out_w, out_h = fit_long_side(w, h, config.size)
+        out_w, out_h = fit_long_side(w, h, config.long_side(w, h))
         pixels_per_source[row] = out_w * out_h
     prepared.rows = good
     prepared.tasks = [t for t in prepared.tasks if t.source in pixels_per_source]
@@ -123,4 +141,5 @@ def validate(config: RunConfig) -> Validation:
         prepared=prepared,
         class_counts=dict(sorted(counts.items())),
         estimated_bytes=int(pixels * BYTES_PER_PIXEL[config.format]),
+        weights=weights,
     )

@@ -11,9 +11,12 @@ from .errors import BudgetExhausted
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int], None]  # (tasks finished or failed, total tasks)
+ProgressFn = Callable[[float, int], None]
+"""(images done, total images): done counts finished or failed images plus the finished share
+of those being made (an image 30 of 300 iterations in counts 0.1), so it moves every iteration."""
 CHECKPOINT_EVERY_S = 30.0
-ETA_EVERY_S = 60.0
+ETA_EVERY_S = 30.0  # a log line this often: run.log and a pipeline's stderr never go quiet
+FIRST_ETA_AFTER_S = 5.0  # the first estimate, once a few iterations have been timed
 
 
 def duration(seconds: float) -> str:
@@ -37,20 +40,29 @@ class ProgressTracker:
         self.checkpoint = checkpoint  # writes the part files; called every CHECKPOINT_EVERY_S
         self.done = self.total = 0
         self.batch_size = 1
+        self.units_per_image = 1  # iterations (or steps) one image takes
+        self._partial = 0.0  # iterations made by images not finished yet
         self._t0 = time.monotonic()
+        self._start_progress = 0.0
         self._eta_logged = 0.0
         self._last_checkpoint = time.monotonic()
 
     def start(self, done: int, total: int) -> None:
         self.done, self.total = done, total
 
-    def report(self) -> None:
-        self.callback(self.done, self.total)
+    @property
+    def progress(self) -> float:
+        """Images done, with the running ones' finished share."""
+        return self.done + min(self._partial / max(self.units_per_image, 1), max(self.total - self.done, 0))
 
-    def begin(self, batch_size: int) -> None:
-        """Computing starts now, ``batch_size`` images at a time: the clock for the ETA."""
-        self.batch_size = batch_size
-        self._t0, self._eta_logged = time.monotonic(), 0.0
+    def report(self) -> None:
+        self.callback(self.progress, self.total)
+
+    def begin(self, batch_size: int, units_per_image: int = 1) -> None:
+        """Computing starts now, ``batch_size`` images at a time, each ``units_per_image``
+        iterations: the clock for the ETA."""
+        self.batch_size, self.units_per_image = batch_size, max(1, units_per_image)
+        self._t0, self._eta_logged, self._start_progress = time.monotonic(), 0.0, self.progress
         self.report()
 
     def check_deadline(self) -> None:
@@ -59,18 +71,33 @@ class ProgressTracker:
         if self.deadline is not None and time.time() > self.deadline:
             raise BudgetExhausted(self.max_seconds or 0.0)  # drops the rest of the current batch
 
-    def advance(self, count: int) -> None:
+    def iteration(self, images: int) -> None:
+        """One iteration of a batch of ``images`` images is done."""
+        self.check_deadline()
+        self._partial += images
+        self.report()
+        self._log_eta()
+
+    def advance(self, count: int, units: int = 0) -> None:
+        """``count`` images finished (or failed); ``units``: the iterations they had made."""
         self.check_deadline()
         self.done += count
+        self._partial = max(0.0, self._partial - units)
         self.report()
         if time.monotonic() - self._last_checkpoint >= CHECKPOINT_EVERY_S:
             self.checkpoint()
             self._last_checkpoint = time.monotonic()
-        # An estimate from the first finished images, then once a minute: for logs and cron.
+        self._log_eta()
+
+    def _log_eta(self) -> None:
+        """A line for logs and cron: a first estimate after a few seconds, then every ETA_EVERY_S."""
         now = time.monotonic()
-        left = self.total - self.done
-        if left and (not self._eta_logged or now - self._eta_logged >= ETA_EVERY_S):
-            rate = self.done / max(now - self._t0, 1e-9)
-            if self.done >= min(self.batch_size, self.total):
-                log.info("%d/%d images, about %s left", self.done, self.total, duration(left / max(rate, 1e-9)))
-                self._eta_logged = now
+        elapsed = now - self._t0
+        made = self.progress - self._start_progress
+        left = self.total - self.progress
+        due = now - self._eta_logged >= ETA_EVERY_S if self._eta_logged else elapsed >= FIRST_ETA_AFTER_S
+        if left > 0 and made > 0 and due:
+            share, eta = 100 * self.progress / max(self.total, 1), duration(left * elapsed / made)
+            log.info("%d/%d images (%.0f%%), %s elapsed, about %s left",
+                     int(self.progress), self.total, share, duration(elapsed), eta)  # fmt: skip
+            self._eta_logged = now

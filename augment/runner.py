@@ -49,6 +49,10 @@ class PartSummary:
 
 @dataclass
 class RunSummary:
+    """What a run did. ``written``: images this run made; ``skipped``: up to date from an
+    earlier run, not redone; ``removed``: stale images of rows that left the job;
+    ``failed_rows``: rows that gave no image; ``images``: what the dataset now holds."""
+
     out: str
     exit_code: int
     tasks: int
@@ -58,6 +62,9 @@ class RunSummary:
     weights: str
     device: str
     failures: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+    removed: int = 0
+    images: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +98,7 @@ def order_by_shape(tasks: list[Task], config: RunConfig) -> tuple[list[list[Task
         except ImageProblem as err:
             failures.append(Failure(source.row, source.source, source.label, err.reason, f"row {source.row}: {err}"))
             continue
-        out_w, out_h = fit_long_side(w, h, config.size)
+        out_w, out_h = fit_long_side(w, h, config.long_side(w, h))
         shapes[source] = (out_h, out_w)
     ordered = sorted((s for s in groups if s in shapes), key=lambda s: shapes[s])  # stable: task order within a shape
     return [groups[s] for s in ordered], failures
@@ -224,11 +231,12 @@ class PartRun:
             assert weights.dream is not None
             dreamer = DreamDriver(self.config, self.device, self.precision, weights.dream)
         return GatysDriver(self.config, self.device, self.precision, weights.gatys, dreamer=dreamer,
-                           after_iteration=self.tracker.check_deadline)  # fmt: skip
+                           after_iteration=self.tracker.iteration)  # fmt: skip
 
     def _make(self, driver: CopyDriver | DreamDriver | GatysDriver, groups: Iterable[list[Task]]) -> None:
         """Has the engine's driver make the groups; each outcome goes through ``_emit``."""
-        self.tracker.begin(driver.batch_size)
+        iterations = sum(self.config.stage_iterations) if isinstance(driver, GatysDriver) else 1
+        self.tracker.begin(driver.batch_size, iterations)
         with self.record.saving():
             driver.run(groups, self._decoded, self._emit)
         self.timings.update(driver.timings)
@@ -239,7 +247,7 @@ class PartRun:
             self.record.submit(outcome.image, self._row(outcome))
         else:
             self._fail(outcome)
-        self.tracker.advance(1)
+        self.tracker.advance(1, outcome.iterations if isinstance(outcome, Made) and outcome.iterations else 0)
         self.record.collect(wait=False)
 
     def _decoded(self, groups: Iterable[list[Task]]) -> Iterator[tuple[list[Task], list[torch.Tensor]]]:
@@ -257,7 +265,8 @@ class PartRun:
             image = load_rgb(source.path, max_pixels=self.config.max_pixels)
         except ImageProblem as err:
             return err
-        return [to_tensor(resize_long_side(image, size)) for size in self.config.stage_sizes()]
+        sizes = self.config.stage_sizes(self.config.long_side(*image.size))
+        return [to_tensor(resize_long_side(image, size)) for size in sizes]
 
     def _row(self, made: Made) -> dict[str, Any]:
         return manifest_row(

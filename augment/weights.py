@@ -15,6 +15,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
+from urllib.parse import urlparse
 
 import torch
 
@@ -126,7 +127,8 @@ def download_weights(model: str = "vgg19", *, progress: bool = True) -> Path:
         log.info("downloading %s to %s", url, target)
         torch.hub.load_state_dict_from_url(url, progress=progress, check_hash=True, map_location="cpu")
     except (URLError, OSError, RuntimeError, ValueError) as err:
-        raise WeightsUnavailable(_missing_message(model, f"the download failed ({err})")) from err
+        # from None: the message says what failed; urllib's chained traceback only buries it
+        raise WeightsUnavailable(_missing_message(model, f"the download failed ({err})")) from None
     finally:
         socket.setdefaulttimeout(previous)
     return target
@@ -178,6 +180,48 @@ def resolve_weights(
             raise WeightsUnavailable(_missing_message(model, "downloads are off (--no-download)"))
         download_weights(model, progress=False)
     return _load_file(cached, WeightsFlavour.TORCHVISION)
+
+
+def weights_needed(config: RunConfig) -> list[tuple[str, str | None]]:
+    """(model, spec) for every network ``config``'s engine loads, as ``resolve_for`` does."""
+    from .config import Engine
+
+    needed: list[tuple[str, str | None]] = []
+    if config.engine is not Engine.DREAM or config.dream_net == "vgg19":
+        needed.append(("vgg19", config.weights))
+    if config.engine is not Engine.GATYS and config.dream_net == "googlenet":
+        needed.append(("googlenet", config.dream_weights or (RANDOM if config.weights == RANDOM else None)))
+    return needed
+
+
+def check_weights(config: RunConfig, *, probe_timeout_s: float = 5.0) -> list[str]:
+    """What ``augment run`` would load, checked without loading it (for ``augment validate``):
+    one line per network, or WeightsUnavailable with run's message where run would stop. A
+    download that would be needed is checked by reaching the file's host."""
+    found = []
+    for model, spec in weights_needed(config):
+        name = MODELS[model][0]
+        if spec == RANDOM:
+            found.append(f"{name}: random (smoke tests only: no real features)")
+        elif spec:
+            path = Path(spec).expanduser()
+            if not path.is_file():
+                raise WeightsUnavailable(f"weights file not found: {path}")
+            found.append(f"{name}: {path}")
+        elif cached_weights(model).is_file():
+            found.append(f"{name}: {cached_weights(model)}")
+        elif not config.download:
+            raise WeightsUnavailable(_missing_message(model, "downloads are off (--no-download)"))
+        elif os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+            raise WeightsUnavailable(_missing_message(model, f"downloads are off ({OFFLINE_ENV} is set)"))
+        else:
+            host = urlparse(model_url(model)).hostname or ""
+            try:
+                socket.create_connection((host, 443), timeout=probe_timeout_s).close()
+            except OSError as err:
+                raise WeightsUnavailable(_missing_message(model, f"{host} cannot be reached ({err})")) from err
+            found.append(f"{name}: to be downloaded from {model_url(model)}")
+    return found
 
 
 def build_vgg19(

@@ -18,7 +18,9 @@ import torch
 
 import augment
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# hymenoptera-mini/ (manifest.csv + photos) and styles/: the repository's small copies by
+# default; --data a folder of the same layout with the full-size photos for the recorded figures.
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 
 
 def main() -> None:
@@ -28,7 +30,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--engine", default="gatys", help="gatys, dream or gatys+dream")
-    parser.add_argument("--data", type=Path, default=SHARED)
+    parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """augment vs neural-style-pt (PyPI ``neural-style`` 0.5.7) on the same job, whole commands timed.
 
-The job: 4 photos from shared/data/hymenoptera-mini (the GIF among them) x 1 style, as a user
+The job: 4 photos from hymenoptera-mini (the GIF among them) x 1 style, as a user
 runs it: the peer once per image, ``augment run`` once over a manifest, default options.
 Both use a seeded random VGG19 (the same FLOPs as the real one; nothing to download); the peer
 picks its network from the file name, so the weights are saved as ``vgg19-d01eb7cb.pth``.
@@ -27,7 +27,9 @@ from profile_iteration import PEAKS, flops_per_iteration  # same folder: run as 
 
 from augment.engines.vgg import random_state_dict
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# hymenoptera-mini/ (manifest.csv + photos) and styles/: the repository's small copies by
+# default; --data a folder of the same layout with the full-size photos for the recorded figures.
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 PHOTOS = [
     "ants/0013035.jpg", "ants/imageNotFound.gif",
     "bees/1092977343_cb42b38d62.jpg", "bees/1093831624_fb5fbe2308.jpg",

@@ -13,7 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# hymenoptera-mini/ (manifest.csv + photos) and styles/: the repository's small copies by
+# default; --data a folder of the same layout with the full-size photos for the recorded figures.
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,27 @@ def test_run_returns_a_summary(dataset: tuple[Path, Path], tmp_path: Path) -> No
     )  # fmt: skip
     assert summary.exit_code == 0 and summary.written == 3 and summary.failed_rows == 0
     assert seen[0] == (0, 3) and seen[-1] == (3, 3)
+
+
+def test_progress_moves_every_iteration_and_the_log_says_how_long(
+    dataset: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At the defaults a CPU spends minutes on one batch: the bar and run.log must not wait for
+    # the first finished image. A running image counts by its share of iterations done.
+    import augment.progress
+
+    monkeypatch.setattr(augment.progress, "FIRST_ETA_AFTER_S", 0.0)
+    manifest, styles = dataset
+    seen: list[float] = []
+    augment.run(
+        manifest=str(manifest), styles=str(styles), out=str(tmp_path / "out"), weights="random",
+        size=32, iterations=10, batch_size=3, progress=lambda done, total: seen.append(done),
+    )  # fmt: skip
+    assert seen == sorted(seen) and seen[-1] == 3
+    before_first_image = [done for done in seen if 0 < done < 1]
+    assert len(before_first_image) >= 8  # 3 images x 10 iterations in one batch: ~0.1 per iteration
+    log = (tmp_path / "out" / "run.log").read_text()
+    assert re.search(r"\d+/3 images \(\d+%\), 0m\d\ds elapsed, about 0m\d\ds left", log), log
 
 
 def test_stylize_one_image() -> None:
@@ -57,3 +79,34 @@ def test_stylize_and_run_make_the_same_image(tmp_path: Path, one_thread: None) -
         data / "ants" / "a.png", styles / "waves.png", weights="random", **{**settings, "scales": "1"}
     )
     assert not np.array_equal(np.asarray(plain), np.asarray(alone))
+
+
+def test_a_stylizer_loads_the_weights_once_and_is_a_torchvision_transform(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.transforms as T
+
+    import augment.api
+
+    loads: list[str | None] = []
+    real = augment.api.resolve_vgg19
+    monkeypatch.setattr(augment.api, "resolve_vgg19", lambda spec, **kw: loads.append(spec) or real(spec, **kw))
+    styles = [noise_image(16, 16, 2), noise_image(20, 12, 3)]
+    stylizer = augment.Stylizer(styles, weights="random", size=32, iterations=2, seed=1)
+    transform = T.Compose([stylizer, T.ToTensor()])
+    images = [transform(noise_image(40, 20, seed)) for seed in range(4)]
+    assert len(loads) == 1  # not once per image
+    assert all(x.shape == (3, 16, 32) for x in images)
+    # A named style gives what augment.stylize gives for that style alone.
+    alone = augment.stylize(noise_image(40, 20, 0), styles[1], weights="random", size=32, iterations=2)
+    assert np.array_equal(np.asarray(stylizer(noise_image(40, 20, 0), style="style1")), np.asarray(alone))
+    with pytest.raises(augment.errors.ConfigError, match="unknown style 'style9'"):
+        stylizer(noise_image(40, 20, 0), style="style9")
+
+
+def test_no_upscale_keeps_small_images_at_their_size() -> None:
+    small = noise_image(40, 20, 0)
+    assert augment.stylize(small, noise_image(16, 16, 2), weights="random", size=64, iterations=1).size == (64, 32)
+    kept = augment.stylize(small, noise_image(16, 16, 2), weights="random", size=64, iterations=1, upscale=False)
+    assert kept.size == (40, 20)
+    big = noise_image(80, 40, 0)  # larger than --size: still made smaller
+    shrunk = augment.stylize(big, noise_image(16, 16, 2), weights="random", size=64, iterations=1, upscale=False)
+    assert shrunk.size == (64, 32)

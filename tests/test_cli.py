@@ -140,12 +140,44 @@ def test_config_file_limit_and_json(dataset: tuple[Path, Path], tmp_path: Path) 
 
 def test_validate_reports_tasks_classes_and_failures(dataset: tuple[Path, Path]) -> None:
     manifest, styles = dataset
-    code, stdout, _ = invoke("validate", manifest, "--styles", styles, "--per-image", "2")
+    code, stdout, _ = invoke("validate", manifest, "--styles", styles, "--per-image", "2", "--weights", "random")
     assert code == 0
     assert "6 tasks" in stdout and "ants" in stdout and "MB of output" in stdout
     (manifest.parent / "bees" / "b1.png").write_bytes(b"nope")
-    code, stdout, _ = invoke("validate", manifest, "--styles", styles)
+    code, stdout, _ = invoke("validate", manifest, "--styles", styles, "--weights", "random")
     assert code == 1 and "undecodable" in stdout
+
+
+def test_validate_refuses_what_run_refuses(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    # Weights: none cached and downloads off (tests/conftest.py): run exits 2, so does validate.
+    code, _, err = invoke("validate", manifest, "--styles", styles, "--out", tmp_path / "o")
+    assert code == 2 and "no VGG19 weights" in err and "--weights PATH" in err
+    code, stdout, _ = invoke("validate", manifest, "--styles", styles, "--out", tmp_path / "o", "--json")
+    assert code == 2 and "no VGG19 weights" in json.loads(stdout)["error"]
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", tmp_path / "o")
+    assert code == 2 and "no VGG19 weights" in err
+    # OUT a file: nothing could be written.
+    (tmp_path / "file").write_text("x")
+    code, _, err = invoke("validate", manifest, "--styles", styles, "--out", tmp_path / "file", "--weights", "random")
+    assert code == 3 and "is a file, not a folder" in err
+    # OUT inside an ImageFolder input: outputs would be read back as inputs.
+    code, _, err = invoke("validate", manifest.parent, "--styles", styles, "--out", manifest.parent / "aug",
+                          "--weights", "random")  # fmt: skip
+    assert code == 2 and "overlaps the image folder" in err
+
+
+def test_validate_json_and_piped_output(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / ("a-long-folder-name-" * 6) / "out"  # past 80 columns: piped lines must not wrap
+    code, stdout, _ = invoke("validate", manifest, "--styles", styles, "--out", out, "--weights", "random", "--json")
+    found = json.loads(stdout)
+    assert code == 0 and found["tasks"] == 3 and found["classes"] == {"ants": 2, "bees": 1}
+    assert found["weights"] == ["VGG19: random (smoke tests only: no real features)"]
+    assert 0 < found["estimated_bytes"] < 5_000_000 and stdout.count("\n") == 1
+    code, stdout, _ = invoke("validate", manifest, "--styles", styles, "--out", out, "--weights", "random")
+    assert code == 0 and f"of output in {out}" in stdout.splitlines()[-2]
+    assert "0.0 MB" not in stdout and "ants: 2 images out" in stdout
 
 
 def test_validate_shows_the_balanced_plan_per_split(dataset: tuple[Path, Path]) -> None:
@@ -153,10 +185,11 @@ def test_validate_shows_the_balanced_plan_per_split(dataset: tuple[Path, Path]) 
     lines = manifest.read_text().splitlines()
     splits = ["train", "train", "test"]
     manifest.write_text("\n".join([lines[0] + ",split"] + [f"{line},{s}" for line, s in zip(lines[1:], splits)]) + "\n")
-    code, stdout, _ = invoke("validate", manifest, "--styles", styles, "--balance", "--include-originals")
+    code, stdout, _ = invoke("validate", manifest, "--styles", styles, "--balance", "--include-originals",
+                             "--weights", "random")  # fmt: skip
     assert code == 0, stdout
     assert "train/ants" in stdout and "test/bees" in stdout and "left out" not in stdout
-    code, stdout, _ = invoke("validate", manifest, "--styles", styles)
+    code, stdout, _ = invoke("validate", manifest, "--styles", styles, "--weights", "random")
     assert "1 rows of splits other than train left out" in stdout and "test/bees" not in stdout
 
 
@@ -315,6 +348,26 @@ def test_every_config_option_is_a_flag_of_run_in_its_panel() -> None:
     assert all(panel in text for panel in PANELS)
     code, stdout, _ = invoke("validate", "--help")
     assert code == 0 and "--per-image" in stdout and "--iterations" not in stdout
+
+
+def test_help_reads_well(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    code, stdout, _ = invoke("run", "--help")
+    text = " ".join(stdout.replace("│", " ").split())  # the panels' borders out, wrapped lines joined
+    assert code == 0 and "{MANIFEST}" in text and "{manifest}" not in text
+    # Defaults shown (rich would eat an unescaped [default: ...] as markup), without parentheses.
+    for shown in ("[default: 512]", "[default: 300]", "[default: augmented]", "[default: random]"):
+        assert shown in text, shown
+    assert "[default: (" not in text
+    # Readable metavars: no type names, flags take no value, choices or a word for enums.
+    assert "<str>" not in text and "<int>" not in text and "<float>" not in text
+    assert text.count("<bool>") == 1  # only click's own --help
+    assert "--size N" in text and "--out -o PATH" in text and "--alpha X|LO:HI" in text
+    assert "--pooling max|avg" in text and "--engine MODE" in text
+    assert "as the seed" not in text  # read as --seed
+    assert len(stdout.splitlines()) < 180  # 301 lines at 80 columns before (measured)
+    code, stdout, _ = invoke("merge", "--help")
+    assert code == 0 and "{OUT...}" in stdout
 
 
 def test_short_flags_and_negatable_booleans(dataset: tuple[Path, Path], tmp_path: Path) -> None:

@@ -92,3 +92,22 @@ def test_unsafe_labels(label: str) -> None:
 @pytest.mark.parametrize("label", ["cat", "Ödön", "n01440764", "two words", "蜂"])
 def test_safe_labels(label: str) -> None:
     assert label_problem(label) is None
+
+
+def test_image_folder_with_train_and_val_folders_reads_them_as_splits(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The usual hymenoptera layout: root/train/<class>/, root/val/<class>/ (Hugging Face's
+    # imagefolder reads these as splits too); not classes named train and val.
+    for split, label, name in [("train", "ants", "a.png"), ("train", "bees", "b.png"), ("val", "ants", "c.png")]:
+        (tmp_path / split / label).mkdir(parents=True, exist_ok=True)
+        noise_image(8, 8, 0).save(tmp_path / split / label / name)
+    with caplog.at_level("INFO", logger="augment"):
+        rows = load_input(tmp_path).rows
+    assert [(r.split, r.label, r.source) for r in rows] == [
+        ("train", "ants", "train/ants/a.png"), ("train", "bees", "train/bees/b.png"), ("val", "ants", "val/ants/c.png"),
+    ]  # fmt: skip
+    assert "read as splits" in caplog.text
+    (tmp_path / "extra" / "x").mkdir(parents=True)  # a folder not named like a split: all are classes
+    noise_image(8, 8, 0).save(tmp_path / "extra" / "x" / "d.png")
+    assert {r.label for r in load_input(tmp_path).rows} == {"train", "val", "extra"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,7 +82,7 @@ def test_exports_load_in_imagefolder_manifest_dataset_and_webdataset(tmp_path: P
     manifest = make_dataset(tmp_path, rows=[("zebra/z1.png", "zebra"), ("Ant/a1.png", "Ant"), ("ant/a2.png", "ant")])
     out = tmp_path / "out"
     code, _, err = invoke("run", manifest, "--styles", make_styles(tmp_path), "--out", out, "--include-originals",
-                          "--per-image", "2", "--format", "webdataset", *FAST)  # fmt: skip
+                          "--per-image", "2", "--webdataset", *FAST)  # fmt: skip
     assert code == 0, err
     rows = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
     classes = json.loads((out / "classes.json").read_text())
@@ -98,15 +99,31 @@ def test_exports_load_in_imagefolder_manifest_dataset_and_webdataset(tmp_path: P
     assert len(ManifestDataset(out, styles=["original"])) == 3
     assert len(ManifestDataset(out, exclude_styles=["original"], engines=["gatys"])) == 6
     assert ManifestDataset(out, transform=lambda im: im.size)[0][0] == image.size
+    # A typo is an error naming what there is, not an empty dataset.
+    with pytest.raises(ValueError, match="no style 'gray_stone'.*did you mean 'grey_stone'"):
+        ManifestDataset(out, styles=["gray_stone"])
+    with pytest.raises(ValueError, match="no engine 'gatsy'.*did you mean 'gatys'"):
+        ManifestDataset(out, engines=["gatsy"])
+    with pytest.raises(ValueError, match="no style 'wave'"):
+        ManifestDataset(out, exclude_styles=["wave"])
 
-    metadata = pd.read_csv(out / "images" / "metadata.csv", dtype=str, keep_default_na=False)
-    assert sorted("images/" + metadata["file_name"]) == sorted(rows["path"]) and "key" not in metadata
+    # No metadata file: with one, Hugging Face's loader would ignore the class folders (below).
+    assert not list((out / "images").rglob("metadata.*"))
 
     with tarfile.open(out / "webdataset" / "train-000000.tar") as tar:
         names = tar.getnames()
         assert len(names) == 27  # image, .cls, .json per sample
         cls = {n[: -len(".cls")]: int(tar.extractfile(n).read()) for n in names if n.endswith(".cls")}  # type: ignore[union-attr]
     assert all(cls[key] == classes[key.split("/")[0]] for key in cls)
+
+
+def _load_hf(images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``load_dataset("imagefolder", data_dir=images)`` offline, every split, each example's
+    image as its file path (to compare with its class folder)."""
+    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is not installed")
+    load_imagefolder_offline(images, tmp_path, monkeypatch)  # offline, private cache
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(images), cache_dir=str(tmp_path / "hf"))
+    return {name: split.cast_column("image", datasets.Image(decode=False)) for name, split in loaded.items()}
 
 
 def test_hugging_face_imagefolder_reads_the_labels(
@@ -117,8 +134,43 @@ def test_hugging_face_imagefolder_reads_the_labels(
     assert invoke("run", manifest, "--styles", styles, "--out", out, "--include-originals", *FAST)[0] == 0
     loaded = load_imagefolder_offline(out / "images", tmp_path, monkeypatch)
     rows = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
-    assert sorted(zip(loaded["label"], loaded["style"])) == sorted(zip(rows["label"], rows["style"]))
+    classes = json.loads((out / "classes.json").read_text())
+    # A ClassLabel (what the HF image-classification scripts read), in classes.json's order.
+    assert loaded.features["label"].names == list(classes) == ["ants", "bees"]
+    assert sorted(loaded.features["label"].names[i] for i in loaded["label"]) == sorted(rows["label"])
     assert loaded[0]["image"].size[0] <= 32
+
+
+def test_hugging_face_class_labels_match_the_folders_in_every_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    rows = [("Bees/b1.png", "Bees"), ("ants/a1.png", "ants"), ("ants/a2.png", "ants"), ("Bees/b2.png", "Bees")]
+    manifest = make_dataset(tmp_path, rows=rows)
+    lines = manifest.read_text().splitlines()
+    splits = ["train", "train", "val", "val"]
+    manifest.write_text("\n".join([lines[0] + ",split"] + [f"{x},{s}" for x, s in zip(lines[1:], splits)]) + "\n")
+    out = tmp_path / "out"
+    code, _, err = invoke("run", manifest, "--styles", make_styles(tmp_path), "--out", out, "--include-originals",
+                          "--per-image", "2", *FAST)  # fmt: skip
+    assert code == 0, err
+    (out / "images" / "train" / "metadata.csv").write_text("file_name,label\n")  # as an older augment left it
+    code, _, err = invoke("run", manifest, "--styles", make_styles(tmp_path), "--out", out, "--include-originals",
+                          "--per-image", "2", *FAST)  # fmt: skip
+    assert code == 0, err
+    assert not (out / "images" / "train" / "metadata.csv").exists()
+    classes = json.loads((out / "classes.json").read_text())
+    assert list(classes) == ["Bees", "ants"]  # sorted as torchvision sorts, capitals first
+    loaded = _load_hf(out / "images", tmp_path, monkeypatch)
+    assert sorted(loaded) == ["train", "validation"]  # images/train/ and images/val/
+    manifest_rows = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    for name, split in loaded.items():
+        assert split.features["label"].names == list(classes)
+        folders = [Path(example["image"]["path"]).parent.name for example in split]
+        assert list(split["label"]) == [classes[folder] for folder in folders]
+        own = "train" if name == "train" else "val"
+        assert sorted(folders) == sorted(manifest_rows.loc[manifest_rows["split"] == own, "label"])
+        assert torchvision.datasets.ImageFolder(out / "images" / own).class_to_idx == classes
 
 
 def test_report_shows_counts_sources_and_failures_outside_images(tmp_path: Path) -> None:

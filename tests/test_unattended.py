@@ -106,8 +106,11 @@ def test_an_unchanged_rerun_makes_nothing_and_a_change_redoes_only_its_tasks(
     out = tmp_path / "out"
     assert invoke("run", manifest, "--styles", styles, "--out", out, *ARGS)[0] == 0
     first = _images(out)
-    assert invoke("run", manifest, "--styles", styles, "--out", out, *ARGS)[0] == 0
-    assert _images(out) == first  # nothing rewritten
+    code, stdout, err = invoke("run", manifest, "--styles", styles, "--out", out, *ARGS, "--json")
+    assert code == 0 and _images(out) == first  # nothing rewritten
+    # Said as it is: nothing written, all up to date (it used to say "6 images written").
+    summary = json.loads(stdout)
+    assert (summary["written"], summary["skipped"], summary["removed"], summary["images"]) == (0, 6, 0, 6)
     run = json.loads((out / "run.json").read_text())
     assert run["counts"]["skipped"] == 6 and run["counts"]["written"] == 6
     assert "6 images up to date" in (out / "run.log").read_text()
@@ -134,6 +137,12 @@ def test_rows_that_left_the_manifest_lose_their_images_unless_kept(dataset: tupl
     assert not any("/b1__" in p for p in remaining) and "images/ants/mine.txt" in remaining
     assert json.loads((out / "run.json").read_text())["counts"]["removed"] == 2
     assert len(pd.read_csv(out / "manifest.csv")) == 4
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(line for line in lines if "a2.jpg" not in line) + "\n")
+    code, stdout, err = invoke("run", manifest, "--styles", styles, "--out", out, *ARGS, "--json")
+    summary = json.loads(stdout)
+    assert (summary["written"], summary["skipped"], summary["removed"], summary["images"]) == (0, 2, 2, 2)
+    assert "0 images written, 2 up to date, 2 stale removed: 2 images in" in err
 
 
 def _wait_for(condition, seconds: float = 120.0) -> None:  # type: ignore[no-untyped-def]

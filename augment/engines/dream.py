@@ -1,4 +1,4 @@
-"""Deep Dream, as the seed paper describes it: forward an image, pick middle layers, and change
+"""Deep Dream, as the paper describes it: forward an image, pick middle layers, and change
 the pixels by gradient ascent so those activations grow, over octaves, with random jitter and
 a normalised step. A guided variant instead pulls each position's activations toward the most
 similar activation of a guide image (a style image can be the guide).

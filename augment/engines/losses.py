@@ -1,4 +1,4 @@
-"""The seed paper's loss functions, on batched tensors ``[B, C, H, W]``.
+"""The paper's loss functions, on batched tensors ``[B, C, H, W]``.
 
 Every function returns one value per image (shape ``[B]``) so a batch of images can be
 optimised together with each image's loss kept apart.
@@ -26,7 +26,29 @@ def per_image_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     same bytes.
     """
     with torch.autocast(device_type=a.device.type, enabled=False):
+        if a.is_cuda:
+            # cuDNN's convolutions are not batch-invariant anyway, and one launch per image
+            # was 225 small kernels per iteration at B=45.
+            return torch.bmm(a, b)
         return torch.stack([x @ y for x, y in zip(a, b)])
+
+
+_BMM_OUT_DTYPE: list[bool] = []  # whether this torch has bmm(..., out_dtype=) on CUDA; found once
+
+
+def _gram_fp32(flat: torch.Tensor) -> torch.Tensor:
+    """F·Fᵀ in fp32 of ``[B, C, N]`` activations of any dtype. bf16 on a GPU: tensor cores with
+    fp32 output, no fp32 copy of the activations (bf16 products are exact in fp32, so only the
+    order of the fp32 sums differs)."""
+    if flat.is_cuda and flat.dtype == torch.bfloat16 and _BMM_OUT_DTYPE != [False]:
+        try:
+            result = torch.bmm(flat, flat.transpose(1, 2), out_dtype=torch.float32)
+            _BMM_OUT_DTYPE[:] = [True]
+            return result
+        except (TypeError, RuntimeError):
+            _BMM_OUT_DTYPE[:] = [False]
+    flat = _fp32(flat)
+    return per_image_matmul(flat, flat.transpose(1, 2))
 
 
 def content_loss(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -36,14 +58,13 @@ def content_loss(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def gram(features: torch.Tensor) -> torch.Tensor:
-    """Gram matrix F·Fᵀ of the unrolled activations, ``[B, C, C]``, unnormalised as in the seed.
+    """Gram matrix F·Fᵀ of the unrolled activations, ``[B, C, C]``, unnormalised as in the paper.
 
     Computed in fp32 whatever the feature dtype (Gram entries are sums over H·W products and
     overflow fp16), with autocast off so the product itself is not cast back down.
     """
     b, c, h, w = features.shape
-    flat = _fp32(features.reshape(b, c, h * w))
-    return per_image_matmul(flat, flat.transpose(1, 2))
+    return _gram_fp32(features.reshape(b, c, h * w))
 
 
 def mix_grams(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], mix: float) -> dict[str, torch.Tensor]:
@@ -81,9 +102,7 @@ class _GramLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         b, c, h, w = features.shape
-        flat = _fp32(features.reshape(b, c, h * w))
-        with torch.autocast(device_type=flat.device.type, enabled=False):
-            diff = flat @ flat.transpose(1, 2) - target
+        diff = _gram_fp32(features.reshape(b, c, h * w)) - target
         norm = 4.0 * c * c * (h * w) ** 2
         ctx.save_for_backward(features, diff)  # not the fp32 copy: half the memory when half
         ctx.norm, ctx.shape = norm, features.shape
@@ -151,9 +170,9 @@ def unit_l1_gradient(features: torch.Tensor, weight: torch.Tensor) -> torch.Tens
 def total_variation(image: torch.Tensor, beta: float | torch.Tensor = 1.0) -> torch.Tensor:
     """Σ_{i,j,k} ((y[i,j+1,k] − y[i,j,k])² + (y[i+1,j,k] − y[i,j,k])²)^β, per image.
 
-    The exponent applies to each pixel's term inside the sum, as the seed's formula writes it
+    The exponent applies to each pixel's term inside the sum, as the paper's formula writes it
     (its prose says the whole sum is raised to β; we follow the formula, as the Keras example
-    the seed draws on does). Only pixels with both a right and a lower neighbour contribute.
+    the paper draws on does). Only pixels with both a right and a lower neighbour contribute.
     ``beta`` is a number or one exponent per image (``[B]``).
     """
     image = _fp32(image)

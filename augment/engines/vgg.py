@@ -24,7 +24,7 @@ class Flavour(str, Enum):
     """Which preprocessing the weights were trained with."""
 
     TORCHVISION = "torchvision"  # RGB in [0,1], ImageNet mean/std
-    CAFFE = "caffe"  # BGR in 0..255 minus the per-channel mean, as the seed paper describes
+    CAFFE = "caffe"  # BGR in 0..255 minus the per-channel mean, as the paper describes
 
 
 class Pooling(str, Enum):
@@ -32,7 +32,7 @@ class Pooling(str, Enum):
     AVG = "avg"
 
 
-# Means in BGR order, as the seed lists them (103.939 is blue's mean, 123.68 red's).
+# Means in BGR order, as the paper lists them (103.939 is blue's mean, 123.68 red's).
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

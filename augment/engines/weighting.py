@@ -1,6 +1,6 @@
 """Default loss weights per weights flavour, converted from published, proven settings.
 
-The engine's objective uses the seed paper's normalisations (losses.py):
+The engine's objective uses the paper's normalisations (losses.py):
 
     J = α·J_content + β·Σ_l λ_l·J_style^l + λ_TV·TV
     J_content   = Σ(F − P)² / (4·C·N)          (one layer, C channels, N = H·W positions)
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .vgg import LAYER_CHANNELS, Flavour
 
-ALPHA = 10.0  # every default set is scaled to this content weight (the seed's α)
+ALPHA = 10.0  # every default set is scaled to this content weight (the paper's α)
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 
 # Published settings. neural-style / neural-style-pt (Caffe VGG19, pixels 0..255 minus the
