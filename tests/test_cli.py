@@ -378,3 +378,18 @@ def test_short_flags_and_negatable_booleans(dataset: tuple[Path, Path], tmp_path
     assert code == 0, err
     params = pd.read_csv(out / "manifest.csv")["params"]
     assert params.str.contains("normalize_gradients").all() and params.str.contains("style_layer_weights=1,1").all()
+
+
+def test_no_upscale_keeps_small_sources_at_their_size(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset  # sources 24x20, 28x20, 32x20
+    args = ["--styles", styles, "--weights", "random", "--iterations", "1", "--size", "30"]
+    code, _, err = invoke("run", manifest, *args, "--out", tmp_path / "up")
+    assert code == 0, err
+    assert sorted(pd.read_csv(tmp_path / "up" / "manifest.csv")["width"]) == [30, 30, 30]
+    code, _, err = invoke("run", manifest, *args, "--out", tmp_path / "kept", "--no-upscale")
+    assert code == 0, err
+    rows = pd.read_csv(tmp_path / "kept" / "manifest.csv").sort_values("width")
+    assert list(zip(rows["width"], rows["height"])) == [(24, 20), (28, 20), (30, 19)]  # 32x20: smaller
+    assert all(
+        Image.open(tmp_path / "kept" / p).size == (w, h) for p, w, h in zip(rows["path"], rows["width"], rows["height"])
+    )
