@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +67,11 @@ class Stylizer:
         **options: Any,
     ) -> None:
         self.config = RunConfig(weights=weights, device=device, seed=seed, **options)
-        if isinstance(self.config.alpha, tuple):
-            raise ConfigError("alpha: a Stylizer takes one number, not a range")
+        for name in ("alpha", "style_weight"):
+            if isinstance(getattr(self.config, name), tuple):
+                raise ConfigError(f"{name}: a Stylizer takes one number, not a range")
+        if self.config.blend:
+            raise ConfigError("blend: a Stylizer repaints in one style at a time (augment run mixes two)")
         self.styles = _style_images(styles, self.config.max_pixels)
         self.device = resolve_device(self.config.device)
         self.precision = resolve_precision(self.config.precision, self.device)
@@ -81,22 +83,22 @@ class Stylizer:
         self.net = build_vgg19(resolved, self.options.layers, pooling=self.config.pooling, device=self.device)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self._draw = random.Random(seed)
 
     def __call__(self, image: StyleInput, style: str | None = None) -> Image.Image:
         """``image`` repainted in ``style`` (a name from ``self.styles``), or in one drawn at
-        random; an RGB image whose long side is ``size``."""
+        random; an RGB image whose long side is ``size``. The draw uses torch's generator, which
+        a DataLoader seeds apart in each worker and epoch (``torch.manual_seed`` repeats it)."""
         if style is None:
-            style = self._draw.choice(sorted(self.styles))
+            names = sorted(self.styles)
+            style = names[int(torch.randint(len(names), ()))]
         elif style not in self.styles:
             raise ConfigError(f"unknown style {style!r}: known are {', '.join(sorted(self.styles))}")
         config = self.config
         content = to_rgb(image) if isinstance(image, Image.Image) else load_rgb(image)
         sizes = config.stage_sizes(config.long_side(*content.size))
         contents = [to_tensor(resize_long_side(content, size)).to(self.device) for size in sizes]
-        style_image = self.styles[style]
-        styles = [[to_tensor(resize_long_side(style_image, config.style_size(size))).to(self.device)]
-                  for size in config.stage_sizes()]  # fmt: skip
+        style_image = self.styles[style]  # at --style-scale times the content's size, as in run
+        styles = [[to_tensor(resize_long_side(style_image, config.style_size(size))).to(self.device)] for size in sizes]
         result = _stylize(
             self.net, contents, styles, self.options, config.stage_iterations, precision=self.precision,
             channels_last=self.channels_last, seed=config.seed,

@@ -154,8 +154,8 @@ def _run_with_progress(config: RunConfig) -> RunSummary:
 Opt = typer.Option
 # validate takes the options that decide what a job plans, not how it runs.
 VALIDATE_OPTIONS = ("styles", "out", "per_image", "include_originals", "splits", "balance", "target_per_class",
-                    "style_assignment", "size", "format", "limit", "engine", "guide", "dream_layers", "weights",
-                    "dream_weights", "download", "max_pixels")  # fmt: skip
+                    "style_assignment", "size", "upscale", "format", "limit", "engine", "guide", "dream_layers",
+                    "weights", "dream_weights", "download", "max_pixels")  # fmt: skip
 
 
 def _cli_type(hint: Any) -> Any:

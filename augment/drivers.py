@@ -8,7 +8,8 @@ its targets from.
 - ``GatysDriver``: style transfer through ``GatysBatcher`` (continuous batching), with the
   fp32 redo of images whose loss overflowed in half precision, and Deep Dream on top for
   ``--engine gatys+dream``.
-- ``DreamDriver``: Deep Dream through ``DreamBatcher``.
+- ``DreamDriver``: Deep Dream through ``DreamBatcher``, and the dream stage of ``gatys+dream``
+  (``dream_on``).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class CopyDriver:
 
 
 class DreamDriver:
-    """Deep Dream variants; also the dream stage of --engine gatys+dream (``dream_one``)."""
+    """Deep Dream variants; also the dream stage of --engine gatys+dream (``dream_on``)."""
 
     def __init__(self, config: RunConfig, device: torch.device, precision: Precision, weights: ResolvedWeights) -> None:
         self.config, self.device, self.precision = config, device, precision
@@ -304,7 +305,9 @@ class GatysDriver:
                 task: Task = result.key
                 if math.isfinite(result.losses["total"]):
                     yield task, result.image, result
-                elif batcher.precision is not Precision.FP32:
+                    continue
+                self.after_iteration(-result.iterations)  # its steps made no image: out of the progress
+                if batcher.precision is not Precision.FP32:
                     retry.append(task)
                 else:
                     emit(Failed(task.source, "non_finite", f"{task.output}: the loss became {result.losses['total']}"))
@@ -330,9 +333,10 @@ class GatysDriver:
         grams: dict[tuple[str, int], StyleGrams | ImageProblem],
     ) -> Iterator[Job]:
         """Jobs in group order; the source is decoded ahead while the device computes."""
-        iterations, sizes = self.config.stage_iterations, self.config.stage_sizes()
+        iterations = self.config.stage_iterations
         for group, decoded in decode(groups):
             scales = [c.to(self.device) for c in decoded]  # one per scale, full size last
+            sizes = [max(c.shape[-2:]) for c in scales]  # --size, or less with --no-upscale
             features = [batcher.content_features(c) for c in scales]  # once per image, shared by its styles
             for task in group:
                 if task.original:

@@ -210,7 +210,8 @@ def _reuse_and_clean(
     if done or removed:
         log.info("%d images up to date, %d stale removed, %d to make", len(done), removed, len(keys) - len(done))
     # tasks: the job's, once (workers each report the whole job's total).
-    return done, kept_stale, {"tasks": len(prepared.tasks), "skipped": len(done), "removed": removed}
+    counts = {"tasks": len(prepared.tasks), "skipped": len(done), "kept_stale": len(kept_stale), "removed": removed}
+    return done, kept_stale, counts
 
 
 def _run_part(

@@ -121,7 +121,8 @@ def validate(config: RunConfig) -> Validation:
 
     prepared = prepare(config)
     check_out_writable(config)
-    weights = check_weights(config)
+    # As run: copies of originals need no network, so a copy-only job needs no weights.
+    weights = check_weights(config) if any(not t.original for t in prepared.tasks) else []
     good: list[SourceRow] = []
     pixels_per_source: dict[SourceRow, int] = {}
     for row in prepared.rows:

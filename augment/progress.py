@@ -71,10 +71,11 @@ class ProgressTracker:
         if self.deadline is not None and time.time() > self.deadline:
             raise BudgetExhausted(self.max_seconds or 0.0)  # drops the rest of the current batch
 
-    def iteration(self, images: int) -> None:
-        """One iteration of a batch of ``images`` images is done."""
+    def iteration(self, steps: int) -> None:
+        """A batch iteration made ``steps`` image-steps (negative: steps thrown away, which no
+        finished image will account for)."""
         self.check_deadline()
-        self._partial += images
+        self._partial = max(0.0, self._partial + steps)
         self.report()
         self._log_eta()
 

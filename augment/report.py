@@ -117,9 +117,11 @@ def _summary(out: Path, run: dict[str, Any], manifest: pd.DataFrame, failures: p
         "images": len(manifest),
         "classes": manifest["label"].nunique(),
         "failed rows": len(failures),
-        "made / kept / removed this run": (
-            f"{counts.get('written', 0) - counts.get('skipped', 0)} / {counts.get('skipped', 0)} / "
-            f"{counts.get('removed', 0)}"
+        # written counts every image in the manifest: those up to date (skipped) and stale ones
+        # kept with --keep-stale (kept_stale) were there before this run.
+        "made / up to date / removed this run": (
+            f"{counts.get('written', 0) - counts.get('skipped', 0) - counts.get('kept_stale', 0)} / "
+            f"{counts.get('skipped', 0)} / {counts.get('removed', 0)}"
         ),
         "engine": run.get("engine", ""),
         "weights": run.get("weights", ""),

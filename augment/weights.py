@@ -14,8 +14,9 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.error import URLError
+from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
+from urllib.request import Request, urlopen
 
 import torch
 
@@ -215,11 +216,15 @@ def check_weights(config: RunConfig, *, probe_timeout_s: float = 5.0) -> list[st
         elif os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
             raise WeightsUnavailable(_missing_message(model, f"downloads are off ({OFFLINE_ENV} is set)"))
         else:
-            host = urlparse(model_url(model)).hostname or ""
+            # A HEAD request through urllib, as the download goes (so an https_proxy counts);
+            # any HTTP answer means the host is there.
             try:
-                socket.create_connection((host, 443), timeout=probe_timeout_s).close()
-            except OSError as err:
-                raise WeightsUnavailable(_missing_message(model, f"{host} cannot be reached ({err})")) from err
+                urlopen(Request(model_url(model), method="HEAD"), timeout=probe_timeout_s).close()
+            except HTTPError:
+                pass
+            except (URLError, OSError) as err:
+                why = f"{urlparse(model_url(model)).hostname} cannot be reached ({err})"
+                raise WeightsUnavailable(_missing_message(model, why)) from None
             found.append(f"{name}: to be downloaded from {model_url(model)}")
     return found
 

@@ -44,6 +44,22 @@ def test_progress_moves_every_iteration_and_the_log_says_how_long(
     assert re.search(r"\d+/3 images \(\d+%\), 0m\d\ds elapsed, about 0m\d\ds left", log), log
 
 
+def test_progress_reaches_the_total_only_when_the_last_image_is_done(
+    dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # One image at a time, 3 iterations each: progress moves by 1/3 of an image per step and
+    # a finished image's steps are its own (its last evaluation takes no step).
+    manifest, styles = dataset
+    seen: list[float] = []
+    augment.run(
+        manifest=str(manifest), styles=str(styles), out=str(tmp_path / "out"), weights="random",
+        size=32, iterations=3, batch_size=1, progress=lambda done, total: seen.append(done),
+    )  # fmt: skip
+    # Per image: three steps, then its last evaluation and its recording report where it is.
+    expected = [0.0] + [i + k / 3 for i in range(3) for k in (1, 2, 3, 3, 3)]
+    assert seen == pytest.approx(expected)
+
+
 def test_stylize_one_image() -> None:
     content, style = noise_image(40, 20, 1), noise_image(16, 16, 2)
     out = augment.stylize(content, style, weights="random", size=32, iterations=2)
@@ -110,3 +126,34 @@ def test_no_upscale_keeps_small_images_at_their_size() -> None:
     big = noise_image(80, 40, 0)  # larger than --size: still made smaller
     shrunk = augment.stylize(big, noise_image(16, 16, 2), weights="random", size=64, iterations=1, upscale=False)
     assert shrunk.size == (64, 32)
+
+
+def test_a_stylizer_draws_styles_with_torchs_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A DataLoader seeds torch apart in each worker and epoch; a private generator copied into
+    # every worker would repeat the same styles everywhere.
+    import torch
+
+    import augment.api
+
+    drawn: list[tuple[int, ...]] = []
+
+    def record(net, contents, styles, *args, **kwargs):  # type: ignore[no-untyped-def]
+        drawn.append(tuple(styles[-1][0].shape[-2:]))  # the two styles differ in shape
+        raise StopIteration
+
+    stylizer = augment.Stylizer([noise_image(16, 16, 2), noise_image(24, 12, 3)], weights="random", size=32)
+    monkeypatch.setattr(augment.api, "_stylize", record)
+
+    def draws(seed: int) -> list[tuple[int, ...]]:
+        torch.manual_seed(seed)
+        drawn.clear()
+        for _ in range(12):
+            with pytest.raises(StopIteration):
+                stylizer(noise_image(40, 20, 0))
+        return list(drawn)
+
+    assert draws(0) == draws(0) and draws(0) != draws(1) and len(set(draws(0))) == 2
+    with pytest.raises(augment.errors.ConfigError, match="style_weight: a Stylizer takes one number"):
+        augment.Stylizer(noise_image(16, 16, 2), weights="random", style_weight="1e3:1e4")
+    with pytest.raises(augment.errors.ConfigError, match="blend"):
+        augment.Stylizer(noise_image(16, 16, 2), weights="random", blend=0.5)

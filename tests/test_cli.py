@@ -165,6 +165,23 @@ def test_validate_refuses_what_run_refuses(dataset: tuple[Path, Path], tmp_path:
     code, _, err = invoke("validate", manifest.parent, "--styles", styles, "--out", manifest.parent / "aug",
                           "--weights", "random")  # fmt: skip
     assert code == 2 and "overlaps the image folder" in err
+    # A copy-only job (every row of a split not stylized, originals kept) needs no weights.
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([lines[0] + ",split"] + [f"{line},val" for line in lines[1:]]) + "\n")
+    for command in ("validate", "run"):
+        code, _, err = invoke(command, manifest, "--styles", styles, "--out", tmp_path / "c", "--include-originals")
+        assert code == 0, (command, err)
+
+
+def test_validate_estimates_with_no_upscale(dataset: tuple[Path, Path]) -> None:
+    manifest, styles = dataset  # sources up to 32 px wide
+    sizes = {}
+    for flag in ("--upscale", "--no-upscale"):
+        args = ["--styles", styles, "--size", "2000", flag, "--weights", "random", "--json"]
+        code, stdout, _ = invoke("validate", manifest, *args)
+        assert code == 0
+        sizes[flag] = json.loads(stdout)["estimated_bytes"]
+    assert sizes["--no-upscale"] * 1000 < sizes["--upscale"]
 
 
 def test_validate_json_and_piped_output(dataset: tuple[Path, Path], tmp_path: Path) -> None:

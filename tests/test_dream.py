@@ -125,3 +125,30 @@ def test_the_dream_stage_of_gatys_dream_runs_in_batches_and_matches_alone(monkey
         alone, _ = dream(driver.net, image, driver.options, seeds=[task.seed])
         assert torch.allclose(dreamed, alone, atol=1e-4)  # as test_an_image_dreams_the_same_alone_or_batched
         assert (dreamed - image).abs().max() > 1e-3  # it did dream
+
+
+def test_out_of_memory_halves_the_dream_batch_and_loses_no_image(
+    net: GoogLeNetFeatures, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import augment.engines.dream as dream_module
+    from augment.engines.dream import DreamBatcher, DreamJob
+
+    options = DreamOptions(octaves=1, iterations=1)
+    jobs = [DreamJob(key=i, image=_images(seed=i), seed=i) for i in range(5)]
+    real = dream_module.dream
+    sizes: list[int] = []
+
+    def small_device(net, images, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sizes.append(len(images))
+        if len(images) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(net, images, *args, **kwargs)
+
+    monkeypatch.setattr(dream_module, "dream", small_device)
+    batcher = DreamBatcher(net, options, batch_size=5)
+    results = list(batcher.run(jobs))
+    assert [r.key for r in results] == [0, 1, 2, 3, 4] and batcher.oom_events == 1
+    assert sizes == [5, 2, 2, 1] and batcher.batch_size == 2  # halved once, and stays halved
+    for job, result in zip(jobs, results):
+        alone, _ = real(net, job.image, options, seeds=[job.seed])
+        assert torch.allclose(result.image, alone, atol=1e-4)

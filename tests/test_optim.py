@@ -172,3 +172,38 @@ def test_direction_is_the_bfgs_product_of_the_accepted_pairs() -> None:
             h = left @ h @ left.T + rho * torch.outer(s, s)
     assert rejected >= 2  # the test would not test the masking otherwise
     assert torch.allclose(x[0] - before[0], -h @ g, rtol=1e-8, atol=1e-12)
+
+
+def test_a_row_that_sits_out_a_step_drops_its_pair_in_the_reused_slot() -> None:
+    # The ring advances for all rows; a row not stepping must not keep its pair from a lap
+    # ago in that slot (it would be taken as the newest, out of order).
+    problems = [_problem(0, n=8), _problem(1, n=8)]
+    opt = BatchLBFGS(2, 8, history_size=3, tolerance_grad=0.0, tolerance_change=0.0, dtype=torch.float64)
+    opt.reset(torch.arange(2))
+    x = torch.zeros(2, 8, dtype=torch.float64)
+    for step in range(8):
+        rows = torch.arange(1) if step == 6 else torch.arange(2)  # row 1 sits out step 6
+        xr = x[rows].clone().requires_grad_(True)
+        sum(_loss(xr[j], *problems[int(r)]) for j, r in enumerate(rows)).backward()
+        x_rows = x[rows]
+        opt.step(rows, x_rows, xr.grad)
+        x[rows] = x_rows
+        if step == 6:
+            assert not opt.valid[1, (opt.head - 1) % 3]
+    assert torch.isfinite(x).all()
+
+
+def test_a_new_image_in_a_row_whose_last_one_diverged_starts_clean() -> None:
+    a, b = _problem(0)
+    opt = BatchLBFGS(1, a.shape[0], history_size=5, tolerance_grad=0.0, tolerance_change=0.0, dtype=torch.float64)
+    rows = torch.arange(1)
+    opt.reset(rows)
+    x = torch.zeros(1, a.shape[0], dtype=torch.float64)
+    opt.step(rows, x, torch.full_like(x, float("nan")))  # the previous image's last gradient
+    opt.reset(rows)  # a new image joins this row
+    x = torch.zeros(1, a.shape[0], dtype=torch.float64)
+    for _ in range(10):
+        xr = x.clone().requires_grad_(True)
+        _loss(xr[0], a, b).backward()
+        opt.step(rows, x, xr.grad)
+    assert torch.allclose(x[0], _torch_lbfgs(a, b, steps=10, history=5), rtol=1e-9, atol=1e-10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -462,3 +463,15 @@ def test_a_disk_already_full_at_start_is_exit_3_with_one_line(dataset: tuple[Pat
     err = (tmp_path / "err").read_text().strip().splitlines()
     assert (tmp_path / "code").read_text().strip() == "3", err
     assert len(err) == 1 and "No space left on device" in err[0] and "Traceback" not in err[0]
+
+
+def test_the_report_counts_what_this_run_made(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest, styles = dataset
+    out = tmp_path / "out"
+    assert invoke("run", manifest, "--styles", styles, "--out", out, *ARGS)[0] == 0
+    # --limit 1: the first source's images are up to date, the others' kept (not in this job).
+    code, stdout, _ = invoke("run", manifest, "--styles", styles, "--out", out, *ARGS, "--limit", "1", "--json")
+    assert code == 0 and json.loads(stdout)["written"] == 0
+    assert invoke("report", out)[0] == 0
+    page = (out / "report.html").read_text()
+    assert re.search(r"made / up to date / removed this run</t[hd]>\s*<td>0 / 2 / 0<", page), page[:3000]

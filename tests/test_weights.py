@@ -100,3 +100,31 @@ def test_googlenet_from_the_hub_cache_loads_into_the_dream_network() -> None:
     torch.save(state, target)
     net = build_dream_net(resolve_weights("googlenet", None), ("inception4c",))
     assert torch.equal(net.blocks["conv1"].conv.weight, state["conv1.conv.weight"])
+
+
+def test_validate_checks_a_download_by_asking_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Through urllib, as the download itself goes (an https_proxy applies): any HTTP answer means
+    # the weights can be fetched; no answer is run's error, before any work.
+    from urllib.error import HTTPError
+
+    from augment.config import RunConfig
+    from augment.weights import check_weights
+
+    monkeypatch.delenv("AUGMENT_OFFLINE")
+    asked: list[str] = []
+
+    def answers(request: object, timeout: float) -> None:
+        asked.append(request.full_url)  # type: ignore[attr-defined]
+        raise HTTPError(request.full_url, 403, "Forbidden", {}, None)  # type: ignore[attr-defined, arg-type]
+
+    monkeypatch.setattr(weights_mod, "urlopen", answers)
+    assert check_weights(RunConfig()) == [f"VGG19: to be downloaded from {asked[0]}"]
+    assert asked[0].endswith("vgg19-dcbb9e9d.pth")
+
+    def silent(request: object, timeout: float) -> None:
+        raise URLError("no route to host")
+
+    monkeypatch.setattr(weights_mod, "urlopen", silent)
+    with pytest.raises(WeightsUnavailable, match="cannot be reached.*no route to host"):
+        check_weights(RunConfig())
+    assert check_weights(RunConfig(weights="random")) == ["VGG19: random (smoke tests only: no real features)"]

@@ -149,6 +149,7 @@ class DreamBatcher:
     ) -> None:
         self.net, self.options, self.batch_size = net, options, batch_size
         self.device, self.dtype = torch.device(device), dtype
+        self.oom_events = 0
 
     def run(self, jobs: Iterable[DreamJob]) -> Iterator[DreamResult]:
         batch: list[DreamJob] = []
@@ -169,9 +170,22 @@ class DreamBatcher:
         images = torch.cat([job.image for job in batch]).to(self.device)
         guided = batch[0].guides is not None
         guides = {layer: [job.guides[layer] for job in batch] for layer in self.options.layers} if guided else None  # type: ignore[index]
-        out, objective = dream(
-            self.net, images, self.options, seeds=[job.seed for job in batch], guides=guides, dtype=self.dtype
-        )
+        try:
+            out, objective = dream(
+                self.net, images, self.options, seeds=[job.seed for job in batch], guides=guides, dtype=self.dtype
+            )
+        except torch.cuda.OutOfMemoryError:
+            # E.g. gatys+dream, whose batch size was measured before style transfer took its
+            # share: halve and go on. An image's dream does not depend on its batch.
+            if len(batch) == 1:
+                raise
+            del images
+            torch.cuda.empty_cache()
+            self.batch_size = max(1, len(batch) // 2)
+            self.oom_events += 1
+            for start in range(0, len(batch), self.batch_size):
+                yield from self._dream(batch[start : start + self.batch_size])
+            return
         share = (time.perf_counter() - t0) / len(batch)
         steps = self.steps(*images.shape[-2:])
         for j, job in enumerate(batch):

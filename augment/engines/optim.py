@@ -86,6 +86,8 @@ class BatchLBFGS:
         self.valid[rows] = False
         self.h_diag[rows] = 1.0
         self.pairs[rows] = 0.0  # an old image's non-finite pair times a zero coefficient is NaN
+        self.prev_x[rows] = 0.0
+        self.prev_grad[rows] = 0.0
 
     @torch.no_grad()
     def step(self, rows: torch.Tensor, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -99,12 +101,18 @@ class BatchLBFGS:
         first = self.n_iter[rows] == 0
         converged = g.abs().amax(dim=1) <= self.tolerance_grad
 
-        # Curvature pair from the step actually taken: s = x − x_prev, y = g − g_prev.
+        # Curvature pair from the step actually taken: s = x − x_prev, y = g − g_prev. A pair
+        # that fails the check is stored as zeros: a zero weight times a non-finite pair (a
+        # diverged image's, or a new image's first step) would still be NaN.
         slot = self.head
         s = x_now - self.prev_x[rows]
         y = g - self.prev_grad[rows]
-        self.pairs[rows, slot, 0] = s
-        self.pairs[rows, slot, 1] = y
+        ys = (y * s).sum(dim=1)
+        accept = ~first & ~converged & (ys > 1e-10)
+        self.pairs[rows, slot, 0] = torch.where(accept[:, None], s, 0.0)
+        self.pairs[rows, slot, 1] = torch.where(accept[:, None], y, 0.0)
+        self.valid[:, slot] = False  # the ring slot is reused: drop what a row not stepping had there
+        self.valid[rows, slot] = accept
         self.head = (self.head + 1) % self.m
         self.filled = min(self.filled + 1, self.m)
         used = self.filled  # slots 0..used-1 hold pairs (all of them once the ring has wrapped)
@@ -113,11 +121,9 @@ class BatchLBFGS:
         batch = self.pairs[rows, :used].reshape(len(g), 2 * used, -1)  # rows s₀, y₀, s₁, y₁, …
         with _exact_matmul(g.device):
             # [B, 3, N] read transposed: measured 2.6x faster than a [B, N, 3] operand with MKL.
-            vectors = torch.stack([-g, s, y], dim=1).transpose(1, 2)
-            dots = torch.bmm(batch, vectors).double().view(len(g), used, 2, 3)
+            vectors = torch.stack([-g, s.where(accept[:, None], 0.0), y.where(accept[:, None], 0.0)], dim=1)
+            dots = torch.bmm(batch, vectors.transpose(1, 2)).double().view(len(g), used, 2, 3)
         ys, yy_new = dots[:, slot, 0, 2], dots[:, slot, 1, 2]
-        accept = ~first & ~converged & (ys > 1e-10)
-        self.valid[rows, slot] = accept
         self._remember(rows, slot, dots)
         gamma = torch.where(accept, ys / yy_new.clamp_min(1e-30), self.h_diag[rows].double())
         self.h_diag[rows] = gamma.to(self.h_diag.dtype)
