@@ -56,7 +56,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "engine": args.engine,
         "size": args.size,
-        "iterations": args.iterations,
+        "iterations": args.iterations if args.engine != "dream" else None,  # style transfer's
+        "dream_steps_per_octave": run["config"]["dream_iterations"] if "dream" in args.engine else None,
         "images": summary.written,
         "seconds_per_image_compute": run["timings"]["seconds_per_image"],
         "wall_seconds_total": round(wall, 2),
