@@ -107,10 +107,14 @@ def _finish(config: RunConfig, task: Task) -> Finish:
     return Finish(preserve_color=config.preserve_color, alpha=task.alpha)
 
 
+def _largest_image(config: RunConfig) -> tuple[int, int]:
+    """(height, width) of the largest output --size allows (a square): what a batch is sized for."""
+    w, h = fit_long_side(config.size, config.size, config.size)
+    return h, w
+
+
 class CopyDriver:
     """A part with only originals to copy (rows of splits that are not stylized)."""
-
-    batch_size = 1
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
@@ -161,8 +165,7 @@ class DreamDriver:
         was measured to take; on a CPU, CPU_BATCH."""
         if self.device.type != "cuda":
             return CPU_BATCH
-        w, h = fit_long_side(self.config.size, self.config.size, self.config.size)  # square: the largest
-        image = torch.rand(1, 3, h, w, device=self.device)
+        image = torch.rand(1, 3, *_largest_image(self.config), device=self.device)
         one_step = dataclasses.replace(self.options, octaves=1, iterations=1)
         per_image = measured_bytes(lambda: dream(self.net, image, one_step, seeds=[0], dtype=self.dtype), self.device)
         free, _ = torch.cuda.mem_get_info(self.device)
@@ -175,12 +178,15 @@ class DreamDriver:
     ) -> Iterator[tuple[Task, torch.Tensor, T, float]]:
         """Dream on top of stylized images (--engine gatys+dream), batched like --engine dream:
         ``(task, image, extra)`` in, ``(task, dreamed image, extra, objective)`` out."""
-        batcher = DreamBatcher(self.net, self.options, batch_size=self.batch_size, device=self.device, dtype=self.dtype)
+        batcher = self._batcher()
         jobs = (DreamJob((task, extra), image, task.seed, self._guides_of(task)) for task, image, extra in stylized)
         for result in batcher.run(jobs):
             task, extra = result.key  # type: ignore[misc]
             self.note_octaves(*result.image.shape[-2:])
             yield task, result.image, extra, result.objective
+
+    def _batcher(self) -> DreamBatcher:
+        return DreamBatcher(self.net, self.options, batch_size=self.batch_size, device=self.device, dtype=self.dtype)
 
     def _guides_of(self, task: Task) -> dict[str, torch.Tensor] | None:
         if not self.config.guide:
@@ -193,7 +199,7 @@ class DreamDriver:
     def run(self, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn) -> None:
         """Batches of equal-size images, every image the same steps (no continuous batching)."""
         t0 = time.perf_counter()
-        batcher = DreamBatcher(self.net, self.options, batch_size=self.batch_size, device=self.device, dtype=self.dtype)
+        batcher = self._batcher()
         contents: dict[Task, torch.Tensor] = {}
         for result in batcher.run(self._jobs(groups, decode, emit, contents)):
             task: Task = result.key  # type: ignore[assignment]
@@ -253,9 +259,7 @@ class GatysDriver:
         if self.device.type != "cuda":
             return CPU_BATCH
         free, _ = torch.cuda.mem_get_info(self.device)
-        w, h = fit_long_side(self.config.size, self.config.size, self.config.size)  # square: the largest
-        half = self.precision in (Precision.BF16, Precision.FP16)
-        per_image = bytes_per_image(self.net, h, w, history_size=self.options.history_size, half=half)
+        per_image = self._bytes_per_image()
         size = auto_batch_size(free, per_image)
         log.info("batch size %d (%.0f MB free, about %.0f MB per image)", size, free / 1e6, per_image / 1e6)
         return size
@@ -266,14 +270,18 @@ class GatysDriver:
         if self.device.type != "cpu" or not hasattr(os, "sysconf"):
             return requested
         free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-        w, h = fit_long_side(self.config.size, self.config.size, self.config.size)
-        half = self.precision in (Precision.BF16, Precision.FP16)
-        per_image = bytes_per_image(self.net, h, w, history_size=self.options.history_size, half=half)
+        per_image = self._bytes_per_image()
         fits = max(1, int(free * 0.7) // per_image)
         if requested > fits:
             log.warning("--batch-size %d would need %.0f GB; using %d (what %.0f GB of free memory holds)",
                         requested, requested * per_image / 1e9, fits, free / 1e9)  # fmt: skip
         return min(requested, fits)
+
+    def _bytes_per_image(self) -> int:
+        """Memory one image of the largest size takes while it is optimised (estimated)."""
+        half = self.precision in (Precision.BF16, Precision.FP16)
+        h, w = _largest_image(self.config)
+        return bytes_per_image(self.net, h, w, history_size=self.options.history_size, half=half)
 
     def run(self, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn) -> None:
         t0 = time.perf_counter()

@@ -29,6 +29,7 @@ import pandas as pd
 
 from .atomic import atomic_write, write_text
 from .errors import OutputError
+from .plan import stable_hash
 
 CLASSES = "classes.json"
 METADATA = "metadata.csv"
@@ -139,7 +140,7 @@ def _write_webdataset(
         # Shuffled across the shards, so that a shard is a sample of the whole split (in
         # manifest order, a shard of 1000 often holds a single class): a fixed permutation
         # from the run's seed and the split, the same on every machine and every re-run.
-        random.Random(_stable_seed(seed, split)).shuffle(samples)
+        random.Random(stable_hash(seed, "webdataset", split)).shuffle(samples)
         shards = []
         for number, start in enumerate(range(0, len(samples), shard_size)):
             chunk, name = samples[start : start + shard_size], f"{split}-{number:06d}.tar"
@@ -158,11 +159,6 @@ def _write_webdataset(
     index = {"shard_size": shard_size, "seed": seed, "classes": classes, "splits": listing}
     write_text(folder / SHARDS, json.dumps(index, indent=2, ensure_ascii=False) + "\n")
     write_text(stamp, digest + "\n")
-
-
-def _stable_seed(seed: int, split: str) -> int:
-    """Python's hash() of a string changes from process to process; this does not."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{split}".encode()).digest()[:8], "big")
 
 
 def _sample_keys(records: list[dict[str, str]]) -> list[str]:

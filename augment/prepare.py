@@ -35,6 +35,12 @@ class Prepared:
     tasks: list[Task]
     plan: Plan | None = None
 
+    @property
+    def needs_weights(self) -> bool:
+        """Copies of originals need no network: a copy-only job (only val/test rows, say)
+        runs without weights."""
+        return any(not t.original for t in self.tasks)
+
 
 @dataclass
 class Validation:
@@ -121,8 +127,7 @@ def validate(config: RunConfig) -> Validation:
 
     prepared = prepare(config)
     check_out_writable(config)
-    # As run: copies of originals need no network, so a copy-only job needs no weights.
-    weights = check_weights(config) if any(not t.original for t in prepared.tasks) else []
+    weights = check_weights(config) if prepared.needs_weights else []
     good: list[SourceRow] = []
     pixels_per_source: dict[SourceRow, int] = {}
     for row in prepared.rows:

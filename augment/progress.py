@@ -39,7 +39,6 @@ class ProgressTracker:
         self.max_seconds = max_seconds
         self.checkpoint = checkpoint  # writes the part files; called every CHECKPOINT_EVERY_S
         self.done = self.total = 0
-        self.batch_size = 1
         self.units_per_image = 1  # iterations (or steps) one image takes
         self._partial = 0.0  # iterations made by images not finished yet
         self._t0 = time.monotonic()
@@ -53,15 +52,14 @@ class ProgressTracker:
     @property
     def progress(self) -> float:
         """Images done, with the running ones' finished share."""
-        return self.done + min(self._partial / max(self.units_per_image, 1), max(self.total - self.done, 0))
+        return self.done + min(self._partial / self.units_per_image, max(self.total - self.done, 0))
 
     def report(self) -> None:
         self.callback(self.progress, self.total)
 
-    def begin(self, batch_size: int, units_per_image: int = 1) -> None:
-        """Computing starts now, ``batch_size`` images at a time, each ``units_per_image``
-        iterations: the clock for the ETA."""
-        self.batch_size, self.units_per_image = batch_size, max(1, units_per_image)
+    def begin(self, units_per_image: int = 1) -> None:
+        """Computing starts now, each image ``units_per_image`` iterations: the clock for the ETA."""
+        self.units_per_image = max(1, units_per_image)
         self._t0, self._eta_logged, self._start_progress = time.monotonic(), 0.0, self.progress
         self.report()
 

@@ -236,7 +236,7 @@ class PartRun:
     def _make(self, driver: CopyDriver | DreamDriver | GatysDriver, groups: Iterable[list[Task]]) -> None:
         """Has the engine's driver make the groups; each outcome goes through ``_emit``."""
         iterations = sum(self.config.stage_iterations) if isinstance(driver, GatysDriver) else 1
-        self.tracker.begin(driver.batch_size, iterations)
+        self.tracker.begin(iterations)
         with self.record.saving():
             driver.run(groups, self._decoded, self._emit)
         self.timings.update(driver.timings)

@@ -120,8 +120,7 @@ def _load_file(path: Path, flavour: WeightsFlavour) -> ResolvedWeights:
 def download_weights(model: str = "vgg19", *, progress: bool = True) -> Path:
     """Fetch torchvision's ImageNet weights for ``model`` into the hub cache (hash checked)."""
     url, target = model_url(model), cached_weights(model)
-    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
-        raise WeightsUnavailable(_missing_message(model, f"downloads are off ({OFFLINE_ENV} is set)"))
+    _refuse_if_offline(model)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a blocked network should fail, not hang
     try:
@@ -137,6 +136,11 @@ def download_weights(model: str = "vgg19", *, progress: bool = True) -> Path:
 
 def download_vgg19(*, progress: bool = True) -> Path:
     return download_weights("vgg19", progress=progress)
+
+
+def _refuse_if_offline(model: str) -> None:
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+        raise WeightsUnavailable(_missing_message(model, f"downloads are off ({OFFLINE_ENV} is set)"))
 
 
 def _missing_message(model: str, why: str) -> str:
@@ -168,19 +172,35 @@ def resolve_weights(
 ) -> ResolvedWeights:
     """Weights for ``model`` ("vgg19" or "googlenet"): a path, "random", or None for the hub
     cache then a download."""
-    if spec == RANDOM:
+    source = _source(model, spec, download=download)
+    if source == RANDOM:
         return _random_weights(model)
+    if isinstance(source, Path):
+        return _load_file(source, flavour if spec else WeightsFlavour.TORCHVISION)
+    return _load_file(download_weights(model, progress=False), WeightsFlavour.TORCHVISION)
+
+
+def _source(model: str, spec: str | None, *, download: bool) -> Path | str:
+    """Where ``model``'s weights come from: RANDOM, a file (given, or in the hub cache), or
+    the URL to download; WeightsUnavailable where none will do."""
+    if spec == RANDOM:
+        return RANDOM
     if spec:
         path = Path(spec).expanduser()
         if not path.is_file():
             raise WeightsUnavailable(f"weights file not found: {path}")
-        return _load_file(path, flavour)
+        return path
     cached = cached_weights(model)
-    if not cached.is_file():
-        if not download:
-            raise WeightsUnavailable(_missing_message(model, "downloads are off (--no-download)"))
-        download_weights(model, progress=False)
-    return _load_file(cached, WeightsFlavour.TORCHVISION)
+    if cached.is_file():
+        return cached
+    if not download:
+        raise WeightsUnavailable(_missing_message(model, "downloads are off (--no-download)"))
+    return model_url(model)
+
+
+def _googlenet_spec(config: RunConfig) -> str | None:
+    """--dream-weights; with none given, random when --weights is (a smoke test of both)."""
+    return config.dream_weights or (RANDOM if config.weights == RANDOM else None)
 
 
 def weights_needed(config: RunConfig) -> list[tuple[str, str | None]]:
@@ -191,7 +211,7 @@ def weights_needed(config: RunConfig) -> list[tuple[str, str | None]]:
     if config.engine is not Engine.DREAM or config.dream_net == "vgg19":
         needed.append(("vgg19", config.weights))
     if config.engine is not Engine.GATYS and config.dream_net == "googlenet":
-        needed.append(("googlenet", config.dream_weights or (RANDOM if config.weights == RANDOM else None)))
+        needed.append(("googlenet", _googlenet_spec(config)))
     return needed
 
 
@@ -201,31 +221,23 @@ def check_weights(config: RunConfig, *, probe_timeout_s: float = 5.0) -> list[st
     download that would be needed is checked by reaching the file's host."""
     found = []
     for model, spec in weights_needed(config):
-        name = MODELS[model][0]
-        if spec == RANDOM:
+        name, source = MODELS[model][0], _source(model, spec, download=config.download)
+        if source == RANDOM:
             found.append(f"{name}: random (smoke tests only: no real features)")
-        elif spec:
-            path = Path(spec).expanduser()
-            if not path.is_file():
-                raise WeightsUnavailable(f"weights file not found: {path}")
-            found.append(f"{name}: {path}")
-        elif cached_weights(model).is_file():
-            found.append(f"{name}: {cached_weights(model)}")
-        elif not config.download:
-            raise WeightsUnavailable(_missing_message(model, "downloads are off (--no-download)"))
-        elif os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
-            raise WeightsUnavailable(_missing_message(model, f"downloads are off ({OFFLINE_ENV} is set)"))
+        elif isinstance(source, Path):
+            found.append(f"{name}: {source}")
         else:
+            _refuse_if_offline(model)
             # A HEAD request through urllib, as the download goes (so an https_proxy counts);
             # any HTTP answer means the host is there.
             try:
-                urlopen(Request(model_url(model), method="HEAD"), timeout=probe_timeout_s).close()
+                urlopen(Request(source, method="HEAD"), timeout=probe_timeout_s).close()
             except HTTPError:
                 pass
             except (URLError, OSError) as err:
-                why = f"{urlparse(model_url(model)).hostname} cannot be reached ({err})"
+                why = f"{urlparse(source).hostname} cannot be reached ({err})"
                 raise WeightsUnavailable(_missing_message(model, why)) from None
-            found.append(f"{name}: to be downloaded from {model_url(model)}")
+            found.append(f"{name}: to be downloaded from {source}")
     return found
 
 
@@ -287,6 +299,5 @@ def resolve_for(config: RunConfig) -> NetWeights:
         if config.dream_net == "vgg19":
             dream = gatys or vgg()
         else:
-            spec = config.dream_weights or (RANDOM if config.weights == RANDOM else None)
-            dream = resolve_weights("googlenet", spec, download=config.download)
+            dream = resolve_weights("googlenet", _googlenet_spec(config), download=config.download)
     return NetWeights(gatys, dream)

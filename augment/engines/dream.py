@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .memory import next_batch_size
+
 FeatureNet = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
@@ -181,7 +183,7 @@ class DreamBatcher:
                 raise
             del images
             torch.cuda.empty_cache()
-            self.batch_size = max(1, len(batch) // 2)
+            self.batch_size = next_batch_size(len(batch))  # at least 1: len(batch) >= 2
             self.oom_events += 1
             for start in range(0, len(batch), self.batch_size):
                 yield from self._dream(batch[start : start + self.batch_size])

@@ -311,7 +311,6 @@ class GatysBatcher:
         # The caller's hook, after each iteration: the steps it made (one per image that stepped;
         # negative for steps thrown away on out-of-memory). It may raise to stop the run.
         self.after_iteration = after_iteration
-        self._stepped = 0
         self.options, self.precision = options.resolved(self.flavour), precision
         # Half precision keeps its own copy of the weights in that dtype: autocast would cast
         # all 20M weights again on every pass (measured 15% of a bf16 iteration on CPU).
@@ -369,7 +368,6 @@ class GatysBatcher:
                 active.append(index)
             try:
                 finished = self._iterate(slots, sorted(active))
-                self.after_iteration(self._stepped)
             except torch.cuda.OutOfMemoryError:
                 capacity = next_batch_size(capacity)
                 if capacity == 0:
@@ -485,7 +483,6 @@ class GatysBatcher:
             idx = rows[torch.tensor(restart, device=self.device)]
             self.x[idx] = self.best[idx]
             self.opt.reset(idx)
-        self._stepped = len(stepping) + len(restart)
         for j in stepping + restart:
             live[j].iterations += 1  # type: ignore[union-attr]
         for j in restart:
@@ -497,6 +494,7 @@ class GatysBatcher:
             slot.seconds += share
             if j in done:
                 results.append((active[j], self._finish(slot, active[j], finite[j].item(), values, j)))
+        self.after_iteration(len(stepping) + len(restart))
         return results
 
     def _finish(self, slot: _Slot, index: int, finite: bool, values: dict[str, list[float]], j: int) -> Result | _Work:

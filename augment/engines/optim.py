@@ -109,8 +109,9 @@ class BatchLBFGS:
         y = g - self.prev_grad[rows]
         ys = (y * s).sum(dim=1)
         accept = ~first & ~converged & (ys > 1e-10)
-        self.pairs[rows, slot, 0] = torch.where(accept[:, None], s, 0.0)
-        self.pairs[rows, slot, 1] = torch.where(accept[:, None], y, 0.0)
+        s, y = s.where(accept[:, None], 0.0), y.where(accept[:, None], 0.0)
+        self.pairs[rows, slot, 0] = s
+        self.pairs[rows, slot, 1] = y
         self.valid[:, slot] = False  # the ring slot is reused: drop what a row not stepping had there
         self.valid[rows, slot] = accept
         self.head = (self.head + 1) % self.m
@@ -121,11 +122,11 @@ class BatchLBFGS:
         batch = self.pairs[rows, :used].reshape(len(g), 2 * used, -1)  # rows s₀, y₀, s₁, y₁, …
         with _exact_matmul(g.device):
             # [B, 3, N] read transposed: measured 2.6x faster than a [B, N, 3] operand with MKL.
-            vectors = torch.stack([-g, s.where(accept[:, None], 0.0), y.where(accept[:, None], 0.0)], dim=1)
+            vectors = torch.stack([-g, s, y], dim=1)
             dots = torch.bmm(batch, vectors.transpose(1, 2)).double().view(len(g), used, 2, 3)
-        ys, yy_new = dots[:, slot, 0, 2], dots[:, slot, 1, 2]
         self._remember(rows, slot, dots)
-        gamma = torch.where(accept, ys / yy_new.clamp_min(1e-30), self.h_diag[rows].double())
+        ys_new, yy_new = dots[:, slot, 0, 2], dots[:, slot, 1, 2]
+        gamma = torch.where(accept, ys_new / yy_new.clamp_min(1e-30), self.h_diag[rows].double())
         self.h_diag[rows] = gamma.to(self.h_diag.dtype)
 
         coefficients = self._coefficients(rows, slot, used, dots, gamma)
