@@ -152,8 +152,8 @@ class RunConfig:
     batch_size: int | None = _opt(None, "Images per VGG19 pass. Default: from free GPU memory; 4 on CPU.")
     precision: Precision = _opt(
         Precision.AUTO,
-        "fp32, bf16 or fp16 convolutions (losses stay fp32). auto: bf16 on GPUs that have it, else fp16; on CPU "
-        "bf16 only with native support, else fp32.",
+        "fp32, bf16 or fp16 convolutions (losses stay fp32). auto: bf16 where the device computes in it "
+        "natively (GPUs of compute capability 8.0 or newer; CPUs with avx512_bf16 or AMX), else fp32.",
     )
     # Deep Dream (docs/dream.md)
     engine: Engine = _opt(

@@ -1,8 +1,8 @@
 """Running a job: in this process, on N local workers, as one shard, or as a torchrun rank.
 
 Every way writes part files (see runner.py) and the same final files after ``merge``; an
-image's bytes do not depend on the split (per-task seeds, and batch-invariant bf16 kernels; see
-docs/scaling.md for fp32).
+image does not depend on the split beyond the convolutions' rounding (per-task seeds, per-image
+Gram products; see docs/scaling.md).
 """
 
 from __future__ import annotations

@@ -227,7 +227,10 @@ def test_the_failures_table_wraps_long_paths_and_messages(report: Report) -> Non
     assert "overflow-wrap: anywhere" in cells
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="chromium is not installed")
+@pytest.mark.skipif(
+    not shutil.which("chromium"),
+    reason="chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)",
+)
 def test_the_page_fits_1280_px_in_a_browser(report: Report, tmp_path: Path) -> None:
     probe = report.out / "probe.html"
     script = "<script>document.body.setAttribute('data-width', document.documentElement.scrollWidth)</script>"

@@ -165,7 +165,9 @@ KILL_POINTS = {
 }
 
 
-# fp32 on one thread: results repeat to the byte, so resumed images can be compared.
+# fp32 on one thread at batch size 1: each image is computed alone by the same kernels on the
+# same inputs whatever else the run does, so a resumed run's images repeat the unbroken run's
+# to the byte (with larger batches the resumed run would batch them differently).
 # 40 iterations an image: after a kill point at least 3 images (~0.5 s on a fast CPU) are left,
 # far more than the 0.1 s the kill may come after it, so the kill always lands mid-run.
 KILL_OPTIONS = ["--weights", "random", "--size", "32", "--iterations", "40", "--per-image", "2",

@@ -21,9 +21,9 @@ def per_image_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for each image of a batch, one product per image rather than one bmm.
 
     A batched product rounds differently depending on the batch size; per image, an image's
-    result does not depend on its neighbours (with bf16 convolutions, which are batch- and
-    thread-count-invariant here, the whole iteration is), so any split of the work gives the
-    same bytes.
+    result does not depend on its neighbours. Where the convolutions are batch-invariant too
+    (bf16 on a Zen 4 measured so; oneDNN does not promise it) the whole iteration is, and
+    any split of the work gives the same bytes.
     """
     with torch.autocast(device_type=a.device.type, enabled=False):
         if a.is_cuda:

@@ -187,10 +187,18 @@ class BatchLBFGS:
 class BatchAdam:
     """Adam (torch's defaults: betas 0.9/0.999, eps 1e-8) with a step count per row."""
 
-    def __init__(self, capacity: int, numel: int, *, lr: float = 0.02, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        capacity: int,
+        numel: int,
+        *,
+        lr: float = 0.02,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.lr, self.beta1, self.beta2, self.eps = lr, 0.9, 0.999, 1e-8
-        self.exp_avg = torch.zeros(capacity, numel, device=device)
-        self.exp_avg_sq = torch.zeros(capacity, numel, device=device)
+        self.exp_avg = torch.zeros(capacity, numel, device=device, dtype=dtype)
+        self.exp_avg_sq = torch.zeros(capacity, numel, device=device, dtype=dtype)
         self.n_iter = torch.zeros(capacity, dtype=torch.long, device=device)
 
     def reset(self, rows: torch.Tensor) -> None:
@@ -200,7 +208,7 @@ class BatchAdam:
 
     @torch.no_grad()
     def step(self, rows: torch.Tensor, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        g = grad.float()
+        g = grad.to(self.exp_avg.dtype)
         self.n_iter[rows] += 1
         step = self.n_iter[rows].to(g.dtype)[:, None]
         m = self.exp_avg[rows].mul_(self.beta1).add_(g, alpha=1 - self.beta1)
