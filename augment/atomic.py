@@ -45,6 +45,8 @@ def write_text(path: str | Path, text: str) -> None:
 # The folders augment fills in OUT. With the files it appends to or locks, they are what it
 # writes through by path rather than renaming over: a symlink there would send writes outside OUT.
 OUT_FOLDERS = ("images", "parts", "webdataset", "report")
+# The files augment writes at OUT's top level (run.rank<R>.log too): its own to replace.
+OUT_FILES = ("manifest.csv", "failures.csv", "run.json", "run.log", "classes.json", "report.html")
 
 
 def foreign_symlinks(out: str | Path) -> list[Path]:

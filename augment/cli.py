@@ -3,6 +3,7 @@ exit codes. No logic lives here."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -113,9 +114,17 @@ def _lock_target(config_file: Path | None, out: str | None, shard: str | None) -
 
 def _print_json(data: dict[str, Any]) -> None:
     """One line of JSON on stdout: Airflow's BashOperator pushes the last line to XCom, and
-    `jq` or a pipeline step reads it whole."""
-    sys.stdout.write(json.dumps(data, default=str) + "\n")
-    sys.stdout.flush()
+    `jq` or a pipeline step reads it whole. A closed or full stdout (``>&-``, ``>/dev/full``) or
+    a reader gone (``| head -0``) is said on stderr; the exit code stays the run's."""
+    try:
+        if sys.stdout is None:  # fd 1 was closed when Python started
+            raise OSError("stdout is closed")
+        sys.stdout.write(json.dumps(data, default=str) + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError) as err:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no second error at exit's flush
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        err_console.print(f"augment: cannot write the JSON summary to stdout ({err})", highlight=False)
 
 
 def _failed_summary(out: Path, err: BaseException) -> dict[str, Any]:
@@ -153,9 +162,8 @@ def _run_with_progress(config: RunConfig) -> RunSummary:
 
 Opt = typer.Option
 # validate takes the options that decide what a job plans, not how it runs.
-VALIDATE_OPTIONS = ("styles", "out", "per_image", "include_originals", "splits", "balance", "target_per_class",
-                    "style_assignment", "size", "upscale", "format", "limit", "engine", "guide", "dream_layers",
-                    "weights", "dream_weights", "download", "max_pixels")  # fmt: skip
+# run and validate take the same options, so a pipeline validates with the command line it runs.
+JOB_OPTIONS = tuple(name for name in FIELD_NAMES if name != "manifest")
 
 
 def _cli_type(hint: Any) -> Any:
@@ -232,7 +240,7 @@ ConfigOpt = Annotated[
 
 @app.command()
 @_exit_codes
-@_with_config_options(tuple(name for name in FIELD_NAMES if name != "manifest"))
+@_with_config_options(JOB_OPTIONS)
 def run(
     manifest: ManifestArg,
     config: ConfigOpt = None,
@@ -259,6 +267,8 @@ def run(
         _print_json(summary.as_dict())
     if not cfg.quiet:
         err_console.print(_summary_line(summary), highlight=False, soft_wrap=True)
+    if summary.incomplete:  # said even with -q: the exit code alone does not say what is missing
+        err_console.print(f"augment: not done: {summary.incomplete}", highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
 
 
@@ -275,7 +285,7 @@ def _summary_line(summary: RunSummary) -> str:
 
 @app.command()
 @_exit_codes
-@_with_config_options(VALIDATE_OPTIONS)
+@_with_config_options(JOB_OPTIONS)
 def validate(
     manifest: ManifestArg,
     config: ConfigOpt = None,
@@ -420,5 +430,22 @@ def main_options(
     """augment: more, and more varied, training images by neural style transfer."""
 
 
+# click's base error: typer 0.29 vendors click, earlier versions use click itself.
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
-    app()
+    if "--json" not in sys.argv[1:]:
+        app()
+        return
+    # --json promises a JSON object on stdout on every exit, and click reports a bad option
+    # (--size abc, an unknown flag) before any command runs: catch it here.
+    try:
+        code = app(standalone_mode=False)
+    except _CLICK_ERROR as err:
+        err.show()
+        _print_json({"exit_code": err.exit_code, "error": " ".join(err.format_message().split())})
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        sys.exit(EXIT_SIGINT)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

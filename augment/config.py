@@ -349,9 +349,11 @@ class RunConfig:
 HASHED_WHEN_CHANGED = {"upscale": True}
 
 
-def parse_names(value: str | Iterable[str]) -> tuple[str, ...]:
+def parse_names(value: str | Iterable[str], option: str) -> tuple[str, ...]:
     """A comma-separated list ("a, b") or a list, as a tuple of its non-empty names."""
-    items = value.split(",") if isinstance(value, str) else value
+    items = value.split(",") if isinstance(value, str) else list(value)
+    if any(not isinstance(item, (str, int, float)) for item in items):  # a nested list: YAML's [[a]]
+        raise ConfigError(f"{option}: expected names separated by commas, or a list of names")
     return tuple(str(item).strip() for item in items if str(item).strip())
 
 
@@ -374,7 +376,7 @@ def parse_scales(value: str | float | Iterable[float]) -> tuple[float, ...]:
 def parse_format(value: str | Iterable[str]) -> tuple[str, bool]:
     """--format: the image format, and whether it carried the old spelling of --webdataset
     (``jpg,webdataset``, or ``webdataset`` alone for png), kept so that older configs still run."""
-    formats = list(parse_names(value))
+    formats = list(parse_names(value, "format"))
     webdataset = "webdataset" in formats
     formats = [f for f in formats if f != "webdataset"]
     return (formats[0] if len(formats) == 1 else "png" if not formats else ",".join(formats)), webdataset
@@ -417,17 +419,17 @@ def _parsed(c: RunConfig) -> dict[str, Any]:
     for name in ("style_weight", "alpha", "blend"):
         if getattr(c, name) is not None:  # style_weight None: the flavour's default
             values[name] = _spread(name, getattr(c, name))
-    values["splits"] = tuple(s.lower() for s in parse_names(c.splits))  # split names are read lowercase
+    values["splits"] = tuple(s.lower() for s in parse_names(c.splits, "splits"))  # split names are read lowercase
     values["format"], webdataset = parse_format(c.format)
     values["webdataset"] = c.webdataset or webdataset
     values["balance"] = c.balance or c.target_per_class is not None
-    values["style_layers"] = parse_names(c.style_layers)
+    values["style_layers"] = parse_names(c.style_layers, "style_layers")
     if c.style_layer_weights is not None:
         try:
             values["style_layer_weights"] = parse_layer_weights(c.style_layer_weights, len(values["style_layers"]))
         except ValueError as err:
             raise ConfigError(f"style_layer_weights: {err}") from None
-    values["dream_layers"] = parse_names(c.dream_layers)
+    values["dream_layers"] = parse_names(c.dream_layers, "dream_layers")
     values["scales"] = parse_scales(c.scales)
     for name in ("manifest", "styles", "out", "weights", "dream_weights"):
         if isinstance(getattr(c, name), Path):
@@ -566,8 +568,10 @@ HELP = {
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a run.yaml; keys may use - or _. Unknown keys are an error naming the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if not path.is_file():  # a FIFO or a device would never end (or block)
+        raise ConfigError(f"config file {path} is not a regular file")
     data = read_mapping(path, ConfigError, "option names to values")
     values = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(values) - set(FIELD_NAMES))

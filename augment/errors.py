@@ -45,7 +45,7 @@ class Stopped(Exception):
 
 
 class Interrupted(Stopped):
-    """SIGINT or SIGTERM: exit 130 or 143."""
+    """SIGHUP, SIGINT or SIGTERM: exit 129, 130 or 143."""
 
     status = "interrupted"
 
@@ -79,4 +79,4 @@ EXIT_USAGE = 2
 EXIT_ABORTED = 3
 EXIT_SOFTWARE = 70  # an unexpected exception: a bug, not bad input
 EXIT_LOCKED = 75  # EX_TEMPFAIL: OUT is in use by another run
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+EXIT_SIGHUP, EXIT_SIGINT, EXIT_SIGTERM = 129, 130, 143

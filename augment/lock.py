@@ -16,8 +16,51 @@ from types import TracebackType
 
 from filelock import FileLock, Timeout
 
-from .atomic import foreign_symlinks, write_text
-from .errors import EXIT_LOCKED, AugmentError, OutputError
+from .atomic import OUT_FILES, OUT_FOLDERS, foreign_symlinks, write_text
+from .errors import EXIT_LOCKED, AugmentError, ConfigError, OutputError
+
+# Written into OUT by the first run: from then on the files augment writes there are its own to
+# replace. Outputs of earlier versions are known by their run.json or a part's .json.
+MARKER = ".augment-out"
+MARKER_TEXT = "An augment output folder: augment replaces and removes the files it made here.\n"
+
+
+def is_marked(out: Path) -> bool:
+    """OUT was made (or taken) by a run of augment."""
+    return (out / MARKER).is_file() or _made_by_an_earlier_version(out)
+
+
+def _made_by_an_earlier_version(out: Path) -> bool:
+    """An output of a version before the mark: run.json, or a part's .json (shards before their
+    merge), with augment's config hash in it."""
+    for path in (out / "run.json", *sorted((out / "parts").glob("*.json"))[:1]):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and "config_hash" in data:
+            return True
+    return False
+
+
+def check_ours(out: Path) -> None:
+    """Refuse an existing folder augment did not make that holds a file or folder of the names
+    augment writes (the user's own manifest.csv, say): it would be replaced. A new folder, an
+    empty one or one with other files only (``--out .`` beside data/) is fine, and gets marked."""
+    if not out.is_dir() or is_marked(out):
+        return
+    clashes = [name for name in (*OUT_FILES, *OUT_FOLDERS) if os.path.lexists(out / name)]
+    if clashes:
+        raise ConfigError(
+            f"--out {out} was not made by augment and holds {', '.join(clashes)}, which a run would replace; "
+            "choose a new or empty --out"
+        )
+
+
+def mark_ours(out: Path) -> None:
+    """Mark OUT as augment's, once, just before the first run writes into it."""
+    if not (out / MARKER).is_file():
+        write_text(out / MARKER, MARKER_TEXT)
 
 
 class RunLocked(AugmentError):
@@ -42,6 +85,7 @@ class OutLock:
 
     def __enter__(self) -> OutLock:
         self.created = not self.path.parent.exists()
+        self.lock_was_there = self.path.exists()
         planted = foreign_symlinks(self.path.parent)
         if planted:  # augment makes no symlinks: writing through one would write outside OUT
             shown = ", ".join(map(str, planted[:3]))
@@ -73,10 +117,12 @@ class OutLock:
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.info.unlink(missing_ok=True)
         self._lock.release()
-        # A run that stopped before writing anything leaves no OUT behind it.
-        if self.created and [p.name for p in self.path.parent.iterdir()] == [self.path.name]:
+        # A run that stopped before taking OUT (refused, or no weights) leaves nothing behind:
+        # not OUT if it made it, nor its lock file, which would mark someone's folder as augment's.
+        if not self.lock_was_there and not (self.path.parent / MARKER).is_file():
             self.path.unlink(missing_ok=True)
-            self.path.parent.rmdir()
+            if self.created and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()
 
     def _busy_neighbour(self) -> str | None:
         """A whole-job run and a shard run of one OUT exclude each other (the whole run clears

@@ -156,12 +156,31 @@ def _load_csv(path: Path) -> InputRows:
     return InputRows(rows=rows, failures=failures, root=root, extra_columns=extra_columns)
 
 
+# What Linux allows (PATH_MAX, NAME_MAX); longer is an error of the row, checked before any
+# system call (a 50 MB path would otherwise be carried through every message).
+MAX_PATH_BYTES, MAX_COMPONENT_BYTES = 4096, 255
+
+
+def _path_problem(source: str) -> str | None:
+    size = len(source.encode("utf-8", "surrogateescape"))
+    if size > MAX_PATH_BYTES:
+        return f"path is {size:,} bytes long, over the {MAX_PATH_BYTES} a path may have"
+    longest = max((len(part.encode("utf-8", "surrogateescape")) for part in source.split("/")), default=0)
+    if longest > MAX_COMPONENT_BYTES:
+        return f"a folder or file name in the path is {longest} bytes long, over the {MAX_COMPONENT_BYTES} allowed"
+    return None
+
+
 def _check_row(index: int, source: str, label: str, root: Path) -> Path | Failure:
     def fail(reason: str, message: str) -> Failure:
-        return Failure(index, source, label, reason, f"row {index}: {message}")
+        shown = source if len(source) <= 300 else f"{source[:200]}… ({len(source):,} characters)"
+        return Failure(index, shown, label, reason, f"row {index}: {message}")
 
     if not source:
         return fail("missing", "empty path")
+    problem = _path_problem(source)
+    if problem:
+        return fail("bad_path", problem)
     problem = label_problem(label)
     if problem:
         return fail("bad_label", problem)
@@ -172,8 +191,11 @@ def _check_row(index: int, source: str, label: str, root: Path) -> Path | Failur
         if os.path.commonpath([resolved, root]) != str(root):
             return fail("outside_root", f"relative path {source!r} climbs out of {root}")
         candidate = resolved
-    if not candidate.is_file():
-        return fail("missing", f"file not found: {candidate}")
+    try:
+        if not candidate.is_file():
+            return fail("missing", f"file not found: {candidate}")
+    except OSError as err:  # too long for this file system, permission denied on a folder, ...
+        return fail("unreadable", f"cannot read {candidate}: {err.strerror or err}")
     return candidate
 
 
@@ -190,7 +212,14 @@ def _load_image_folder(root: Path) -> InputRows:
         raise ManifestError(f"{root}: no class folders (expected {root}/<label>/<image>)")
     rows: list[SourceRow] = []
     failures: list[Failure] = []
-    if all(p.name.lower() in SPLIT_FOLDERS for p in top):
+    splits = [p.name for p in top if p.name.lower() in SPLIT_FOLDERS]
+    if splits and len(splits) < len(top):  # train/, val/ and a stray misc/: neither layout holds
+        others = [p.name for p in top if p.name.lower() not in SPLIT_FOLDERS]
+        raise ManifestError(
+            f"{root}: folders {', '.join(splits)} are named like splits but {', '.join(others)} not; use "
+            f"{root}/<split>/<label>/<image> throughout, or {root}/<label>/<image> with no split names"
+        )
+    if splits:
         log.info("%s: folders %s read as splits (root/<split>/<label>/<image>)", root, ", ".join(p.name for p in top))
         for split_dir in top:
             class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))

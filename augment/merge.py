@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -30,8 +30,14 @@ class MergeError(AugmentError):
     """Parts missing, unfinished, or made with different settings."""
 
 
+# The parts augment writes: one process, the header part of workers, each worker, shard and rank.
+PART_NAME = re.compile(r"main|header|(worker|shard|rank)-\d+-of-\d+")
+
+
 def part_names(out: Path) -> list[str]:
-    return sorted(p.name[: -len(".json")] for p in (out / PARTS).glob("*.json"))
+    """The parts in OUT/parts; a file of another name there is not augment's and is ignored."""
+    names = (p.name[: -len(".json")] for p in (out / PARTS).glob("*.json"))
+    return sorted(name for name in names if PART_NAME.fullmatch(name))
 
 
 def clear_parts(out: Path, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
@@ -46,24 +52,35 @@ def recorded_rows(out: Path, names: list[str] | None = None) -> list[dict[str, A
     """Every row the parts of OUT (or the named ones) recorded."""
     rows: list[dict[str, Any]] = []
     for name in part_names(out) if names is None else names:
-        rows += part_rows(out, name)
+        try:
+            rows += part_rows(out, name)
+        except ValueError as err:  # its images are made again; nothing of it is deleted
+            log.warning("%s: unreadable part files, their images will be made again (%s)", out / PARTS / name, err)
     return rows
 
 
 def part_rows(out: Path, name: str) -> list[dict[str, Any]]:
     """A part's rows: its manifest checkpoint plus its journal (rows appended as each image is
-    written, so even a kill -9 between checkpoints loses none). Later entries win."""
+    written, so even a kill -9 between checkpoints loses none). Later entries win. Raises
+    ValueError for a manifest checkpoint that is not augment's CSV."""
     rows: dict[str, dict[str, Any]] = {}
     manifest, journal = out / PARTS / f"{name}.manifest.csv", out / PARTS / f"{name}{JOURNAL}"
     if manifest.is_file():
-        rows.update((r["path"], r) for r in pd.read_csv(manifest, dtype=str, keep_default_na=False).to_dict("records"))
+        try:
+            frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise ValueError(f"{manifest.name}: {err}") from err  # UnicodeDecodeError is one already
+        if "path" not in frame.columns:
+            raise ValueError(f"{manifest.name}: no path column")
+        rows.update((r["path"], r) for r in frame.to_dict("records"))
     if journal.is_file():
-        for line in journal.read_text(encoding="utf-8").splitlines():
+        for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 row = json.loads(line)
             except ValueError:  # the last line of a killed run may be cut short
                 continue
-            rows[row["path"]] = {k: "" if v is None else str(v) for k, v in row.items()}
+            if isinstance(row, dict) and isinstance(row.get("path"), str):  # anything else is not a row
+                rows[row["path"]] = {str(k): "" if v is None else str(v) for k, v in row.items()}
     return list(rows.values())
 
 
@@ -111,13 +128,16 @@ def merge(
     infos, manifests, failures, missing = _read_parts(outs, interrupted)
     _check_same_settings(infos, expected_hash)
     missing += _missing_parts(outs)
-    for problem in missing:
-        log.warning("incomplete: %s", problem)
     frames = []
     for out, frame in manifests:
+        frame, refused = _inside_images(out, frame)
+        missing += refused
         if out != target:
-            _copy_images(out, target, frame["path"])
+            frame, lost = _copy_images(out, target, frame)
+            missing += lost
         frames.append(frame)
+    for problem in missing:
+        log.warning("incomplete: %s", problem)
     manifest = pd.concat(frames, ignore_index=True).drop_duplicates("path").sort_values("path", kind="stable")
     failed = pd.concat(failures, ignore_index=True).drop_duplicates(["row", "path"])
     failed = (
@@ -130,11 +150,15 @@ def merge(
         for tmp in target.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
     try:
-        with atomic_write(target / "manifest.csv", "w", encoding="utf-8", newline="") as handle:
-            manifest.to_csv(handle, index=False)
-        with atomic_write(target / "failures.csv", "w", encoding="utf-8", newline="") as handle:
-            failed.reindex(columns=list(FAILURE_COLUMNS)).to_csv(handle, index=False)
-        write_exports(target, infos[0][1], finished=interrupted is None and not missing)
+        if missing and interrupted is None and _would_lose_rows(target, manifest):
+            kept = target / "manifest.csv"
+            log.warning("kept %s as it was: this merge is incomplete and would list fewer images", kept)
+        else:
+            with atomic_write(target / "manifest.csv", "w", encoding="utf-8", newline="") as handle:
+                manifest.to_csv(handle, index=False)
+            with atomic_write(target / "failures.csv", "w", encoding="utf-8", newline="") as handle:
+                failed.reindex(columns=list(FAILURE_COLUMNS)).to_csv(handle, index=False)
+            write_exports(target, infos[0][1], finished=interrupted is None and not missing)
     except OSError as err:
         raise OutputError(f"cannot write to {target}: {err}") from err
     write_text(target / "run.json", json.dumps(run, indent=2, ensure_ascii=False) + "\n")
@@ -158,8 +182,10 @@ def _read_parts(
         for name in names:
             try:
                 info = json.loads((out / PARTS / f"{name}.json").read_text(encoding="utf-8"))
+                if not _is_part_info(info):
+                    raise ValueError("not a part's status file")
                 rows = part_rows(out, name)
-            except (ValueError, pd.errors.ParserError) as err:
+            except ValueError as err:  # bad JSON, bad UTF-8, a CSV that is not one
                 missing.append(f"{out / PARTS / name}: unreadable ({err}); run that part again")
                 continue
             if info.get("status") != "finished" and interrupted is None:
@@ -177,6 +203,18 @@ def _read_parts(
     if not infos:
         raise MergeError("no readable parts to merge: " + "; ".join(missing))
     return infos, manifests, failures, missing
+
+
+def _is_part_info(info: Any) -> bool:
+    """The keys merge reads from a part's .json, with the types it reads them as."""
+    return (
+        isinstance(info, dict)
+        and all(isinstance(info.get(k), str) for k in ("part", "status", "config_hash", "started"))
+        and isinstance(info.get("counts"), dict)
+        and isinstance(info["counts"].get("tasks"), int)
+        and isinstance(info.get("timings"), dict)
+        and all(k in info for k in ("config", "engine", "weights", "versions", "device"))
+    )
 
 
 def _missing_parts(outs: list[Path]) -> list[str]:
@@ -267,15 +305,51 @@ def _read_part_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
-def _copy_images(source: Path, target: Path, paths: pd.Series) -> None:
-    for rel in paths:
+def _inside_images(out: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """A part's rows whose path is one augment writes: relative, under images/, no ``..``.
+    Merge reads and links only those (a part file is data, and may have been edited)."""
+    if frame.empty:
+        return frame, []
+    ok = frame["path"].map(_is_image_path)
+    refused = [f"{out / PARTS}: row path {rel[:200]!r} is not under images/; refused" for rel in frame["path"][~ok]]
+    return frame[ok], refused
+
+
+def _is_image_path(rel: object) -> bool:
+    if not isinstance(rel, str) or "\\" in rel or "\0" in rel:
+        return False
+    parts = PurePosixPath(rel).parts
+    return len(parts) >= 3 and parts[0] == "images" and not any(p in ("..", ".", "") for p in parts)
+
+
+def _would_lose_rows(target: Path, manifest: pd.DataFrame) -> bool:
+    """Whether replacing OUT's manifest.csv with ``manifest`` would drop images it lists."""
+    current = target / "manifest.csv"
+    if not current.is_file():
+        return False
+    try:
+        listed = set(pd.read_csv(current, dtype=str, keep_default_na=False, usecols=["path"])["path"])
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError):
+        return False  # not a manifest augment can read: nothing in it to keep
+    return not listed <= set(manifest["path"])
+
+
+def _copy_images(source: Path, target: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The images of another OUT's rows into ``target``: a hard link where the file system
+    allows, else a copy. A row whose image is gone is dropped and reported."""
+    lost, kept = [], []
+    for rel in frame["path"]:
         src, dst = source / rel, target / rel
-        if dst.exists():
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-        try:
-            os.link(src, tmp)  # same file system: no copy
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        if not os.path.lexists(dst):
+            if src.is_symlink() or not src.is_file():  # augment makes no links: one here is planted
+                lost.append(f"{source}: {rel} is listed but not there (or not a file); run that part again")
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+            try:
+                os.link(src, tmp)  # same file system: no copy
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        kept.append(rel)
+    return frame[frame["path"].isin(set(kept))], lost

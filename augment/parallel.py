@@ -27,6 +27,7 @@ from .config import RunConfig
 from .drivers import describe_device, resolve_device
 from .errors import (
     EXIT_OK,
+    EXIT_SIGHUP,
     EXIT_SIGINT,
     EXIT_SIGTERM,
     EXIT_SOME_FAILED,
@@ -36,14 +37,14 @@ from .errors import (
     Stopped,
     TooManyFailures,
 )
-from .lock import OutLock, lock_name
+from .lock import OutLock, lock_name, mark_ours
 from .merge import PARTS, clear_parts, merge, part_names, recorded_rows, remove_stale, reusable_rows
 from .plan import Task, stable_hash, task_keys
 from .prepare import Prepared, prepare
 from .progress import ProgressFn
 from .record import failure_limit, too_many_failures
 from .runner import PartRun, RunLog, RunSummary, order_by_shape
-from .weights import NetWeights, file_sha256, resolve_for
+from .weights import NetWeights, check_networks, file_sha256, resolve_for
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +83,22 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None, lock: bool = T
 
 @contextlib.contextmanager
 def _signals_raise() -> Iterator[None]:
-    """SIGTERM raises Interrupted(143) in the main thread (SIGINT raises KeyboardInterrupt)."""
+    """SIGTERM and SIGHUP (a closed terminal or ssh session) raise Interrupted(143 or 129) in
+    the main thread, so both keep what is finished and say so (SIGINT raises KeyboardInterrupt)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    codes = {signal.SIGTERM: EXIT_SIGTERM, signal.SIGHUP: EXIT_SIGHUP}
 
-    def on_term(signum: int, frame: object) -> None:
-        raise Interrupted(EXIT_SIGTERM, "SIGTERM")
+    def on_signal(signum: int, frame: object) -> None:
+        raise Interrupted(codes[signal.Signals(signum)], signal.Signals(signum).name)
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = {signum: signal.signal(signum, on_signal) for signum in codes}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _run(config: RunConfig, progress: ProgressFn | None, deadline: float | None) -> RunSummary:
@@ -103,10 +107,13 @@ def _run(config: RunConfig, progress: ProgressFn | None, deadline: float | None)
     t0 = time.perf_counter()
     # Copies of originals need no network: a copy-only job (say, only val/test rows) needs no weights.
     weights = _weights(config, prepared)
+    check_networks(config, weights)
     weights_s = time.perf_counter() - t0
     out = Path(config.out)
     try:
-        (out / "images").mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        mark_ours(out)  # prepare() checked that OUT is augment's to take
+        (out / "images").mkdir(exist_ok=True)
     except OSError as err:
         raise OutputError(f"cannot create output folder {out}: {err}") from err
     started = time.time()
@@ -134,10 +141,12 @@ def _run_shard(
     tasks = [t for t in prepared.tasks if shard.owns(t)]
     keys = _keys(config, prepared, weights, tasks)
     done = reusable_rows(out, keys, names=[name])
+    previous = _previous_rows(out, keys, done, names=[name])
     _remove_dead_temp_files(out, [t.output for t in tasks], part=name)
     part = _run_part(
-        config, prepared, out, name, weights, tasks, progress=progress, keys=keys, done=done, deadline=deadline
-    )
+        config, prepared, out, name, weights, tasks, progress=progress, keys=keys, done=done, deadline=deadline,
+        previous=previous,
+    )  # fmt: skip
     log.info("shard %s done; run `augment merge %s` once every shard has finished", config.shard, out)
     return _summary(
         out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name,
@@ -152,17 +161,18 @@ def _run_whole(
     """The whole job in this process or its local workers, merged into OUT at the end."""
     workers = config.workers or (torch.cuda.device_count() if resolve_device(config.device).type == "cuda" else 1)
     keys = _keys(config, prepared, weights)
-    done, kept_stale, counts = _reuse_and_clean(config, prepared, out, keys)
+    done = reusable_rows(out, keys)
+    previous = _previous_rows(out, keys, done)  # read before _reuse_and_clean clears the parts
+    kept_stale, counts = _reuse_and_clean(config, prepared, out, keys, done)
     interrupted = None
     try:
         if workers > 1:
-            _run_workers(
-                config, prepared, out, workers, progress, keys=keys, done=done, kept=kept_stale, deadline=deadline
-            )
+            _run_workers(config, prepared, out, workers, progress, keys=keys, done=done, kept=kept_stale,
+                         deadline=deadline, previous=previous)  # fmt: skip
         else:
             timings = {"weights_s": weights_s}
             _run_part(config, prepared, out, "main", weights, prepared.tasks, progress=progress, timings=timings,
-                      keys=keys, done=done, kept=kept_stale, deadline=deadline)  # fmt: skip
+                      keys=keys, done=done, kept=kept_stale, deadline=deadline, previous=previous)  # fmt: skip
     except KeyboardInterrupt:
         interrupted = Interrupted(EXIT_SIGINT, "SIGINT")
     except Stopped as err:
@@ -176,22 +186,22 @@ def _run_whole(
     images, failed = result["counts"]["written"], result["counts"]["failed_rows"]
     device = resolve_device(config.device)
     return _summary(out, images, failed, len(prepared.tasks), started, weights.identity, device,
-                    reused=len(done) + len(kept_stale), skipped=len(done), removed=counts["removed"])  # fmt: skip
+                    reused=len(done) + len(kept_stale), skipped=len(done), removed=counts["removed"],
+                    merged=result)  # fmt: skip
 
 
 def _reuse_and_clean(
-    config: RunConfig, prepared: Prepared, out: Path, keys: dict[str, str]
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, int]]:
-    """Incremental: tasks whose image exists with the same key are kept, not redone; images of
-    tasks that left the plan are removed (only ones augment recorded). Returns the rows kept
-    as done, the stale rows kept recorded, and the counts for run.json."""
+    config: RunConfig, prepared: Prepared, out: Path, keys: dict[str, str], done: dict[str, dict[str, Any]]
+) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """Incremental: tasks whose image exists with the same key (``done``) are kept, not redone;
+    images of tasks that left the plan are removed (only ones augment recorded). Returns the
+    stale rows kept recorded, and the counts for run.json."""
     # Limits first: a run that is going to abort must not remove or clear anything.
     limit = failure_limit(config, prepared)
     if limit is not None and len(prepared.failures) > limit:
         raise TooManyFailures(
             f"{len(prepared.failures)} rows failed up front, more than --max-failures {config.max_failures} allows"
         )
-    done = reusable_rows(out, keys)
     stale = {
         row["path"]: row for row in recorded_rows(out) if row["path"] not in keys and (out / row["path"]).is_file()
     }
@@ -211,7 +221,22 @@ def _reuse_and_clean(
         log.info("%d images up to date, %d stale removed, %d to make", len(done), removed, len(keys) - len(done))
     # tasks: the job's, once (workers each report the whole job's total).
     counts = {"tasks": len(prepared.tasks), "skipped": len(done), "kept_stale": len(kept_stale), "removed": removed}
-    return done, kept_stale, counts
+    return kept_stale, counts
+
+
+def _previous_rows(
+    out: Path, keys: dict[str, str], done: dict[str, dict[str, Any]], names: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Rows earlier runs recorded for tasks still planned but not up to date. A task whose
+    source cannot be read this time keeps its row (and image), as a failing row keeps its
+    images: dropped from the manifest, the image would stay on disk unrecorded, for ever."""
+    return {row["path"]: row for row in recorded_rows(out, names) if row["path"] in keys and row["path"] not in done}
+
+
+def _held_rows(out: Path, previous: dict[str, dict[str, Any]] | None, failures: list[Any]) -> list[dict[str, Any]]:
+    """The earlier rows of sources that failed their header read now, whose image is there."""
+    failing = {failure.path for failure in failures}
+    return [row for row in (previous or {}).values() if row.get("source") in failing and (out / row["path"]).is_file()]
 
 
 def _run_part(
@@ -225,6 +250,7 @@ def _run_part(
     keys: dict[str, str],
     done: dict[str, dict[str, Any]],
     kept: dict[str, dict[str, Any]] | None = None,
+    previous: dict[str, dict[str, Any]] | None = None,
     deadline: float | None = None,
     device: str | None = None,
     progress: ProgressFn | None = None,
@@ -237,7 +263,8 @@ def _run_part(
     groups, failures = order_by_shape(todo, config)
     part = PartRun(config, prepared, out, name=name, device=device, progress=progress, keys=keys, deadline=deadline)
     part.timings.update(timings or {})
-    part.rows = [done[t.output] for t in tasks if t.output in done] + list((kept or {}).values())
+    held = _held_rows(out, previous, failures)
+    part.rows = [done[t.output] for t in tasks if t.output in done] + list((kept or {}).values()) + held
     return part.run(weights, groups, total=len(tasks) + len(kept or {}), failures=failures)
 
 
@@ -281,15 +308,19 @@ def _keys(config: RunConfig, prepared: Prepared, weights: Any, tasks: list[Task]
 def _summary(
     out: Path, images: int, failed: int, tasks: int, started: float, weights: str, device: torch.device,
     *, part: str | None = None, reused: int = 0, skipped: int = 0, removed: int = 0,
+    merged: dict[str, Any] | None = None,
 ) -> RunSummary:  # fmt: skip
     """The summary of a whole job, or (``part``) of this process's share of it: ``images`` in
-    its manifest, of which ``reused`` were there before (``skipped`` of them up to date)."""
+    its manifest, of which ``reused`` were there before (``skipped`` of them up to date). A
+    merged job's exit code is run.json's (``merged``), so it never says done when run.json
+    says incomplete."""
     failures_csv = out / PARTS / f"{part}.failures.csv" if part else out / "failures.csv"
+    exit_code = merged["exit_code"] if merged else EXIT_SOME_FAILED if failed else EXIT_OK
     return RunSummary(
-        out=str(out), exit_code=EXIT_SOME_FAILED if failed else EXIT_OK, tasks=tasks, written=images - reused,
+        out=str(out), exit_code=exit_code, tasks=tasks, written=images - reused,
         failed_rows=failed, seconds=round(time.time() - started, 3), weights=weights,
         device=describe_device(device), failures=_read_failures(failures_csv), skipped=skipped, removed=removed,
-        images=images,
+        images=images, incomplete=merged["exit_reason"] if merged and merged["status"] == "incomplete" else None,
     )  # fmt: skip
 
 
@@ -347,14 +378,9 @@ def _run_rank(
                 raise OutputError(f"{out}: parts {', '.join(sorted(missing))} are missing after the barrier")
             result = merge([out], expected_hash=f"{config.config_hash()}/{config.plan_hash()}")
             return _summary(
-                out,
-                result["counts"]["written"],
-                result["counts"]["failed_rows"],
-                len(prepared.tasks),
-                started,
-                weights.identity,
-                part.device,
-            )
+                out, result["counts"]["written"], result["counts"]["failed_rows"], len(prepared.tasks), started,
+                weights.identity, part.device, merged=result,
+            )  # fmt: skip
         return _summary(
             out, part.written, part.failed_rows, len(tasks), started, weights.identity, part.device, part=name,
             reused=len(done), skipped=len(done),
@@ -367,6 +393,7 @@ def _run_rank(
 def _run_workers(
     config: RunConfig, prepared: Prepared, out: Path, workers: int, progress: ProgressFn | None,
     *, keys: dict[str, str], done: dict[str, dict[str, Any]], kept: dict[str, dict[str, Any]], deadline: float | None,
+    previous: dict[str, dict[str, Any]] | None = None,
 ) -> None:  # fmt: skip
     """N spawned processes pulling source images from one queue (GPUs: one each; CPU: the
     cores split between them). The parent header-reads and orders the work."""
@@ -386,7 +413,7 @@ def _run_workers(
     # Rows failed up front or at the header read, and images kept from earlier runs, belong to
     # no worker: a part of their own.
     header = PartRun(config, prepared, out, name="header", keys=keys)
-    header.rows = list(done.values()) + list(kept.values())
+    header.rows = list(done.values()) + list(kept.values()) + _held_rows(out, previous, failures)
     header.record_failures(failures)
     # --max-failures counts the job's failed rows: these, and every worker's (one shared count).
     limit = failure_limit(config, prepared)

@@ -196,11 +196,35 @@ def class_key(row: SourceRow) -> str:
     return f"{row.split}/{row.label}" if row.split else row.label
 
 
+def output_stems(rows: list[SourceRow]) -> dict[SourceRow, str]:
+    """The stem each source's output names start with: its file's stem, unique within its
+    split and label by construction. Two sources with one stem (x.jpg and x.webp, a/x.jpg and
+    b/x.jpg) would write the same names: each gets a hash of its source path, made longer
+    while it equals another source's own stem (a real x-560ab0.jpg) or another hashed one.
+    Compared case-folded: A.jpg and a.jpg are one file name on macOS and Windows."""
+
+    def key(row: SourceRow, stem: str) -> tuple[str, str, str]:
+        return row.split, row.label, stem.casefold()
+
+    natural = {row: PurePosixPath(row.source).stem for row in rows}
+    counts = Counter(key(row, stem) for row, stem in natural.items())
+    taken = {key(row, stem) for row, stem in natural.items() if counts[key(row, stem)] == 1}
+    stems = {}
+    for row, stem in natural.items():
+        if counts[key(row, stem)] > 1:
+            digest, digits = f"{stable_hash(row.source):016x}", 6
+            while key(row, f"{stem}-{digest[-digits:]}") in taken:
+                digits += 1
+                if digits > len(digest):  # the whole hash taken too: count on
+                    digest = f"{digest}-{digits}"
+            stem = f"{stem}-{digest[-digits:]}"
+            taken.add(key(row, stem))
+        stems[row] = stem
+    return stems
+
+
 def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Plan:
-    # Two sources with the same split, label and stem (x.jpg and x.webp, a/x.jpg and b/x.jpg)
-    # would write the same names: those get a short hash of their source path. Compared
-    # case-folded: A.jpg and a.jpg are one file name on macOS and Windows file systems.
-    stems = Counter((row.split, row.label, PurePosixPath(row.source).stem.casefold()) for row in rows)
+    stems = output_stems(rows)
     ext = FORMAT_EXT[options.fmt]
     pool = [s for s in styles if s.weight > 0]
     base = len(pool) if options.assignment is Assignment.ALL else options.per_image
@@ -213,9 +237,7 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Pl
     tasks: list[Task] = []
     left_out = copies = 0
     for row in rows:
-        stem = PurePosixPath(row.source).stem
-        if stems[(row.split, row.label, stem.casefold())] > 1:
-            stem = f"{stem}-{stable_hash(row.source) % 16**6:06x}"
+        stem = stems[row]
         folder = f"images/{row.split}/{row.label}" if row.split else f"images/{row.label}"
 
         def output(style_name: str, k: int, folder: str = folder, stem: str = stem) -> str:

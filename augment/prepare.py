@@ -16,6 +16,7 @@ from .atomic import OUT_FOLDERS
 from .config import Engine, RunConfig
 from .errors import ConfigError, OutputError
 from .images import ImageProblem, fit_long_side, probe
+from .lock import check_ours
 from .manifest import Failure, InputRows, SourceRow, load_input
 from .plan import Plan, PlanTooLarge, Task, class_key, plan
 from .styles import Style, load_style_bank
@@ -81,6 +82,7 @@ def prepare(config: RunConfig) -> Prepared:
     if needs_styles and not config.styles:
         raise ConfigError("no style folder given (--styles DIR)" + (" for --guide" if config.guide else ""))
     check_out_apart(config)
+    check_ours(Path(config.out))
     inputs = load_input(config.manifest)
     if needs_styles:
         styles = load_style_bank(

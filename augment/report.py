@@ -25,6 +25,7 @@ from .atomic import write_text
 from .errors import AugmentError, OutputError, StyleBankError
 from .export import read_manifest
 from .images import ImageProblem, load_rgb
+from .lock import MARKER, is_marked
 from .styles import Style, load_style_bank
 
 REPORT = "report.html"
@@ -56,18 +57,42 @@ class ReportError(AugmentError):
     """OUT is not an augment output."""
 
 
+def _read_outputs(out: Path) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
+    """manifest.csv, run.json and failures.csv, each checked: a file that is not what augment
+    writes is named in one line (exit 2), never a traceback."""
+    try:
+        manifest = read_manifest(out)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:  # UnicodeDecodeError too
+        reason = " ".join(str(err).split())[:200]
+        raise ReportError(f"{out / 'manifest.csv'}: not a manifest augment wrote ({reason})") from None
+    missing = [c for c in ("path", "label", "style") if c not in manifest.columns]
+    if missing:
+        raise ReportError(f"{out / 'manifest.csv'}: no {', '.join(missing)} column; not a manifest augment wrote")
+    run: Any = {}
+    if (out / "run.json").is_file():
+        try:
+            run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise ReportError(f"{out / 'run.json'}: not readable JSON ({err})") from None
+        if not isinstance(run, dict):
+            raise ReportError(f"{out / 'run.json'}: not a run record (expected a JSON object)")
+    failures = pd.DataFrame()
+    if (out / "failures.csv").is_file():
+        try:
+            failures = pd.read_csv(out / "failures.csv", dtype=str, keep_default_na=False)
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise ReportError(f"{out / 'failures.csv'}: not readable ({' '.join(str(err).split())[:200]})") from None
+    return manifest, run, failures
+
+
 def write_report(out: str | Path, *, sample: int = 12, seed: int = 0) -> Path:
     """Write OUT/report.html (and its thumbnails); returns its path."""
     out = Path(out)
     if not (out / "manifest.csv").is_file():
         raise ReportError(f"{out}: no manifest.csv here; is it an augment output folder?")
-    manifest = read_manifest(out)
-    run = json.loads((out / "run.json").read_text(encoding="utf-8")) if (out / "run.json").is_file() else {}
-    failures = (
-        pd.read_csv(out / "failures.csv", dtype=str, keep_default_na=False)
-        if (out / "failures.csv").is_file()
-        else pd.DataFrame()
-    )
+    if not is_marked(out):  # report.html and report/ are replaced: only in a folder augment made
+        raise ReportError(f"{out} was not made by augment (no {MARKER} in it); report reads augment's output folders")
+    manifest, run, failures = _read_outputs(out)
     thumbs = out / THUMBS
     try:  # a read-only or full OUT: exit 3 with one line, like a run
         if thumbs.exists():

@@ -51,7 +51,8 @@ class PartSummary:
 class RunSummary:
     """What a run did. ``written``: images this run made; ``skipped``: up to date from an
     earlier run, not redone; ``removed``: stale images of rows that left the job;
-    ``failed_rows``: rows that gave no image; ``images``: what the dataset now holds."""
+    ``failed_rows``: rows that gave no image; ``images``: what the dataset now holds;
+    ``incomplete``: what is missing when the merge found the job not done (run.json's reason)."""
 
     out: str
     exit_code: int
@@ -65,6 +66,7 @@ class RunSummary:
     skipped: int = 0
     removed: int = 0
     images: int = 0
+    incomplete: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -106,12 +106,18 @@ def _load_settings(path: Path, files: list[Path], names: list[str], style_layers
     for file, name in zip(files, names):
         aliases.update({file.name: name, file.stem: name, name: name})
     settings: dict[str, dict[str, object]] = {}
+    named_by: dict[str, str] = {}
     for key, entry in data.items():
         key = str(key)
         if key not in aliases:
             hint = difflib.get_close_matches(key, list(aliases), n=1)
             did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
             raise StyleBankError(f"{path}: {key!r} matches no style image{did_you_mean}")
+        if aliases[key] in named_by:  # the later would silently replace the earlier
+            raise StyleBankError(
+                f"{path}: {named_by[aliases[key]]!r} and {key!r} both name style {aliases[key]!r}; keep one"
+            )
+        named_by[aliases[key]] = key
         if not isinstance(entry, dict):
             raise StyleBankError(f"{path}: settings for {key!r} must be a mapping")
         unknown = sorted(set(map(str, entry)) - set(STYLE_KEYS))

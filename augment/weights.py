@@ -109,7 +109,13 @@ def _load_file(path: Path, flavour: WeightsFlavour) -> ResolvedWeights:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
-        raise WeightsUnavailable(f"cannot read weights file {path}: {err}") from err
+        # One line: torch's own message runs to several and suggests weights_only=False,
+        # which would run the file's code.
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(err).__name__  # an empty file: EOFError, no text
+        if "weights_only" in str(err) or "Weights only load failed" in reason:
+            reason = "it holds more than tensors (a pickle with code), so it is not loaded"
+        raise WeightsUnavailable(f"cannot read weights file {path}: {reason[:300]}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -216,10 +222,11 @@ def weights_needed(config: RunConfig) -> list[tuple[str, str | None]]:
 
 
 def check_weights(config: RunConfig, *, probe_timeout_s: float = 5.0) -> list[str]:
-    """What ``augment run`` would load, checked without loading it (for ``augment validate``):
+    """What ``augment run`` would load, checked as run checks it (for ``augment validate``):
     one line per network, or WeightsUnavailable with run's message where run would stop. A
-    download that would be needed is checked by reaching the file's host."""
-    found = []
+    file is loaded (weights only) and its networks built; a download that would be needed is
+    checked by reaching the file's host."""
+    found, downloads = [], False
     for model, spec in weights_needed(config):
         name, source = MODELS[model][0], _source(model, spec, download=config.download)
         if source == RANDOM:
@@ -238,6 +245,9 @@ def check_weights(config: RunConfig, *, probe_timeout_s: float = 5.0) -> list[st
                 why = f"{urlparse(source).hostname} cannot be reached ({err})"
                 raise WeightsUnavailable(_missing_message(model, why)) from None
             found.append(f"{name}: to be downloaded from {source}")
+            downloads = True
+    if not downloads:  # what is here: load it as run will, and build its networks
+        check_networks(config, resolve_for(config))
     return found
 
 
@@ -272,6 +282,16 @@ def build_dream_net(
     except ValueError as err:
         raise WeightsUnavailable(f"{weights.location}: {err}") from err
     return net.to(device)
+
+
+def check_networks(config: RunConfig, weights: NetWeights) -> None:
+    """Build every network the run will build, once on the CPU (0.2 s for VGG19), so that a
+    file with missing layers, wrong shapes or NaN values is refused (exit 2) before OUT is
+    touched, by run and by validate alike."""
+    if weights.gatys is not None:
+        build_vgg19(weights.gatys, config.gatys_options().layers)
+    if weights.dream is not None:
+        build_dream_net(weights.dream, config.dream_options().layers)
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,7 @@ def test_image_folder_with_train_and_val_folders_reads_them_as_splits(
         ("train", "ants", "train/ants/a.png"), ("train", "bees", "train/bees/b.png"), ("val", "ants", "val/ants/c.png"),
     ]  # fmt: skip
     assert "read as splits" in caplog.text
-    (tmp_path / "extra" / "x").mkdir(parents=True)  # a folder not named like a split: all are classes
+    (tmp_path / "extra" / "x").mkdir(parents=True)  # a stray folder beside the splits: neither layout
     noise_image(8, 8, 0).save(tmp_path / "extra" / "x" / "d.png")
-    assert {r.label for r in load_input(tmp_path).rows} == {"train", "val", "extra"}
+    with pytest.raises(ManifestError, match="train, val are named like splits but extra not"):
+        load_input(tmp_path)

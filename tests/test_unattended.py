@@ -67,7 +67,7 @@ def test_a_lock_left_by_a_killed_process_does_not_block(dataset: tuple[Path, Pat
     assert code == 0, err
 
 
-@pytest.mark.parametrize(("sig", "expected"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(("sig", "expected"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_a_signal_keeps_finished_images_and_exits_with_its_code(
     dataset: tuple[Path, Path], tmp_path: Path, sig: int, expected: int
 ) -> None:
@@ -87,6 +87,7 @@ def test_a_signal_keeps_finished_images_and_exits_with_its_code(
     assert proc.returncode == expected, stderr
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "interrupted" and run["exit_code"] == expected
+    assert signal.Signals(sig).name in run["exit_reason"] and signal.Signals(sig).name in (out / "run.log").read_text()
     rows = pd.read_csv(out / "manifest.csv")
     on_disk = {p.relative_to(out).as_posix() for p in files_under(out / "images")}
     assert 1 <= len(rows) <= 3 and set(rows["style"]) == {"original"}  # what finished: originals
@@ -206,9 +207,10 @@ def test_kill_9_then_rerun_gives_exactly_one_image_per_task_identical_to_an_unbr
     assert proc.poll() is None, "the run finished before the kill: make KILL_OPTIONS slower"
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL  # killed, not finished
-    # What a kill can leave: a temp file from a write cut short ...
-    (out / "images" / "ants").mkdir(parents=True, exist_ok=True)
-    (out / "images" / "ants" / ".a1__waves__0.png.dead.tmp").write_bytes(b"half")
+    # What a kill can leave: a temp file from a write cut short (once the run made images/) ...
+    if (out / "images").is_dir():
+        (out / "images" / "ants").mkdir(exist_ok=True)
+        (out / "images" / "ants" / ".a1__waves__0.png.dead.tmp").write_bytes(b"half")
     # ... and an image renamed into place whose journal line was never written.
     from augment.merge import JOURNAL, PARTS, part_rows
 

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from .vgg import check_tensors
+
 INCEPTION_LAYERS = (
     "inception3a", "inception3b", "inception4a", "inception4b", "inception4c",
     "inception4d", "inception4e", "inception5a", "inception5b",
@@ -58,6 +60,7 @@ class GoogLeNetFeatures(nn.Module):
         missing = [k for k in wanted if k not in state_dict]
         if missing:
             raise ValueError(f"not a GoogLeNet state dict: missing {', '.join(missing[:3])}")
+        check_tensors("GoogLeNet", state_dict, wanted)
         self.blocks.load_state_dict({k: state_dict[k] for k in wanted})
 
     def init_random(self, seed: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from enum import Enum
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,6 +87,18 @@ class Normalize(nn.Module):
         return (x - self.mean) * self.scale
 
 
+def check_tensors(model: str, given: Mapping[str, Any], wanted: Mapping[str, torch.Tensor]) -> None:
+    """Each wanted tensor is given as a tensor of its shape, all finite (a damaged file's NaN
+    would make every image of the run fail, one by one)."""
+    for key, value in wanted.items():
+        tensor = given[key]
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != value.shape:
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ValueError(f"not a {model} state dict: {key} has shape {shape}, expected {tuple(value.shape)}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{key} holds NaN or infinite values: the file is damaged")
+
+
 class VGG19Features(nn.Module):
     """VGG19 ``features`` truncated after the deepest requested layer.
 
@@ -139,12 +152,7 @@ class VGG19Features(nn.Module):
         missing = [k for k in wanted if k not in prefixed]
         if missing:
             raise ValueError(f"not a VGG19 state dict: missing {', '.join(missing[:3])}")
-        for key, value in wanted.items():
-            if prefixed[key].shape != value.shape:
-                raise ValueError(
-                    f"not a VGG19 state dict: {key} has shape {tuple(prefixed[key].shape)}, "
-                    f"expected {tuple(value.shape)}"
-                )
+        check_tensors("VGG19", {k: prefixed[k] for k in wanted}, wanted)
         self.features.load_state_dict({k: prefixed[k] for k in wanted})
 
     def init_random(self, seed: int) -> None:

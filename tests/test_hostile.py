@@ -1,0 +1,379 @@
+"""Unattended runs, round 3: a hostile user's inputs. No file of the user's is overwritten,
+nothing is written outside OUT, nothing hangs, and the exit code never says done when
+something is missing. Each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from augment.lock import MARKER
+from augment.manifest import SourceRow
+from augment.plan import output_stems, stable_hash
+
+from .conftest import FAST, make_dataset, make_styles, noise_image
+from .test_cli import files_under, invoke
+
+
+def _run(manifest: Path, styles: Path, out: Path, *extra: object) -> tuple[int, str, str]:
+    return invoke("run", manifest, "--styles", styles, "--out", out, *FAST, *extra)
+
+
+# -- the user's files ------------------------------------------------------------------------
+def test_an_existing_folder_with_the_users_own_manifest_is_refused(tmp_path: Path) -> None:
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    mine = tmp_path / "p"
+    mine.mkdir()
+    (mine / "manifest.csv").write_text("MINE\n")
+    code, _, err = _run(manifest, styles, mine)
+    assert code == 2 and "was not made by augment" in err and "manifest.csv" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert (mine / "manifest.csv").read_text() == "MINE\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["manifest.csv"]  # nothing written there
+
+
+def test_an_existing_folder_without_augments_names_is_taken_and_marked(tmp_path: Path) -> None:
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")  # not a name augment writes: left alone
+    assert _run(manifest, styles, out)[0] == 0
+    assert (out / MARKER).is_file() and (out / "notes.txt").read_text() == "mine\n"
+    assert _run(manifest, styles, out)[0] == 0  # marked: its own files are augment's to replace
+    assert invoke("report", out)[0] == 0
+
+
+def test_an_output_folder_of_an_earlier_version_is_still_augments(tmp_path: Path) -> None:
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    out = tmp_path / "out"
+    assert _run(manifest, styles, out)[0] == 0
+    (out / MARKER).unlink()  # as an earlier version left it: its run.json marks it
+    assert _run(manifest, styles, out)[0] == 0 and (out / MARKER).is_file()
+    shards = tmp_path / "shards"
+    assert _run(manifest, styles, shards, "--shard", "0/2")[0] == 0
+    (shards / MARKER).unlink()  # shards before their merge: a part's .json
+    assert _run(manifest, styles, shards, "--shard", "1/2")[0] == 0
+    lookalike = tmp_path / "lookalike"
+    lookalike.mkdir()
+    (lookalike / "run.json").write_text('{"status": "mine"}\n')
+    assert _run(manifest, styles, lookalike)[0] == 2
+
+
+def test_report_refuses_a_folder_augment_did_not_make(tmp_path: Path) -> None:
+    folder = tmp_path / "someone"
+    (folder / "report").mkdir(parents=True)
+    (folder / "report" / "keep.txt").write_text("mine\n")
+    (folder / "manifest.csv").write_text("path,label\nx.png,a\n")
+    code, _, err = invoke("report", folder)
+    assert code == 2 and "not made by augment" in err, err
+    assert (folder / "report" / "keep.txt").is_file()  # its report/ was not emptied
+
+
+# -- merge trusts no path ------------------------------------------------------------------
+def _two_shard_outs(tmp_path: Path) -> tuple[Path, Path]:
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "deep" / "b"
+    assert _run(manifest, styles, a, "--per-image", "2", "--shard", "0/2")[0] == 0
+    assert _run(manifest, styles, b, "--per-image", "2", "--shard", "1/2")[0] == 0
+    return a, b
+
+
+def test_merge_links_nothing_outside_images_from_a_tampered_part(tmp_path: Path) -> None:
+    a, b = _two_shard_outs(tmp_path)
+    (b.parent / "x").mkdir()
+    (b.parent / "x" / "evil.png").write_bytes(b"not yours")  # b/../x/evil.png
+    part = b / "parts" / "shard-1-of-2.manifest.csv"
+    rows = pd.read_csv(part, dtype=str, keep_default_na=False)
+    pd.concat([rows, rows.head(1).assign(path="../x/evil.png")]).to_csv(part, index=False)
+    code, _, err = invoke("merge", a, b)
+    assert code == 1 and "not under images/" in err, err
+    assert not (tmp_path / "x").exists()  # a/../x/evil.png: outside OUT, never written
+    assert "../x/evil.png" not in set(pd.read_csv(a / "manifest.csv")["path"])
+    assert json.loads((a / "run.json").read_text())["status"] == "incomplete"
+
+
+def test_merge_of_an_out_that_lost_an_image_says_so_and_keeps_the_manifest(tmp_path: Path) -> None:
+    a, b = _two_shard_outs(tmp_path)
+    assert invoke("merge", a, b)[0] == 0
+    complete = pd.read_csv(a / "manifest.csv")
+    # A later merge where B lost an image that A does not have yet.
+    lost_rows = pd.read_csv(b / "parts" / "shard-1-of-2.manifest.csv")
+    for rel in lost_rows["path"]:
+        (a / rel).unlink()
+    (b / lost_rows["path"][0]).unlink()
+    code, _, err = invoke("merge", a, b)
+    assert code == 1 and "listed but not there" in err and "Traceback" not in err, err
+    assert len(pd.read_csv(a / "manifest.csv")) == len(complete)  # kept, not replaced by a shorter one
+
+
+def test_a_truncated_part_manifest_never_replaces_a_complete_one(tmp_path: Path) -> None:
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    out = tmp_path / "out"
+    assert _run(manifest, styles, out, "--per-image", "2", "--shard", "0/1")[0] == 0
+    assert invoke("merge", out)[0] == 0
+    complete = pd.read_csv(out / "manifest.csv")
+    part = out / "parts" / "shard-0-of-1.manifest.csv"
+    part.write_text("\n".join(part.read_text().splitlines()[:2]) + "\n")  # the header and one row
+    (out / "parts" / "shard-0-of-1.journal.jsonl").unlink(missing_ok=True)
+    code, _, err = invoke("merge", out)
+    assert code == 1 and "run that part again" in err, err
+    pd.testing.assert_frame_equal(pd.read_csv(out / "manifest.csv"), complete)
+
+
+# -- names unique by construction ----------------------------------------------------------
+def test_a_hashed_name_never_equals_another_sources_own_name(tmp_path: Path) -> None:
+    rows = [SourceRow(1, "a/x.jpg", Path("/a/x.jpg"), "l"), SourceRow(2, "b/x.jpg", Path("/b/x.jpg"), "l")]
+    suffix = f"{stable_hash('a/x.jpg'):016x}"[-6:]  # the name a/x.jpg's images got before
+    rows.append(SourceRow(3, f"c/x-{suffix}.jpg", Path(f"/c/x-{suffix}.jpg"), "l"))
+    stems = output_stems(rows)
+    assert len({s.casefold() for s in stems.values()}) == 3
+    assert stems[rows[2]] == f"x-{suffix}" and stems[rows[0]] != f"x-{suffix}" and stems[rows[0]].startswith("x-")
+    other = f"{stable_hash('b/x.jpg'):016x}"[-6:]
+    assert stems[rows[1]] == f"x-{other}"  # unchanged where nothing clashes
+
+    # Through a run: 3 sources x 2 styles with --style-assignment all are 6 images, exit 0.
+    data = tmp_path / "data"
+    clash = f"{stable_hash('a/x.png'):016x}"[-6:]
+    for rel in ("a/x.png", "b/x.png", f"c/x-{clash}.png"):
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        noise_image(24, 20, len(rel)).save(data / rel)
+    lines = ["path,label"] + [f"{p.relative_to(data).as_posix()},l" for p in sorted(data.rglob("*.png"))]
+    (data / "manifest.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    code, _, err = _run(data / "manifest.csv", make_styles(tmp_path), out, "--style-assignment", "all")
+    assert code == 0, err
+    assert len(files_under(out / "images")) == 6 and len(pd.read_csv(out / "manifest.csv")) == 6
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+def test_the_exit_code_follows_run_json_when_the_merge_is_incomplete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import augment.merge
+
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    # What merge finds missing (a part lost, rows cut short) is injected: the path from there
+    # to the exit code is what is tested.
+    monkeypatch.setattr(augment.merge, "_missing_parts", lambda outs: ["worker-1-of-2 not run (simulated)"])
+    code, _, err = _run(manifest, styles, tmp_path / "out")
+    run_json = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run_json["status"] == "incomplete" and code == run_json["exit_code"] == 1, err
+    assert "not done: incomplete: worker-1-of-2 not run (simulated)" in err
+    summary = augment.run(manifest=str(manifest), styles=str(styles), out=str(tmp_path / "api"), weights="random",
+                          size=32, iterations=2)  # fmt: skip
+    assert summary.exit_code == 1 and "worker-1-of-2" in (summary.incomplete or "")
+
+
+# -- bounded inputs ------------------------------------------------------------------------
+def test_yaml_aliases_are_refused_in_a_config_file(tmp_path: Path) -> None:
+    # ~400 bytes that expand to 9 x 3**12 names: parse_names spun on it for ever.
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    config = tmp_path / "run.yaml"
+    levels = ["  - &l0 [a, a, a, a, a, a, a, a, a]"] + [
+        f"  - &l{i} [*l{i - 1}, *l{i - 1}, *l{i - 1}]" for i in range(1, 13)
+    ]
+    config.write_text("style_layers:\n" + "\n".join(levels) + "\n")
+    started = time.monotonic()
+    code, _, err = invoke("run", manifest, "--styles", styles, "--out", tmp_path / "out", "--config", config, *FAST)
+    assert time.monotonic() - started < 30
+    assert code == 2 and "aliases" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_yaml_aliases_and_repeated_styles_are_refused_in_styles_yaml(tmp_path: Path) -> None:
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    (styles / "styles.yaml").write_text("waves:\n  style_layer_weights: &w [1, 1, 1, 1, 1]\ngrey_stone:\n"
+                                        "  style_layer_weights: *w\n")  # fmt: skip
+    code, _, err = _run(manifest, styles, tmp_path / "out")
+    assert code == 2 and "aliases" in err, err
+    (styles / "styles.yaml").write_text("waves:\n  weight: 0\nwaves.png:\n  weight: 3\n")
+    code, _, err = _run(manifest, styles, tmp_path / "out")
+    assert code == 2 and "both name style 'waves'" in err, err
+    (styles / "styles.yaml").write_text("waves:\n  weight: 0\nwaves:\n  weight: 3\n")
+    code, _, err = _run(manifest, styles, tmp_path / "out")
+    assert code == 2 and "given twice" in err, err
+
+
+def test_a_config_that_is_not_a_regular_file_is_named_as_such(tmp_path: Path) -> None:
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    code, _, err = invoke("run", manifest, "--styles", styles, "--config", "/dev/zero", *FAST)
+    assert code == 2 and "not a regular file" in err, err
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("a" * 300 + ".png", "over the 255"),
+        ("d/" * 2100 + "x.png", "over the 4096"),
+        ("p" * 1_000_000, "over the 4096"),
+    ],
+    ids=["long-name", "long-path", "megabyte-path"],
+)
+def test_an_overlong_path_is_a_failed_row(tmp_path: Path, path: str, reason: str) -> None:
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    manifest.write_text(manifest.read_text() + f"{path},ants\n")
+    started = time.monotonic()
+    code, _, err = _run(manifest, styles, tmp_path / "out")
+    assert time.monotonic() - started < 60
+    assert code == 1 and "Traceback" not in err, err
+    failures = pd.read_csv(tmp_path / "out" / "failures.csv")
+    assert list(failures["reason"]) == ["bad_path"] and reason in failures["message"][0]
+    assert len(failures["path"][0]) < 400  # a megabyte path is shown cut short
+    assert len(pd.read_csv(tmp_path / "out" / "manifest.csv")) == 3
+
+
+# -- nothing orphaned ----------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["whole", "shard"])
+def test_a_source_unreadable_for_one_run_keeps_its_images_recorded(tmp_path: Path, how: str) -> None:
+    manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
+    split = ["--shard", "0/1"] if how == "shard" else []
+
+    def run() -> int:
+        code = _run(manifest, styles, out, *split)[0]
+        if how == "shard":
+            assert invoke("merge", out)[0] == code
+        return code
+
+    assert run() == 0
+    source = manifest.parent / "ants" / "a1.png"
+    good = source.read_bytes()
+    made = [p for p in pd.read_csv(out / "manifest.csv")["path"] if "a1__" in p]
+    source.write_bytes(b"not an image any more")  # a half-synced file, say: it fails its header read
+    assert run() == 1
+    assert list(pd.read_csv(out / "failures.csv")["reason"]) == ["undecodable"]
+    listed = set(pd.read_csv(out / "manifest.csv")["path"])
+    assert set(made) <= listed and all((out / p).is_file() for p in made)  # recorded, not orphaned
+    source.write_bytes(good)
+    assert run() == 0
+    assert json.loads((out / "run.json").read_text())["counts"]["written"] == 3
+    if how == "shard":
+        return  # shards remove no stale images (a whole-job run does)
+    # ... and recorded, it is removed like any other once its row leaves the manifest.
+    manifest.write_text("\n".join(line for line in manifest.read_text().splitlines() if "a1.png" not in line) + "\n")
+    assert run() == 0
+    assert not any((out / p).exists() for p in made)
+
+
+def test_an_imagefolder_with_split_folders_and_a_stray_one_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for rel in ("train/ants/a.png", "train/bees/b.png", "val/ants/c.png", "misc/d.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        noise_image(24, 20, len(rel)).save(root / rel)
+    code, _, err = invoke("run", root, "--styles", make_styles(tmp_path), "--out", tmp_path / "out", *FAST)
+    assert code == 2 and "train, val are named like splits but misc not" in err, err
+    assert not (tmp_path / "out" / "images").exists()
+
+
+# -- part files and outputs that are not augment's -----------------------------------------
+@pytest.mark.parametrize(
+    "damage",
+    ["random-bytes-manifest", "journal-line-not-a-row", "foreign-list-json", "foreign-status-json"],
+)
+def test_damaged_or_foreign_part_files_are_named_not_a_crash(tmp_path: Path, damage: str) -> None:
+    manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
+    assert _run(manifest, styles, out, "--shard", "0/1")[0] == 0
+    parts = out / "parts"
+    if damage == "random-bytes-manifest":
+        (parts / "shard-0-of-1.manifest.csv").write_bytes(bytes(range(256)) * 8)
+    elif damage == "journal-line-not-a-row":
+        (parts / "shard-0-of-1.journal.jsonl").write_text('[1]\n"x"\n{"no": "path"}\n')
+    elif damage == "foreign-list-json":
+        (parts / "notes.json").write_text("[1, 2]\n")
+    else:
+        (parts / "notes.json").write_text('{"status": "finished"}\n')
+    code, _, err = invoke("merge", out)
+    assert code in (0, 1, 2) and "Traceback" not in err, err
+    if damage == "random-bytes-manifest":  # the only part: nothing to merge (2), named
+        assert code == 2 and "shard-0-of-1: unreadable" in err
+    # A later run of the shard redoes what it cannot read, and the merge is then complete.
+    code, _, err = _run(manifest, styles, out, "--shard", "0/1")
+    assert code == 0, err
+    assert invoke("merge", out)[0] == 0 and len(pd.read_csv(out / "manifest.csv")) == 3
+
+
+@pytest.mark.parametrize("damage", ["binary-manifest", "no-path-column", "corrupt-run-json", "run-json-a-list"])
+def test_report_names_a_damaged_output_file(tmp_path: Path, damage: str) -> None:
+    manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
+    assert _run(manifest, styles, out)[0] == 0
+    if damage == "binary-manifest":
+        (out / "manifest.csv").write_bytes(bytes(range(256)) * 8)
+    elif damage == "no-path-column":
+        (out / "manifest.csv").write_text("a,b\n1,2\n")
+    elif damage == "corrupt-run-json":
+        (out / "run.json").write_text("{ not json")
+    else:
+        (out / "run.json").write_text("[1]\n")
+    code, _, err = invoke("report", out)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert ("run.json" if "run-json" in damage else "manifest.csv") in err
+
+
+# -- weights: validate refuses what run refuses -------------------------------------------
+class _Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+def _bad_weights(tmp_path: Path, kind: str) -> Path:
+    import pickle
+
+    import torch
+
+    from augment.engines.vgg import random_state_dict
+
+    path = tmp_path / f"{kind}.pth"
+    state = random_state_dict(0)
+    if kind == "nan":
+        state["features.5.weight"] = torch.full_like(state["features.5.weight"], float("nan"))
+    elif kind == "wrong-shape":
+        state["features.0.weight"] = torch.zeros(64, 3, 5, 5)
+    if kind == "pickle":
+        path.write_bytes(pickle.dumps({"features.0.weight": _Payload()}))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        torch.save(state, path)
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+@pytest.mark.parametrize("kind", ["nan", "wrong-shape", "truncated", "pickle", "empty"])
+def test_bad_weights_are_refused_by_validate_and_by_run_before_out_is_made(tmp_path: Path, kind: str) -> None:
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    weights = _bad_weights(tmp_path, kind)
+    args = ["--styles", styles, "--size", "32", "--iterations", "1", "--weights", weights, "--out", tmp_path / "out"]
+    code, _, err = invoke("validate", manifest, *args)
+    assert code == 2 and str(weights.name) in err and len(err.strip().splitlines()) == 1, err
+    assert "weights_only=False" not in err and not (tmp_path / "pwned").exists()
+    code, _, err = invoke("run", manifest, *args)
+    assert code == 2 and str(weights.name) in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()  # nothing left behind: no images/, run.log, part
+    if kind == "empty":
+        assert err.strip().endswith("EOFError") or "EOF" in err
+
+
+# -- stdout and exit codes -----------------------------------------------------------------
+@pytest.mark.slow
+def test_json_is_printed_for_an_option_error_and_a_closed_stdout_is_no_crash(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    base = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(styles), "--json", *FAST]
+    for bad in (["--size", "abc"], ["--no-such-flag"]):
+        result = subprocess.run([*base, *bad], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert json.loads(result.stdout.strip().splitlines()[-1])["exit_code"] == 2, result.stdout
+    for redirect in (">&-", ">/dev/full"):
+        out = tmp_path / f"out{len(redirect)}"
+        command = " ".join(f"'{a}'" for a in [*base, "--out", str(out)]) + f" {redirect}"
+        result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr  # the run's own code: every image was made
+        assert "cannot write the JSON summary" in result.stderr and "Traceback" not in result.stderr
+        assert json.loads((out / "run.json").read_text())["exit_code"] == 0
