@@ -502,7 +502,27 @@ def _checks(c: RunConfig) -> list[tuple[bool, str]]:
             re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", c.device) is not None,
             f"device: unknown device {c.device!r}; use auto, cpu, cuda or cuda:N",
         ),
+        *(
+            (
+                _utf8(getattr(c, name)),
+                f"{name}: the path {getattr(c, name)!r} is not valid UTF-8 (rename it): "
+                "augment records its paths in UTF-8 files (run.json, manifest.csv)",
+            )
+            for name in PATH_FIELDS
+        ),
     ]
+
+
+PATH_FIELDS = ("manifest", "styles", "out", "weights", "dream_weights")
+
+
+def _utf8(value: object) -> bool:
+    """A path argument of undecodable bytes reaches Python as lone surrogates (PEP 383)."""
+    try:
+        str(value or "").encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _spread(name: str, value: Any) -> Spread:

@@ -63,6 +63,16 @@ class BudgetExhausted(Stopped):
         super().__init__(75, f"stopped after --max-seconds {seconds:g}; the next run resumes")
 
 
+class WorkerFailed(Stopped):
+    """A local worker died (killed by the kernel, say): what the others finished is merged and
+    recorded, then exit 3."""
+
+    status = "failed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(3, message)
+
+
 class TooManyFailures(Stopped):
     """More failed rows than --max-failures allows: exit 3."""
 

@@ -33,7 +33,9 @@ def is_marked(out: Path) -> bool:
 def _made_by_an_earlier_version(out: Path) -> bool:
     """An output of a version before the mark: run.json, or a part's .json (shards before their
     merge), with augment's config hash in it."""
-    for path in (out / "run.json", *sorted((out / "parts").glob("*.json"))[:1]):
+    from .merge import part_names  # a part's name, not any .json a user left in parts/
+
+    for path in (out / "run.json", *(out / "parts" / f"{name}.json" for name in part_names(out)[:1])):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

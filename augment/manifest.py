@@ -173,14 +173,14 @@ def _path_problem(source: str) -> str | None:
 
 def _check_row(index: int, source: str, label: str, root: Path) -> Path | Failure:
     def fail(reason: str, message: str) -> Failure:
-        shown = source if len(source) <= 300 else f"{source[:200]}… ({len(source):,} characters)"
-        return Failure(index, shown, label, reason, f"row {index}: {message}")
+        return Failure(index, source, label, reason, f"row {index}: {message}")
 
     if not source:
         return fail("missing", "empty path")
     problem = _path_problem(source)
-    if problem:
-        return fail("bad_path", problem)
+    if problem:  # shown cut short: a megabyte path is not copied into failures.csv and the log
+        shown = source if len(source) <= 300 else f"{source[:200]}… ({len(source):,} characters)"
+        return Failure(index, shown, label, "bad_path", f"row {index}: {problem}")
     problem = label_problem(label)
     if problem:
         return fail("bad_label", problem)

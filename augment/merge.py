@@ -145,15 +145,16 @@ def merge(
         .sort_values(["_row", "path"])
         .drop(columns="_row")
     )
+    keep_manifest = bool(missing) and interrupted is None and _would_lose_rows(target, manifest)
+    if keep_manifest:
+        missing.append(f"{target / 'manifest.csv'} kept as it was: this merge would list fewer images")
+        log.warning("incomplete: %s", missing[-1])
     run = _run_json(infos, len(manifest), len(failed), interrupted, counts, missing)
     for name in ("manifest.csv", "failures.csv", "run.json"):  # what a killed merge may have left
         for tmp in target.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
     try:
-        if missing and interrupted is None and _would_lose_rows(target, manifest):
-            kept = target / "manifest.csv"
-            log.warning("kept %s as it was: this merge is incomplete and would list fewer images", kept)
-        else:
+        if not keep_manifest:
             with atomic_write(target / "manifest.csv", "w", encoding="utf-8", newline="") as handle:
                 manifest.to_csv(handle, index=False)
             with atomic_write(target / "failures.csv", "w", encoding="utf-8", newline="") as handle:
@@ -185,7 +186,10 @@ def _read_parts(
                 if not _is_part_info(info):
                     raise ValueError("not a part's status file")
                 rows = part_rows(out, name)
-            except ValueError as err:  # bad JSON, bad UTF-8, a CSV that is not one
+                part_failures = _read_part_csv(out / PARTS / f"{name}.failures.csv")
+                if not {"row", "path"} <= set(part_failures.columns):
+                    raise ValueError(f"{name}.failures.csv has no row and path columns")
+            except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:  # bad JSON or UTF-8, no CSV
                 missing.append(f"{out / PARTS / name}: unreadable ({err}); run that part again")
                 continue
             if info.get("status") != "finished" and interrupted is None:
@@ -199,7 +203,7 @@ def _read_parts(
             manifests.append(
                 (out, pd.DataFrame.from_records(rows) if rows else _read_part_csv(out / PARTS / f"{name}.manifest.csv"))
             )
-            failures.append(_read_part_csv(out / PARTS / f"{name}.failures.csv"))
+            failures.append(part_failures)
     if not infos:
         raise MergeError("no readable parts to merge: " + "; ".join(missing))
     return infos, manifests, failures, missing

@@ -31,11 +31,13 @@ from .errors import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
     EXIT_SOME_FAILED,
+    BudgetExhausted,
     ConfigError,
     Interrupted,
     OutputError,
     Stopped,
     TooManyFailures,
+    WorkerFailed,
 )
 from .lock import OutLock, lock_name, mark_ours
 from .merge import PARTS, clear_parts, merge, part_names, recorded_rows, remove_stale, reusable_rows
@@ -47,6 +49,8 @@ from .runner import PartRun, RunLog, RunSummary, order_by_shape
 from .weights import NetWeights, check_networks, file_sha256, resolve_for
 
 log = logging.getLogger(__name__)
+EXIT_BUDGET = 75  # a worker's exit code when --max-seconds stopped it (BudgetExhausted's)
+WORKER_PREFIX = "augment-"  # a worker process's name: augment-worker-K-of-N
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,8 @@ def _signals_raise() -> Iterator[None]:
         yield
         return
     codes = {signal.SIGTERM: EXIT_SIGTERM, signal.SIGHUP: EXIT_SIGHUP}
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:  # nohup: the user asked to outlive the terminal
+        del codes[signal.SIGHUP]
 
     def on_signal(signum: int, frame: object) -> None:
         raise Interrupted(codes[signal.Signals(signum)], signal.Signals(signum).name)
@@ -159,7 +165,12 @@ def _run_whole(
     progress: ProgressFn | None, started: float, deadline: float | None, weights_s: float,
 ) -> RunSummary:  # fmt: skip
     """The whole job in this process or its local workers, merged into OUT at the end."""
-    workers = config.workers or (torch.cuda.device_count() if resolve_device(config.device).type == "cuda" else 1)
+    cuda = resolve_device(config.device).type == "cuda"
+    workers = config.workers or (torch.cuda.device_count() if cuda else 1)
+    cores = os.cpu_count() or 1
+    if not cuda and workers > cores:  # each worker holds a network: more than the cores only costs memory
+        log.warning("--workers %d on %d CPU cores: running %d", workers, cores, cores)
+        workers = cores
     keys = _keys(config, prepared, weights)
     done = reusable_rows(out, keys)
     previous = _previous_rows(out, keys, done)  # read before _reuse_and_clean clears the parts
@@ -234,9 +245,13 @@ def _previous_rows(
 
 
 def _held_rows(out: Path, previous: dict[str, dict[str, Any]] | None, failures: list[Any]) -> list[dict[str, Any]]:
-    """The earlier rows of sources that failed their header read now, whose image is there."""
+    """The earlier rows of sources that failed their header read now, whose image is there.
+    ``previous`` is emptied: the rest are not needed again, and a million rows are gigabytes."""
     failing = {failure.path for failure in failures}
-    return [row for row in (previous or {}).values() if row.get("source") in failing and (out / row["path"]).is_file()]
+    held = [row for row in (previous or {}).values() if row.get("source") in failing and (out / row["path"]).is_file()]
+    if previous:
+        previous.clear()
+    return held
 
 
 def _run_part(
@@ -357,6 +372,7 @@ def _run_rank(
             clear_parts(out, keep={f"rank-{r}-of-{world}" for r in range(world)})
         keys = _keys(config, prepared, weights, tasks)
         done = reusable_rows(out, keys, names=[name])
+        previous = _previous_rows(out, keys, done, names=[name])
         part = _run_part(
             config,
             prepared,
@@ -369,6 +385,7 @@ def _run_rank(
             keys=keys,
             done=done,
             deadline=deadline,
+            previous=previous,
         )
         dist.barrier()
         if rank == 0:
@@ -424,7 +441,7 @@ def _run_workers(
         ctx.Process(
             target=_worker_main,
             args=(config, out, f"worker-{i}-of-{workers}", devices[i], threads, queue, counter, failed, keys, deadline),
-            name=f"augment-worker-{i}",
+            name=f"{WORKER_PREFIX}worker-{i}-of-{workers}",
             daemon=True,
         )
         for i in range(workers)
@@ -449,9 +466,24 @@ def _run_workers(
         progress(failed_up_front + counter.value, total)
     if limit is not None and failed.value > limit:
         raise TooManyFailures(too_many_failures(failed.value, config))
-    broken = [p.name for p in procs if p.exitcode != 0]
+    _check_workers(procs, out, config)
+
+
+def _check_workers(procs: list[Any], out: Path, config: RunConfig) -> None:
+    """How the workers ended, as the parent's outcome: all done; the --max-seconds budget spent
+    (a worker exits 75, the job is resumable: BudgetExhausted); or one died, killed by a signal
+    or an error (WorkerFailed, naming it). Either way the caller merges what they finished."""
+    broken = [p for p in procs if p.exitcode not in (0, EXIT_BUDGET)]
     if broken:
-        raise OutputError(f"worker(s) {', '.join(broken)} failed; see {out / 'run.log'}")
+        described = [
+            f"{p.name} was killed by {signal.Signals(-p.exitcode).name}" if p.exitcode < 0
+            else f"{p.name} exited with {p.exitcode} (see {out / f'run.{p.name.removeprefix(WORKER_PREFIX)}.log'})"
+            for p in broken
+        ]  # fmt: skip
+        hint = "; out of memory? (see dmesg)" if any(p.exitcode == -signal.SIGKILL for p in broken) else ""
+        raise WorkerFailed(f"{', '.join(described)}{hint}")
+    if any(p.exitcode == EXIT_BUDGET for p in procs):
+        raise BudgetExhausted(config.max_seconds or 0.0)
 
 
 def _devices(config: RunConfig, workers: int) -> list[str]:
@@ -504,4 +536,8 @@ def _worker_main(
                        shared_failures=failed)  # fmt: skip
         part.record.failures = []  # recorded once, by the parent's header part (and counted in `failed`)
         part.prefetch = 1
-        part.run(weights, groups(), total=len(prepared.tasks), failures=[])
+        try:
+            part.run(weights, groups(), total=len(prepared.tasks), failures=[])
+        except BudgetExhausted as err:  # its part is recorded: tell the parent by the exit code
+            log.info("%s: %s", name, err)
+            sys.exit(EXIT_BUDGET)

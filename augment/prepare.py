@@ -122,9 +122,9 @@ def prepare(config: RunConfig) -> Prepared:
 
 
 def validate(config: RunConfig) -> Validation:
-    """All of ``prepare`` plus what ``run`` would refuse before any work (OUT not writable,
-    weights missing and not downloadable) and a header read of every image; no pixels
-    decoded, no model loaded."""
+    """All of ``prepare`` plus what ``run`` would refuse before any work (OUT not writable or
+    not augment's, weights missing and not downloadable, or a weights file that does not load
+    into its networks) and a header read of every image; no pixels decoded, no image made."""
     from .weights import check_weights  # torch: only for validate, not for every prepare
 
     prepared = prepare(config)

@@ -7,6 +7,7 @@ dataset of noise-smoothed copies that looks plausible and is useless, so only an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -111,10 +112,18 @@ def _load_file(path: Path, flavour: WeightsFlavour) -> ResolvedWeights:
     except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
         # One line: torch's own message runs to several and suggests weights_only=False,
         # which would run the file's code.
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        text = str(err)
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         reason = lines[0] if lines else type(err).__name__  # an empty file: EOFError, no text
-        if "weights_only" in str(err) or "Weights only load failed" in reason:
-            reason = "it holds more than tensors (a pickle with code), so it is not loaded"
+        if "WeightsUnpickler error:" in text:  # torch's weights-only refusal: what it found, not how to load it anyway
+            found = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+            reason = f"not a plain file of tensors ({found}); it is not loaded"
+        with contextlib.suppress(OSError), open(path, "rb") as handle:
+            head = handle.read(8)
+            if not head:
+                reason = "the file is empty"
+            elif not head.startswith((b"PK\x03\x04", b"\x80")):  # a zip (torch.save) or a pickle
+                reason = f"not a PyTorch weights file (it starts with {head!r}; a saved error page?)"
         raise WeightsUnavailable(f"cannot read weights file {path}: {reason[:300]}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

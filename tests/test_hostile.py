@@ -355,7 +355,7 @@ def test_bad_weights_are_refused_by_validate_and_by_run_before_out_is_made(tmp_p
     assert code == 2 and str(weights.name) in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()  # nothing left behind: no images/, run.log, part
     if kind == "empty":
-        assert err.strip().endswith("EOFError") or "EOF" in err
+        assert "the file is empty" in err
 
 
 # -- stdout and exit codes -----------------------------------------------------------------
@@ -377,3 +377,125 @@ def test_json_is_printed_for_an_option_error_and_a_closed_stdout_is_no_crash(tmp
         assert result.returncode == 0, result.stderr  # the run's own code: every image was made
         assert "cannot write the JSON summary" in result.stderr and "Traceback" not in result.stderr
         assert json.loads((out / "run.json").read_text())["exit_code"] == 0
+
+
+@pytest.mark.slow
+def test_max_seconds_with_workers_is_exit_75_with_the_finished_images_listed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
+    command = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(styles), "--out", str(out),
+               "--weights", "random", "--size", "32", "--iterations", "100000000", "--per-image", "2",
+               "--include-originals", "--batch-size", "1", "--workers", "2", "--max-seconds", "6", "-q"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 75, done.stderr  # the cron pattern: the next run carries on
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["status"] == "budget" and run_json["exit_code"] == 75
+    rows = pd.read_csv(out / "manifest.csv")
+    assert set(rows["path"]) == {p.relative_to(out).as_posix() for p in files_under(out / "images")}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_worker_killed_by_the_kernel_is_named_and_the_others_images_are_listed(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from .test_unattended import _start_workers_run, _workers_of
+
+    manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
+    proc = _start_workers_run(manifest, styles, out)  # returns once the first image is there
+    victim = min(_workers_of(proc.pid))
+    os.kill(victim, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 3 and "killed by SIGKILL" in stderr, stderr
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["status"] == "failed" and "killed by SIGKILL" in run_json["exit_reason"]
+    rows = pd.read_csv(out / "manifest.csv")
+    assert len(rows) >= 1 and set(rows["path"]) == {p.relative_to(out).as_posix() for p in files_under(out / "images")}
+    assert "killed by SIGKILL" in (out / "run.log").read_text()
+
+
+@pytest.mark.parametrize("which", ["out", "manifest", "styles"])
+def test_a_path_argument_that_is_not_utf8_is_a_usage_error(tmp_path: Path, which: str) -> None:
+    import os
+    import shutil
+
+    manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
+    odd = os.fsdecode(b"caf\xe9")  # Latin-1 bytes, as argv hands them to Python
+    if which == "out":
+        out = tmp_path / odd
+    elif which == "manifest":
+        manifest = manifest.rename(manifest.with_name(odd + ".csv"))
+    else:
+        styles = Path(shutil.copytree(styles, tmp_path / odd))
+    code, _, err = _run(manifest, styles, out)
+    assert code == 2 and "not valid UTF-8" in err and "Traceback" not in err, err
+    assert not (tmp_path / odd).is_dir() or which == "styles"  # no OUT made under that name
+
+
+def test_more_cpu_workers_than_cores_are_cut_to_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import augment.parallel
+
+    started: list[int] = []
+    monkeypatch.setattr(augment.parallel.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(augment.parallel, "_run_workers", lambda *args, **kwargs: started.append(args[3]))
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    code, _, err = _run(manifest, styles, tmp_path / "out", "--workers", "12")
+    assert "--workers 12 on 1 CPU cores: running 1" in err
+    assert started == []  # one worker is this process: no spawned workers at all
+    assert code == 0 and len(pd.read_csv(tmp_path / "out" / "manifest.csv")) == 3
+
+
+# -- found in review -----------------------------------------------------------------------
+def test_a_long_source_path_failing_for_a_moment_keeps_its_images(tmp_path: Path) -> None:
+    long_rel = "ants/" + "d" * 200 + "/" + "x" * 150 + ".png"  # over 300 characters, each name under 255
+    manifest = make_dataset(tmp_path, rows=[("ants/a1.png", "ants"), (long_rel, "ants")])
+    styles, out = make_styles(tmp_path), tmp_path / "out"
+    assert _run(manifest, styles, out)[0] == 0
+    before = sorted(p.name for p in files_under(out / "images"))
+    source = manifest.parent / long_rel
+    source.rename(source.with_suffix(".bak"))  # gone for a moment
+    code, _, _ = _run(manifest, styles, out)
+    assert code == 1 and sorted(p.name for p in files_under(out / "images")) == before
+    assert pd.read_csv(out / "failures.csv")["path"][0] == long_rel  # the whole path, as in the manifest
+
+
+def test_a_damaged_part_failures_csv_is_named_by_merge(tmp_path: Path) -> None:
+    a, b = _two_shard_outs(tmp_path)
+    (b / "parts" / "shard-1-of-2.failures.csv").write_bytes(bytes(range(256)) * 8)
+    code, _, err = invoke("merge", a, b)
+    assert code == 1 and "shard-1-of-2: unreadable" in err and "Traceback" not in err, err
+
+
+def test_yaml_merge_keys_without_aliases_still_work(tmp_path: Path) -> None:
+    from augment.errors import ConfigError
+    from augment.yamlfile import read_mapping
+
+    path = tmp_path / "run.yaml"
+    path.write_text("size: 64\n<<: {iterations: 5}\n")
+    assert read_mapping(path, ConfigError, "options") == {"size": 64, "iterations": 5}
+
+
+@pytest.mark.slow
+def test_sighup_is_left_alone_under_nohup(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
+    command = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(styles), "--out", str(out),
+               "--weights", "random", "--size", "32", "--iterations", "100000000", "--include-originals",
+               "--batch-size", "1", "-q"]  # fmt: skip
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list((out / "images").rglob("*.png")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGHUP)  # the terminal closed: nohup said to carry on
+    time.sleep(2)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
