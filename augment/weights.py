@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import HTTPError, URLError
@@ -296,11 +297,21 @@ def build_dream_net(
 def check_networks(config: RunConfig, weights: NetWeights) -> None:
     """Build every network the run will build, once on the CPU (0.2 s for VGG19), so that a
     file with missing layers, wrong shapes or NaN values is refused (exit 2) before OUT is
-    touched, by run and by validate alike."""
+    touched, by run and by validate alike. Each file and set of layers once per process (the
+    identity names the file's content)."""
+    needed: list[tuple[ResolvedWeights, tuple[str, ...], Callable[..., torch.nn.Module]]] = []
     if weights.gatys is not None:
-        build_vgg19(weights.gatys, config.gatys_options().layers)
+        needed.append((weights.gatys, config.gatys_options().layers, build_vgg19))
     if weights.dream is not None:
-        build_dream_net(weights.dream, config.dream_options().layers)
+        needed.append((weights.dream, config.dream_options().layers, build_dream_net))
+    for resolved, layers, build in needed:
+        key = (resolved.identity, tuple(layers))
+        if key not in _CHECKED:
+            build(resolved, layers)
+            _CHECKED.add(key)  # only once it built: a bad file is refused every time
+
+
+_CHECKED: set[tuple[str, tuple[str, ...]]] = set()
 
 
 @dataclass(frozen=True)
