@@ -194,7 +194,8 @@ class PartRun:
         if weights.gatys is not None:
             self.flavour = weights.gatys.flavour
         self._write_status("running")
-        self.tracker.start(len(self.rows), total)  # rows kept from an earlier run count as done
+        kept = len(self.rows)  # rows kept from an earlier run: done, not made now
+        self.tracker.start(kept, total)
         try:
             self.record.check_failures()
             if isinstance(groups, list) and not groups:
@@ -210,7 +211,8 @@ class PartRun:
         self.record.write_outputs()
         self._write_status("finished")
         self.record.close()
-        log.info("%s done: %d images written, %d rows failed", self.name, len(self.rows), len(self.record.failures))
+        log.info("%s done: %d images made, %d kept from earlier runs, %d rows failed",
+                 self.name, len(self.rows) - kept, kept, len(self.record.failures))  # fmt: skip
         return PartSummary(self.name, len(self.rows), len(self.record.failures), self.device)
 
     def record_failures(self, failures: Iterable[Failure]) -> None:

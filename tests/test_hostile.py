@@ -499,3 +499,11 @@ def test_sighup_is_left_alone_under_nohup(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
+
+
+def test_an_unchanged_rerun_says_it_made_nothing(tmp_path: Path) -> None:
+    manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
+    assert _run(manifest, styles, out)[0] == 0
+    assert "main done: 3 images made, 0 kept from earlier runs" in (out / "run.log").read_text()
+    code, _, err = _run(manifest, styles, out)
+    assert code == 0 and "main done: 0 images made, 3 kept from earlier runs, 0 rows failed" in err, err
