@@ -37,6 +37,7 @@ from .errors import EXIT_OK, EXIT_SIGINT, EXIT_SOFTWARE, EXIT_SOME_FAILED, Augme
 from .lock import OutLock, lock_name
 from .merge import merge as merge_parts
 from .parallel import run as run_job
+from .prepare import human_bytes
 from .prepare import validate as validate_job
 from .report import write_report
 from .runner import RunSummary
@@ -50,8 +51,36 @@ app = typer.Typer(
 )
 weights_app = typer.Typer(help="Where VGG19 and GoogLeNet weights are looked for; `download` fetches them.")
 app.add_typer(weights_app, name="weights")
-err_console = Console(stderr=True)
-out_console = Console()
+
+
+def _to_devnull(stream: Any) -> None:
+    """Point a stream whose reader went away at /dev/null, so later writes and the flush at
+    exit do not fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no file descriptor (a test's capture)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
+class _Console(Console):
+    """Rich's console, except that a reader gone (``2>&1 | head -1``) ends the messages, not
+    the run: rich exits 1 there, and the exit code must say how the run went."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _to_devnull(self.file)
+
+
+class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Plain log lines on stderr; a closed stderr silences them instead of failing each one."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        if isinstance(sys.exc_info()[1], OSError):
+            _to_devnull(self.stream)
+            return
+        super().handleError(record)
+
+
+err_console = _Console(stderr=True)
+out_console = _Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -89,7 +118,7 @@ def _setup_logging(level: str, quiet: bool) -> None:
     if err_console.is_terminal:
         handler = RichHandler(console=err_console, show_path=False, show_time=False, markup=False)
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _ConsoleHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("augment: %(levelname)s: %(message)s"))
     handler.set_name("augment-console")
     handler.setLevel(logging.WARNING if quiet else getattr(logging, level.upper()))
@@ -122,8 +151,7 @@ def _print_json(data: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(data, default=str) + "\n")
         sys.stdout.flush()
     except (OSError, ValueError) as err:
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # no second error at exit's flush
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _to_devnull(sys.stdout)  # no second error at exit's flush
         err_console.print(f"augment: cannot write the JSON summary to stdout ({err})", highlight=False)
 
 
@@ -309,7 +337,8 @@ def validate(
         _print_json({
             "exit_code": code, "tasks": len(prepared.tasks), "usable_rows": len(prepared.rows),
             "failed_rows": len(prepared.failures), "styles": len(prepared.styles),
-            "classes": report.class_counts, "estimated_bytes": report.estimated_bytes, "weights": report.weights,
+            "classes": report.class_counts, "estimated_bytes": report.estimated_bytes, "free_bytes": report.free_bytes,
+            "warnings": report.warnings, "weights": report.weights,
             "left_out": prepared.plan.left_out if prepared.plan else 0,
             "failures": [{"row": f.row, "reason": f.reason, "message": f.message} for f in prepared.failures],
         })  # fmt: skip
@@ -332,8 +361,9 @@ def _validation_lines(cfg: RunConfig, report: Any) -> list[str]:
     prepared = report.prepared
     lines = [
         f"{len(prepared.rows)} usable rows, {len(prepared.failures)} failed, {len(prepared.styles)} styles; "
-        f"about {_human_bytes(report.estimated_bytes)} of output in {cfg.out}",
+        f"about {human_bytes(report.estimated_bytes)} of output in {cfg.out}",
         *(f"weights {line}" for line in report.weights),
+        *(f"warning: {line}" for line in report.warnings),
     ]
     if prepared.plan and prepared.plan.left_out:
         lines.append(f"{prepared.plan.left_out} rows of splits other than {','.join(cfg.splits)} left out "
@@ -342,14 +372,6 @@ def _validation_lines(cfg: RunConfig, report: Any) -> list[str]:
     if len(prepared.failures) > 20:
         lines.append(f"  ... and {len(prepared.failures) - 20} more (--json lists them all)")
     return lines
-
-
-def _human_bytes(count: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} TB"
 
 
 @app.command()

@@ -60,7 +60,11 @@ def probe(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[in
                 if (img.format != "PNG" or "exif" in img.info) and img.getexif().get(0x0112) in _SIDEWAYS:
                     size = (size[1], size[0])
     except Image.DecompressionBombError as err:
-        raise ImageProblem("too_large", f"{path}: {err}") from err
+        # Pillow refuses at open, before the header reaches the check above, over twice its
+        # MAX_IMAGE_PIXELS: say the user's limit; Pillow's only where it is the lower one.
+        pillow = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        limit = f"the {max_pixels:,}-pixel limit" if max_pixels <= pillow else f"Pillow's {pillow:,}-pixel limit"
+        raise ImageProblem("too_large", f"{path}: over {limit}") from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise ImageProblem("undecodable", f"{path}: not a readable image ({err})") from err
     if size[0] < 1 or size[1] < 1:

@@ -10,6 +10,10 @@ source gets:
   to reach the target (``variant_counts``);
 - styles by ``assignment``: ``random`` (weighted draw, no repeat while the bank lasts),
   ``cycle`` (round robin over the bank, even coverage of the whole dataset) or ``all``;
+- ``k``: how many times before this source used the style (0 for its first use), so a task's
+  name and seed depend on its source and style, not on its place among the source's variants.
+  With ``random`` each style's rank for a source is its own hash: removing a style from the
+  bank changes only the images that used it, adding one only those it now wins;
 - a variant that would repeat a style already used for the same source becomes a blend of two
   styles, so extra variants for a minority class are new images, not copies.
 """
@@ -140,18 +144,19 @@ def sample(value: Spread, rng: random.Random, *, log: bool = False) -> float:
     return rng.uniform(low, high)
 
 
-def choose_styles(styles: list[Style], count: int, rng: random.Random) -> list[Style]:
-    """``count`` styles drawn by weight, without repeats until the bank is used up."""
+def choose_styles(styles: list[Style], count: int, seed: int, source: str) -> list[Style]:
+    """``count`` styles drawn by weight, without repeats until the bank is used up.
+
+    Each round ranks the bank by an exponential race (Efraimidis-Spirakis): style s scores
+    -ln(u)/weight with u its own hash of (seed, source, s, round), and the lowest scores win.
+    That is a weighted draw without replacement, and a style's score does not depend on the
+    others, so removing one from the bank leaves every other source's choice as it was."""
     pool = [s for s in styles if s.weight > 0]
     chosen: list[Style] = []
-    this_round: list[Style] = []
-    while len(chosen) < count:
-        left = [s for s in pool if s not in this_round]
-        if not left:
-            this_round, left = [], pool
-        pick = rng.choices(left, weights=[s.weight for s in left])[0]
-        this_round.append(pick)
-        chosen.append(pick)
+    for round_ in range(-(-count // len(pool)) if pool else 0):
+        scores = {s.name: -math.log((stable_hash(seed, source, "draw", s.name, round_) + 0.5) / 2**63) / s.weight
+                  for s in pool}  # fmt: skip
+        chosen += sorted(pool, key=lambda s: scores[s.name])[: count - len(chosen)]
     return chosen
 
 
@@ -251,16 +256,17 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Pl
             left_out += not options.include_originals
             continue
         count = counts[row]
-        rng = random.Random(stable_hash(options.seed, row.source))
         if options.assignment is Assignment.RANDOM:
-            firsts = choose_styles(pool, count, rng)
+            firsts = choose_styles(pool, count, options.seed, row.source)
         else:
             start = cycle_at.get(row, 0)
             firsts = [pool[(start + k) % len(pool)] for k in range(count)]
         used: set[str] = set()
         made: set[tuple[object, ...]] = set()
-        for k, style in enumerate(firsts):
-            task_rng = random.Random(stable_hash(options.seed, row.source, "variant", k))
+        uses: Counter[str] = Counter()
+        for style in firsts:
+            k, uses[style.name] = uses[style.name], uses[style.name] + 1
+            task_rng = random.Random(stable_hash(options.seed, row.source, "variant", style.name, k))
             style2, mix = None, sample(options.blend, task_rng)
             if mix > 0 or (style.name in used and options.blend_repeats):
                 if mix <= 0:  # a repeat: blend in another style instead of making a copy

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,24 @@ class Validation:
     prepared: Prepared
     class_counts: dict[str, int] = field(default_factory=dict)
     estimated_bytes: int = 0
+    free_bytes: int | None = None  # on the disk OUT is (or would be made) on
     weights: list[str] = field(default_factory=list)  # what run would load, one line per network
+
+    @property
+    def warnings(self) -> list[str]:
+        """What would not stop ``run`` at once but would stop it later."""
+        if self.free_bytes is not None and self.estimated_bytes > self.free_bytes:
+            return [f"the output needs about {human_bytes(self.estimated_bytes)} "
+                    f"but the disk of OUT has {human_bytes(self.free_bytes)} free"]  # fmt: skip
+        return []
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
 
 
 def check_out_apart(config: RunConfig) -> None:
@@ -65,14 +83,16 @@ def check_out_apart(config: RunConfig) -> None:
         raise ConfigError(f"--out {config.out} holds the manifest {config.manifest}: choose another --out")
 
 
-def check_out_writable(config: RunConfig) -> None:
-    """OUT, or the folder it would be made in, must be a folder augment can write to."""
+def check_out_writable(config: RunConfig) -> Path:
+    """OUT, or the folder it would be made in, must be a folder augment can write to; that
+    folder is returned."""
     out = Path(config.out).resolve()
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir():
         raise OutputError(f"--out {config.out}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"--out {config.out}: {existing} is not writable")
+    return existing
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -128,7 +148,7 @@ def validate(config: RunConfig) -> Validation:
     from .weights import check_weights  # torch: only for validate, not for every prepare
 
     prepared = prepare(config)
-    check_out_writable(config)
+    out_folder = check_out_writable(config)
     weights = check_weights(config) if prepared.needs_weights else []
     good: list[SourceRow] = []
     pixels_per_source: dict[SourceRow, int] = {}
@@ -149,5 +169,6 @@ def validate(config: RunConfig) -> Validation:
         prepared=prepared,
         class_counts=dict(sorted(counts.items())),
         estimated_bytes=int(pixels * BYTES_PER_PIXEL[config.format]),
+        free_bytes=shutil.disk_usage(out_folder).free,
         weights=weights,
     )

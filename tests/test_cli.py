@@ -184,6 +184,28 @@ def test_validate_estimates_with_no_upscale(dataset: tuple[Path, Path]) -> None:
     assert sizes["--no-upscale"] * 1000 < sizes["--upscale"]
 
 
+def test_validate_warns_when_the_output_will_not_fit(
+    dataset: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 21: validate said "226 GB needed" beside 73 GB free with no warning. A full disk
+    # cannot be made here without root, so the free space the OS reports is what is faked.
+    import shutil
+
+    manifest, styles = dataset
+    args = ["--styles", styles, "--out", tmp_path / "out", "--size", "2000", "--weights", "random"]
+    code, stdout, _ = invoke("validate", manifest, *args, "--json")
+    found = json.loads(stdout)
+    assert code == 0 and found["warnings"] == [] and found["free_bytes"] > 0
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr("augment.prepare.shutil.disk_usage", lambda _: usage._replace(free=1_000_000))
+    found = json.loads(invoke("validate", manifest, *args, "--json")[1])
+    assert found["free_bytes"] == 1_000_000
+    assert found["warnings"] == [f"the output needs about {found['estimated_bytes'] / 1e6:.1f} MB "
+                                 "but the disk of OUT has 1.0 MB free"]  # fmt: skip
+    code, stdout, _ = invoke("validate", manifest, *args)
+    assert code == 0 and "warning: the output needs about" in stdout
+
+
 def test_validate_json_and_piped_output(dataset: tuple[Path, Path], tmp_path: Path) -> None:
     manifest, styles = dataset
     out = tmp_path / ("a-long-folder-name-" * 6) / "out"  # past 80 columns: piped lines must not wrap

@@ -380,6 +380,29 @@ def test_json_is_printed_for_an_option_error_and_a_closed_stdout_is_no_crash(tmp
 
 
 @pytest.mark.slow
+def test_a_reader_gone_from_stderr_ends_the_messages_not_the_run(tmp_path: Path) -> None:
+    # Issue 21: `augment run ... 2>&1 | head -1` made every image and exited 1 (rich exits 1
+    # on a broken pipe), while run.json said 0.
+    import subprocess
+    import sys
+
+    manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
+    base = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(styles), *FAST]
+    out = tmp_path / "head"
+    proc = subprocess.Popen([*base, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    assert proc.stderr.readline().startswith(b"augment: INFO: augment writing to")  # then `head` goes
+    proc.stderr.close()  # before the network is built: every later line meets a broken pipe
+    assert proc.wait(timeout=300) == 0
+    assert json.loads((out / "run.json").read_text())["exit_code"] == 0
+    for redirect in ("2>&-", "2>/dev/full"):  # closed from the start; a full disk
+        out = tmp_path / f"out{len(redirect)}"
+        command = " ".join(f"'{a}'" for a in [*base, "--out", str(out)]) + f" {redirect}"
+        assert subprocess.run(["sh", "-c", command], timeout=300).returncode == 0, redirect
+        assert json.loads((out / "run.json").read_text())["exit_code"] == 0
+
+
+@pytest.mark.slow
 def test_max_seconds_with_workers_is_exit_75_with_the_finished_images_listed(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +85,29 @@ def test_decompression_bomb_is_refused_from_the_header(tmp_path: Path) -> None:
     with pytest.raises(ImageProblem) as err:
         load_rgb(tmp_path / "big.png", max_pixels=5000)
     assert err.value.reason == "too_large"
+
+
+def _png_header(path: Path, width: int, height: int) -> None:
+    """A PNG signature, IHDR and an empty IDAT: a header claiming any size, in 45 bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", b""))
+
+
+def test_a_header_over_pillows_own_limit_names_the_users_limit(tmp_path: Path) -> None:
+    # Issue 21: Pillow refuses such a header at open, and the message quoted its 178956970
+    # limit, not --max-pixels.
+    _png_header(tmp_path / "huge.png", 20_000, 10_000)  # 200 M pixels
+    with pytest.raises(ImageProblem) as err:
+        probe(tmp_path / "huge.png", max_pixels=100_000_000)
+    assert err.value.reason == "too_large"
+    assert "100,000,000-pixel limit" in str(err.value) and "178956970" not in str(err.value)
+    with pytest.raises(ImageProblem) as err:  # a --max-pixels above Pillow's: Pillow's is named
+        probe(tmp_path / "huge.png", max_pixels=500_000_000)
+    assert "Pillow's 178,956,970-pixel limit" in str(err.value)
 
 
 @pytest.mark.parametrize(("content", "reason"), [(b"", "undecodable"), (b"not an image", "undecodable")])

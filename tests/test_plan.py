@@ -19,10 +19,28 @@ def _row(source: str, label: str = "cat", row: int = 1) -> SourceRow:
 def test_styles_are_distinct_while_the_bank_lasts() -> None:
     tasks = plan_tasks([_row("a.png")], _styles(1, 1, 1), per_image=3, seed=0)
     assert sorted(t.style.name for t in tasks) == ["s0", "s1", "s2"]
-    assert [t.k for t in tasks] == [0, 1, 2]
+    assert [t.k for t in tasks] == [0, 0, 0]  # k counts a style's uses for its source
     more = plan_tasks([_row("a.png")], _styles(1, 1), per_image=5, seed=0)
     counts = Counter(t.style.name for t in more)
     assert sorted(counts.values()) == [2, 3]
+    assert sorted(t.k for t in more) == [0, 0, 1, 1, 2]
+    assert len({t.output for t in more}) == 5
+
+
+def test_removing_a_style_changes_only_the_images_that_used_it() -> None:
+    # Issue 21: dropping one painting from the bank re-drew other styles' images too
+    # (7 of 12 changed where 3 used it). Each style's rank is its own hash now.
+    rows = [_row(f"{i}.png", row=i) for i in range(60)]
+    bank = _styles(1, 2, 1, 1, 3)
+    before = plan_tasks(rows, bank, per_image=2, seed=3)
+    after = plan_tasks(rows, [s for s in bank if s.name != "s1"], per_image=2, seed=3)
+    used_s1 = {t.source.source for t in before if t.style.name == "s1"}
+    assert 0 < len(used_s1) < len(rows)
+    key = lambda t: (t.output, t.seed, t.alpha)  # noqa: E731
+    kept = {key(t) for t in before if t.style.name != "s1"}
+    assert kept <= {key(t) for t in after}  # every image without s1 is planned as it was
+    changed = {key(t) for t in after} - kept
+    assert len(changed) == len(used_s1)  # one new image per source that lost s1
 
 
 def test_weights_steer_sampling_and_zero_excludes() -> None:
