@@ -204,6 +204,10 @@ class RunConfig:
         None, "Abort (exit 3) when more rows than this fail: N, or P% of the manifest's rows. Default: no limit."
     )
     keep_stale: bool = _opt(False, "Keep images whose source left the manifest (default: remove them, and only them).")
+    check_content: bool = _opt(
+        False, "Re-read every source and style to see whether it changed, instead of trusting an unchanged "
+        "size, mtime, inode and ctime (docs/operations.md)."
+    )  # fmt: skip
     # Messages (do not change pixels)
     quiet: bool = _opt(False, "No progress bar; warnings and errors only.", short="-q")
     log_level: str = _opt("info", "debug, info, warning or error.")
@@ -310,6 +314,7 @@ class RunConfig:
             "devices",
             "shard",
             "keep_stale",
+            "check_content",
             "max_failures",
             "max_seconds",
         }
@@ -567,7 +572,7 @@ PANELS: dict[str, tuple[str, ...]] = {
                    "dream_blend", "guide", "dream_weights"),
     "Weights and devices": ("weights", "weights_flavour", "download", "device", "precision", "batch_size",
                             "workers", "devices", "shard"),
-    "Operations": ("max_seconds", "max_failures", "quiet", "log_level"),
+    "Operations": ("max_seconds", "max_failures", "check_content", "quiet", "log_level"),
 }  # fmt: skip
 PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
 

@@ -31,7 +31,7 @@ from .engines.dream import DreamBatcher, DreamJob, dream, guide_features, octave
 from .engines.gatys import GatysBatcher, Job, Result
 from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image, measured_bytes
 from .engines.precision import HALF_DTYPES, Precision, enable_fast_fp32, use_channels_last
-from .engines.transfer import Finish, Grams, StyleGrams, make_job, stage_targets
+from .engines.transfer import Finish, GramCache, Grams, StyleGrams, make_job, stage_targets
 from .errors import ConfigError
 from .images import ImageProblem, fit_long_side, load_rgb, resize_long_side, to_tensor
 from .manifest import SourceRow
@@ -226,6 +226,10 @@ class DreamDriver:
                 yield DreamJob(task, content, task.seed, guides)
 
 
+GRAM_BUDGET_GPU = 1 << 30  # ~430 (style, size) Gram targets; --no-upscale makes one per size
+GRAM_BUDGET_CPU = 256 << 20
+
+
 class GatysDriver:
     """Style transfer; with ``dreamer``, Deep Dream on top of each stylized image."""
 
@@ -249,6 +253,8 @@ class GatysDriver:
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.timings: dict[str, float] = {"model_build_s": time.perf_counter() - t0}
+        # Style Gram targets kept on the device (GramCache): out of the memory batches get.
+        self.gram_budget = GRAM_BUDGET_GPU if device.type == "cuda" else GRAM_BUDGET_CPU
         log.info("weights %s (%s) on %s, %s",
                  weights.identity, weights.flavour.value, describe_device(device), precision.value)  # fmt: skip
         self.batch_size = self._batch_size()
@@ -259,6 +265,7 @@ class GatysDriver:
         if self.device.type != "cuda":
             return CPU_BATCH
         free, _ = torch.cuda.mem_get_info(self.device)
+        free = max(0, free - self.gram_budget)
         per_image = self._bytes_per_image()
         size = auto_batch_size(free, per_image)
         log.info("batch size %d (%.0f MB free, about %.0f MB per image)", size, free / 1e6, per_image / 1e6)
@@ -271,7 +278,7 @@ class GatysDriver:
             return requested
         free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
         per_image = self._bytes_per_image()
-        fits = max(1, int(free * 0.7) // per_image)
+        fits = max(1, int(max(0, free - self.gram_budget) * 0.7) // per_image)
         if requested > fits:
             log.warning("--batch-size %d would need %.0f GB; using %d (what %.0f GB of free memory holds)",
                         requested, requested * per_image / 1e9, fits, free / 1e9)  # fmt: skip
@@ -305,7 +312,7 @@ class GatysDriver:
         """Every task through ``batcher``; returns those whose loss went non-finite in half
         precision (in fp32 they fail)."""
         contents: dict[Task, torch.Tensor] = {}  # sources kept for --preserve-color / --alpha
-        grams: dict[tuple[str, int], StyleGrams | ImageProblem] = {}  # per pass: this precision's
+        grams = GramCache(self.gram_budget)  # per pass: this precision's
         retry: list[Task] = []
 
         def stylized() -> Iterator[tuple[Task, torch.Tensor, Result]]:
@@ -338,7 +345,7 @@ class GatysDriver:
         decode: DecodeFn,
         emit: EmitFn,
         contents: dict[Task, torch.Tensor],
-        grams: dict[tuple[str, int], StyleGrams | ImageProblem],
+        grams: GramCache,
     ) -> Iterator[Job]:
         """Jobs in group order; the source is decoded ahead while the device computes."""
         iterations = self.config.stage_iterations
@@ -363,7 +370,7 @@ class GatysDriver:
     def _targets(
         self,
         batcher: GatysBatcher,
-        grams: dict[tuple[str, int], StyleGrams | ImageProblem],
+        grams: GramCache,
         task: Task,
         size: int,
         content: torch.Tensor,
@@ -384,6 +391,6 @@ class GatysDriver:
                     )
                 except ImageProblem as err:
                     grams[style.name, size] = err
-            found.append(grams[style.name, size])
+            found.append(grams[style.name, size])  # kept to the end of this task, even if evicted next
         problem = next((s for s in found if isinstance(s, ImageProblem)), None)
         return problem or stage_targets(found, content, task.mix)  # type: ignore[arg-type]

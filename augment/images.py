@@ -7,6 +7,7 @@ Decoding problems are returned as ``ImageProblem`` exceptions carrying a short r
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .atomic import atomic_write
+from .threads import in_threads
 
 # A decompression bomb is refused from its header, before any pixel is decoded.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -70,6 +72,19 @@ def probe(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[in
     if size[0] < 1 or size[1] < 1:
         raise ImageProblem("undecodable", f"{path}: image has no pixels")
     return size
+
+
+def probe_all(paths: Sequence[Path], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[tuple[int, int] | ImageProblem]:
+    """``probe`` of every path, in threads (augment/threads.py), in input order: each one's
+    size, or the ImageProblem it raised."""
+
+    def one(path: Path) -> tuple[int, int] | ImageProblem:
+        try:
+            return probe(path, max_pixels=max_pixels)
+        except ImageProblem as err:
+            return err
+
+    return in_threads(one, paths)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

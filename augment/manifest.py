@@ -17,6 +17,7 @@ import pandas as pd
 from .atomic import atomic_write
 from .errors import ManifestError
 from .images import image_extensions
+from .threads import in_threads
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,18 @@ def _load_csv(path: Path) -> InputRows:
     seen: set[tuple[Path, str]] = set()
     # A split column with values: every row needs one (it names a folder under OUT/images).
     has_splits = "split" in frame.columns and (frame["split"].str.strip() != "").any()
-    for index, record in enumerate(frame.to_dict("records"), start=1):
+    records = frame.to_dict("records")
+    # Text checks per row here, then every file's existence at once in threads (a stat waits
+    # 1-5 ms on network storage: 17-80 minutes for a million rows one at a time).
+    lexical = [_check_row(i, r["path"].strip(), r["label"], root) for i, r in enumerate(records, start=1)]
+    files = [c for c in lexical if isinstance(c, Path)]
+    missing = dict(zip(files, in_threads(_file_problem, files)))
+    for index, record in enumerate(records, start=1):
         source, label = record["path"].strip(), record["label"]
-        checked = _check_row(index, source, label, root)
+        checked = lexical[index - 1]
+        if isinstance(checked, Path) and missing[checked]:
+            reason, problem = missing[checked]  # type: ignore[misc]
+            checked = Failure(index, source, label, reason, f"row {index}: {problem}")
         split = record.get("split", "").strip().lower()  # Train and train are one split
         if not isinstance(checked, Failure) and has_splits:
             problem = "empty split (other rows have one)" if not split else label_problem(split)
@@ -191,12 +201,17 @@ def _check_row(index: int, source: str, label: str, root: Path) -> Path | Failur
         if os.path.commonpath([resolved, root]) != str(root):
             return fail("outside_root", f"relative path {source!r} climbs out of {root}")
         candidate = resolved
+    return candidate
+
+
+def _file_problem(candidate: Path) -> tuple[str, str] | None:
+    """(reason, message) when the row's file is not a readable file; None when it is."""
     try:
         if not candidate.is_file():
-            return fail("missing", f"file not found: {candidate}")
+            return "missing", f"file not found: {candidate}"
     except OSError as err:  # too long for this file system, permission denied on a folder, ...
-        return fail("unreadable", f"cannot read {candidate}: {err.strerror or err}")
-    return candidate
+        return "unreadable", f"cannot read {candidate}: {err.strerror or err}"
+    return None
 
 
 # Top-level folders read as splits, as Hugging Face's imagefolder loader reads them.

@@ -18,7 +18,7 @@ import pandas as pd
 from .atomic import atomic_write, write_text
 from .errors import EXIT_OK, EXIT_SOME_FAILED, AugmentError, OutputError, Stopped
 from .export import write_exports
-from .manifest import FAILURE_COLUMNS
+from .manifest import FAILURE_COLUMNS, defuse_formula
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,9 @@ def recorded_rows(out: Path, names: list[str] | None = None) -> list[dict[str, A
 
 
 def part_rows(out: Path, name: str) -> list[dict[str, Any]]:
-    """A part's rows: its manifest checkpoint plus its journal (rows appended as each image is
-    written, so even a kill -9 between checkpoints loses none). Later entries win. Raises
-    ValueError for a manifest checkpoint that is not augment's CSV."""
+    """A part's rows: its manifest CSV (written when the part starts work and when it ends)
+    plus its journal (a line appended as each image is written, so even a kill -9 loses
+    none). Later entries win. Raises ValueError for a manifest that is not augment's CSV."""
     rows: dict[str, dict[str, Any]] = {}
     manifest, journal = out / PARTS / f"{name}.manifest.csv", out / PARTS / f"{name}{JOURNAL}"
     if manifest.is_file():
@@ -82,6 +82,22 @@ def part_rows(out: Path, name: str) -> list[dict[str, Any]]:
             if isinstance(row, dict) and isinstance(row.get("path"), str):  # anything else is not a row
                 rows[row["path"]] = {str(k): "" if v is None else str(v) for k, v in row.items()}
     return list(rows.values())
+
+
+def journal_failures(out: Path, name: str) -> pd.DataFrame:
+    """The failures a part journaled since its failures CSV was written (a part killed before
+    its end wrote them nowhere else), defused for a spreadsheet as the CSV's are."""
+    journal, found = out / PARTS / f"{name}{JOURNAL}", []
+    if journal.is_file():
+        for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            failure = entry.get("failure") if isinstance(entry, dict) else None
+            if isinstance(failure, dict) and isinstance(failure.get("path"), str):
+                found.append({k: defuse_formula(str(failure.get(k) or "")) for k in FAILURE_COLUMNS})
+    return pd.DataFrame(found, columns=list(FAILURE_COLUMNS), dtype=str)
 
 
 def reusable_rows(out: Path, keys: dict[str, str], names: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -189,6 +205,9 @@ def _read_parts(
                 part_failures = _read_part_csv(out / PARTS / f"{name}.failures.csv")
                 if not {"row", "path"} <= set(part_failures.columns):
                     raise ValueError(f"{name}.failures.csv has no row and path columns")
+                journaled = journal_failures(out, name)
+                if not journaled.empty:
+                    part_failures = pd.concat([part_failures, journaled], ignore_index=True)
             except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:  # bad JSON or UTF-8, no CSV
                 missing.append(f"{out / PARTS / name}: unreadable ({err}); run that part again")
                 continue
@@ -303,7 +322,7 @@ def _settings(info: dict[str, Any]) -> str:
 
 
 def _read_part_csv(path: Path) -> pd.DataFrame:
-    """A part's CSV; a part stopped before its first checkpoint has none yet (nothing recorded)."""
+    """A part's CSV; a part killed before it started work has none yet (nothing recorded)."""
     if not path.is_file():
         return pd.DataFrame({"path": pd.Series(dtype=str), "row": pd.Series(dtype=str)})
     return pd.read_csv(path, dtype=str, keep_default_na=False)

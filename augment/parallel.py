@@ -8,13 +8,15 @@ Gram products; see docs/scaling.md).
 from __future__ import annotations
 
 import contextlib
-import functools
+import dataclasses
+import json
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from glob import escape as glob_escape
@@ -24,6 +26,8 @@ from typing import Any
 import torch
 
 from .config import RunConfig
+from .digests import SUFFIX as DIGESTS
+from .digests import DigestCache
 from .drivers import describe_device, resolve_device
 from .errors import (
     EXIT_OK,
@@ -40,37 +44,31 @@ from .errors import (
     WorkerFailed,
 )
 from .lock import OutLock, lock_name, mark_ours
-from .merge import PARTS, clear_parts, merge, part_names, recorded_rows, remove_stale, reusable_rows
-from .plan import Task, stable_hash, task_keys
+from .manifest import InputRows
+from .merge import PART_NAME, PARTS, clear_parts, merge, recorded_rows, remove_stale, reusable_rows
+from .plan import Shard, Task, task_keys
 from .prepare import Prepared, prepare
 from .progress import ProgressFn
 from .record import failure_limit, too_many_failures
 from .runner import PartRun, RunLog, RunSummary, order_by_shape
-from .weights import NetWeights, check_networks, file_sha256, resolve_for
+from .weights import NetWeights, check_networks, resolve_for
 
 log = logging.getLogger(__name__)
 EXIT_BUDGET = 75  # a worker's exit code when --max-seconds stopped it (BudgetExhausted's)
 WORKER_PREFIX = "augment-"  # a worker process's name: augment-worker-K-of-N
 
 
-@dataclass(frozen=True)
-class Shard:
-    index: int
-    count: int
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
+def _owner(config: RunConfig) -> Shard | None:
+    """The share of the job this process runs: a --shard, a torchrun rank, or all of it."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        return Shard(int(os.environ.get("RANK", 0)), world)
+    if config.shard:
         try:
-            index, count = (int(x) for x in text.split("/"))
-        except ValueError:
-            raise ConfigError(f"--shard takes K/N, e.g. 0/4 (got {text!r})") from None
-        if not 0 <= index < count:
-            raise ConfigError(f"--shard {text}: K must be in 0..N-1")
-        return cls(index, count)
-
-    def owns(self, task: Task) -> bool:
-        """Stable assignment by task hash: a task's shard never depends on the other tasks."""
-        return stable_hash(task.source.source, task.style.name, task.k) % self.count == self.index
+            return Shard.parse(config.shard)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return None
 
 
 def run(config: RunConfig, *, progress: ProgressFn | None = None, lock: bool = True) -> RunSummary:
@@ -108,7 +106,9 @@ def _signals_raise() -> Iterator[None]:
 
 
 def _run(config: RunConfig, progress: ProgressFn | None, deadline: float | None) -> RunSummary:
-    prepared = prepare(config)
+    # A shard or rank plans only its own sources' tasks (from the whole manifest: names and
+    # class targets depend on every row).
+    prepared = prepare(config, owner=_owner(config))
     # Weights before OUT: a run that cannot start leaves nothing behind.
     t0 = time.perf_counter()
     # Copies of originals need no network: a copy-only job (say, only val/test rows) needs no weights.
@@ -142,10 +142,11 @@ def _run_shard(
     progress: ProgressFn | None, started: float, deadline: float | None,
 ) -> RunSummary:  # fmt: skip
     """One shard of K: its own part, joined by `augment merge` once every shard has run."""
-    shard = Shard.parse(config.shard)  # type: ignore[arg-type]
+    shard = _owner(config)
+    assert shard is not None
     name = f"shard-{shard.index}-of-{shard.count}"
     tasks = [t for t in prepared.tasks if shard.owns(t)]
-    keys = _keys(config, prepared, weights, tasks)
+    keys = _keys(config, prepared, weights, out, name, tasks)
     done = reusable_rows(out, keys, names=[name])
     previous = _previous_rows(out, keys, done, names=[name])
     _remove_dead_temp_files(out, [t.output for t in tasks], part=name)
@@ -171,7 +172,7 @@ def _run_whole(
     if not cuda and workers > cores:  # each worker holds a network: more than the cores only costs memory
         log.warning("--workers %d on %d CPU cores: running %d", workers, cores, cores)
         workers = cores
-    keys = _keys(config, prepared, weights)
+    keys = _keys(config, prepared, weights, out, "main")
     done = reusable_rows(out, keys)
     previous = _previous_rows(out, keys, done)  # read before _reuse_and_clean clears the parts
     kept_stale, counts = _reuse_and_clean(config, prepared, out, keys, done)
@@ -270,13 +271,16 @@ def _run_part(
     device: str | None = None,
     progress: ProgressFn | None = None,
     timings: dict[str, float] | None = None,
+    run_token: str | None = None,
 ) -> Any:
-    """Run ``tasks`` as part ``name``; rows in ``done`` are kept, not redone."""
+    """Run ``tasks`` as part ``name``; rows in ``done`` are kept, not redone. ``run_token``
+    goes into the part's status file (torchrun ranks: which run made it)."""
     todo = [t for t in tasks if t.output not in done]
     if done:
         log.info("%s: %d of %d tasks already done, %d to go", name, len(tasks) - len(todo), len(tasks), len(todo))
     groups, failures = order_by_shape(todo, config)
-    part = PartRun(config, prepared, out, name=name, device=device, progress=progress, keys=keys, deadline=deadline)
+    part = PartRun(config, prepared, out, name=name, device=device, progress=progress, keys=keys, deadline=deadline,
+                   about={"run": run_token} if run_token else None)  # fmt: skip
     part.timings.update(timings or {})
     held = _held_rows(out, previous, failures)
     part.rows = [done[t.output] for t in tasks if t.output in done] + list((kept or {}).values()) + held
@@ -305,19 +309,31 @@ def _weights(config: RunConfig, prepared: Prepared) -> NetWeights:
     return resolve_for(config) if any(not t.original for t in prepared.tasks) else NetWeights(None, None)
 
 
-def _content_digest(path: Path) -> str:
-    """A source's content hash; an unreadable file gets a marker (its row then fails at the
-    header read, with the reason, like any other bad row)."""
+def _keys(
+    config: RunConfig, prepared: Prepared, weights: Any, out: Path, name: str, tasks: list[Task] | None = None
+) -> dict[str, str]:
+    """Every task's key, from content digests cached in OUT by file identity (digests.py): a
+    file is read only when it is new or touched. Part ``name`` reads its own cache; the whole
+    job (``tasks`` None) every part's, and keeps one."""
+    parts = out / PARTS
+    whole = tasks is None
+    names = [p.name[: -len(DIGESTS)] for p in parts.glob(f"*{DIGESTS}")] if whole else [name]
+    caches = [parts / f"{n}{DIGESTS}" for n in names if PART_NAME.fullmatch(n)]
+    cache = DigestCache(caches, check_content=config.check_content)
+    tasks = prepared.tasks if tasks is None else tasks
+    cache.digest_all(sorted({t.source.path for t in tasks}))
+    keys = task_keys(tasks, config_hash=config.config_hash(), copy_hash=config.copy_hash(),
+                     weights=weights.identity, digest=cache.digest)  # fmt: skip
     try:
-        return file_sha256(path)
+        cache.save(parts / f"{name}{DIGESTS}")
+        for old in caches if whole else []:
+            if old.name != f"{name}{DIGESTS}":
+                old.unlink(missing_ok=True)
     except OSError as err:
-        return f"unreadable:{err.errno}"
-
-
-def _keys(config: RunConfig, prepared: Prepared, weights: Any, tasks: list[Task] | None = None) -> dict[str, str]:
-    digest = functools.lru_cache(maxsize=None)(_content_digest)
-    return task_keys(prepared.tasks if tasks is None else tasks, config_hash=config.config_hash(),
-                     copy_hash=config.copy_hash(), weights=weights.identity, digest=digest)  # fmt: skip
+        raise OutputError(f"cannot write to {parts}: {err}") from err
+    if cache.read:
+        log.info("%d files read for their content digest, %d known unchanged", cache.read, cache.reused)
+    return keys
 
 
 def _summary(
@@ -352,8 +368,13 @@ def _run_rank(
     config: RunConfig, prepared: Prepared, out: Path, weights: Any, rank: int, world: int,
     progress: ProgressFn | None, started: float, deadline: float | None,
 ) -> RunSummary:  # fmt: skip
-    """One rank of ``torchrun -m augment run``: tasks split by hash, no padding, no duplicates;
-    rank 0 merges after a barrier. A restarted rank redoes only its own part."""
+    """One rank of ``torchrun -m augment run``: sources split by hash, no padding, no
+    duplicates. The only collective is at the start (rank 0's token for this run); rank 0
+    merges once every rank's part says it finished this run, however far apart they finish
+    (a barrier would time out after the process group's 30 minutes). A restarted rank
+    redoes only its own part."""
+    import datetime
+
     import torch.distributed as dist
 
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -363,14 +384,17 @@ def _run_rank(
     if not cuda:  # ranks on one machine share its cores
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    dist.init_process_group(backend=backend)
+    timeout = float(os.environ.get(DIST_TIMEOUT_ENV, DIST_TIMEOUT_S))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
     try:
+        token = [uuid.uuid4().hex if rank == 0 else None]
+        dist.broadcast_object_list(token, src=0)  # every rank's part says which run made it
         shard = Shard(rank, world)
         tasks = [t for t in prepared.tasks if shard.owns(t)]
         name = f"rank-{rank}-of-{world}"
         if rank == 0:
             clear_parts(out, keep={f"rank-{r}-of-{world}" for r in range(world)})
-        keys = _keys(config, prepared, weights, tasks)
+        keys = _keys(config, prepared, weights, out, name, tasks)
         done = reusable_rows(out, keys, names=[name])
         previous = _previous_rows(out, keys, done, names=[name])
         part = _run_part(
@@ -386,16 +410,13 @@ def _run_rank(
             done=done,
             deadline=deadline,
             previous=previous,
+            run_token=token[0],
         )
-        dist.barrier()
         if rank == 0:
-            ranks = {f"rank-{r}-of-{world}" for r in range(world)}
-            missing = ranks - set(part_names(out))
-            if missing:
-                raise OutputError(f"{out}: parts {', '.join(sorted(missing))} are missing after the barrier")
+            _wait_for_ranks(out, world, token[0], deadline, config.max_seconds)
             result = merge([out], expected_hash=f"{config.config_hash()}/{config.plan_hash()}")
             return _summary(
-                out, result["counts"]["written"], result["counts"]["failed_rows"], len(prepared.tasks), started,
+                out, result["counts"]["written"], result["counts"]["failed_rows"], prepared.job_tasks, started,
                 weights.identity, part.device, merged=result,
             )  # fmt: skip
         return _summary(
@@ -404,6 +425,45 @@ def _run_rank(
         )  # fmt: skip
     finally:
         dist.destroy_process_group()
+
+
+DIST_TIMEOUT_ENV = "AUGMENT_DIST_TIMEOUT_S"  # the process group's timeout: only the start waits on it
+DIST_TIMEOUT_S = 1800.0
+RANK_POLL_S = 2.0
+
+
+def _wait_for_ranks(out: Path, world: int, token: str, deadline: float | None, max_seconds: float | None) -> None:
+    """Rank 0, its own part done: wait until every rank's part file says this run (``token``)
+    finished it. A rank that stopped (--max-seconds, a signal) ends the wait with its reason;
+    one that dies is torchrun's to restart or to stop the job (it stops rank 0 too)."""
+    waiting = {f"rank-{r}-of-{world}" for r in range(1, world)}
+    logged = time.monotonic()
+    while waiting:
+        for name in sorted(waiting):
+            info = _read_json(out / PARTS / f"{name}.json")
+            if not info or info.get("run") != token or info.get("status") == "running":
+                continue
+            if info.get("status") != "finished":
+                if info.get("status") == BudgetExhausted.status:
+                    raise BudgetExhausted(max_seconds or 0.0)
+                raise OutputError(f"{name} ended with status {info.get('status')}: run the job again to finish it")
+            waiting.discard(name)
+        if not waiting:
+            return
+        if deadline is not None and time.time() > deadline:
+            raise BudgetExhausted(max_seconds or 0.0)
+        if time.monotonic() - logged >= 60:
+            log.info("rank 0 waiting for %s to finish", ", ".join(sorted(waiting)))
+            logged = time.monotonic()
+        time.sleep(RANK_POLL_S)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # not there yet, or being replaced
+    return data if isinstance(data, dict) else None
 
 
 # -- local workers ----------------------------------------------------------------------------
@@ -417,13 +477,12 @@ def _run_workers(
     import multiprocessing as mp
 
     groups, failures = order_by_shape([t for t in prepared.tasks if t.output not in done], config)
-    index = {task.output: i for i, task in enumerate(prepared.tasks)}
     devices = _devices(config, workers)
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    for group in groups:
-        queue.put([index[t.output] for t in group])
+    for group in groups:  # the tasks themselves: a worker never plans the job again
+        queue.put(group)
     for _ in range(workers):
         queue.put(None)
     counter = ctx.Value("d", 0.0)  # images done, with the running ones' share (ProgressFn)
@@ -437,10 +496,14 @@ def _run_workers(
     failed = ctx.Value("i", len(header.record.failures))
     if limit is not None and failed.value > limit:
         raise TooManyFailures(too_many_failures(failed.value, config))
+    share = WorkerShare(
+        config=dataclasses.replace(config, max_failures=limit), inputs=_no_rows(prepared.inputs),
+        needs_weights=prepared.needs_weights, total=len(prepared.tasks), keys=keys, deadline=deadline,
+    )  # fmt: skip
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(config, out, f"worker-{i}-of-{workers}", devices[i], threads, queue, counter, failed, keys, deadline),
+            args=(share, out, f"worker-{i}-of-{workers}", devices[i], threads, queue, counter, failed),
             name=f"{WORKER_PREFIX}worker-{i}-of-{workers}",
             daemon=True,
         )
@@ -509,19 +572,37 @@ def _die_with_parent() -> None:
             os._exit(1)
 
 
+@dataclass(frozen=True)
+class WorkerShare:
+    """What a spawned worker is handed: the job's settings and facts, not its rows or plan
+    (the tasks come through the queue), so a worker's memory and start-up do not grow with
+    the job. ``config.max_failures`` is the job's limit as a number of rows."""
+
+    config: RunConfig
+    inputs: InputRows  # the manifest's root and extra columns; no rows
+    needs_weights: bool
+    total: int  # the job's tasks
+    keys: dict[str, str]
+    deadline: float | None
+
+
+def _no_rows(inputs: InputRows) -> InputRows:
+    return InputRows(rows=[], failures=[], root=inputs.root, extra_columns=inputs.extra_columns)
+
+
 def _worker_main(
-    config: RunConfig, out: Path, name: str, device: str, threads: int, queue: Any, done: Any, failed: Any,
-    keys: dict[str, str], deadline: float | None,
-) -> None:  # fmt: skip
+    share: WorkerShare, out: Path, name: str, device: str, threads: int, queue: Any, done: Any, failed: Any
+) -> None:
     _die_with_parent()
     torch.set_num_threads(threads)
     logging.getLogger("augment").setLevel(logging.INFO)
-    prepared = prepare(config)
-    weights = _weights(config, prepared)
+    config, keys, deadline = share.config, share.keys, share.deadline
+    prepared = Prepared(inputs=share.inputs, rows=[], failures=[], styles=[], tasks=[])
+    weights = resolve_for(config) if share.needs_weights else NetWeights(None, None)
 
     def groups() -> Any:
-        while (indices := queue.get()) is not None:
-            yield [prepared.tasks[i] for i in indices]
+        while (group := queue.get()) is not None:
+            yield group
 
     reported = 0.0
 
@@ -534,10 +615,9 @@ def _worker_main(
     with RunLog(out / f"run.{name}.log"):
         part = PartRun(config, prepared, out, name=name, device=device, progress=count, keys=keys, deadline=deadline,
                        shared_failures=failed)  # fmt: skip
-        part.record.failures = []  # recorded once, by the parent's header part (and counted in `failed`)
         part.prefetch = 1
         try:
-            part.run(weights, groups(), total=len(prepared.tasks), failures=[])
+            part.run(weights, groups(), total=share.total, failures=[])
         except BudgetExhausted as err:  # its part is recorded: tell the parent by the exit code
             log.info("%s: %s", name, err)
             sys.exit(EXIT_BUDGET)

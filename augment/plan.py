@@ -123,6 +123,7 @@ class Plan:
     targets: dict[str, int] = field(default_factory=dict)  # label -> images wanted (balance)
     short: dict[str, int] = field(default_factory=dict)  # label -> images it ends with, when not the target
     copies: int = 0  # variants that repeat an earlier one (too few styles to make them differ)
+    job_tasks: int = 0  # the whole job's, when ``tasks`` are one shard's
 
 
 def stable_hash(*parts: object) -> int:
@@ -228,7 +229,38 @@ def output_stems(rows: list[SourceRow]) -> dict[SourceRow, str]:
     return stems
 
 
-def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Plan:
+@dataclass(frozen=True)
+class Shard:
+    """Part K of N of a job (a --shard, a torchrun rank), owning sources by hash."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``K/N``; ValueError saying what is wrong."""
+        try:
+            index, count = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard takes K/N, e.g. 0/4 (got {text!r})") from None
+        if not 0 <= index < count:
+            raise ValueError(f"--shard {text}: K must be in 0..N-1")
+        return cls(index, count)
+
+    def owns_source(self, row: SourceRow) -> bool:
+        """Stable assignment by source hash: a source's shard never depends on the other rows,
+        and every variant of a source is made where it is read and its content features
+        computed."""
+        return stable_hash(row.source) % self.count == self.index
+
+    def owns(self, task: Task) -> bool:
+        return self.owns_source(task.source)
+
+
+def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions, owner: Shard | None = None) -> Plan:
+    """The job's tasks, or with ``owner`` only those of the sources it owns. Names, class
+    targets and the round robin are worked out from every row either way, so a shard's tasks
+    are exactly the whole plan's tasks of its sources."""
     stems = output_stems(rows)
     ext = FORMAT_EXT[options.fmt]
     pool = [s for s in styles if s.weight > 0]
@@ -248,12 +280,14 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Pl
         def output(style_name: str, k: int, folder: str = folder, stem: str = stem) -> str:
             return f"{folder}/{fit_name(NAME_SEPARATOR.join((stem, style_name, str(k))), ext)}"
 
-        if options.include_originals:
+        if options.include_originals and (owner is None or owner.owns_source(row)):
             tasks.append(
                 Task(row, ORIGINAL, 0, output("original", 0), stable_hash(options.seed, row.source, "original"))
             )
         if row not in counts:
             left_out += not options.include_originals
+            continue
+        if owner is not None and not owner.owns_source(row):
             continue
         count = counts[row]
         if options.assignment is Assignment.RANDOM:
@@ -285,9 +319,14 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions) -> Pl
             copies += settings in made and options.blend_repeats
             made.add(settings)
             tasks.append(task)
-    final = Counter(class_key(t.source) for t in tasks if is_stylized(t.source, options.splits))
+    # What each class ends with, from the counts (a shard's tasks are not all of them).
+    final: Counter[str] = Counter()
+    for row in rows:
+        if is_stylized(row, options.splits):
+            final[class_key(row)] += counts.get(row, 0) + options.include_originals
     short = {key: final[key] for key, target in targets.items() if final[key] != target}
-    return Plan(tasks=tasks, left_out=left_out, targets=targets, short=short, copies=copies)
+    job_tasks = planned + (len(rows) if options.include_originals else 0)
+    return Plan(tasks=tasks, left_out=left_out, targets=targets, short=short, copies=copies, job_tasks=job_tasks)
 
 
 def plan_tasks(

@@ -16,10 +16,10 @@ from pathlib import Path
 from .atomic import OUT_FOLDERS
 from .config import Engine, RunConfig
 from .errors import ConfigError, OutputError
-from .images import ImageProblem, fit_long_side, probe
+from .images import ImageProblem, fit_long_side, probe_all
 from .lock import check_ours
 from .manifest import Failure, InputRows, SourceRow, load_input
-from .plan import Plan, PlanTooLarge, Task, class_key, plan
+from .plan import Plan, PlanTooLarge, Shard, Task, class_key, plan
 from .styles import Style, load_style_bank
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,11 @@ class Prepared:
     styles: list[Style]
     tasks: list[Task]
     plan: Plan | None = None
+
+    @property
+    def job_tasks(self) -> int:
+        """The whole job's tasks (``tasks`` may be one shard's)."""
+        return self.plan.job_tasks if self.plan else len(self.tasks)
 
     @property
     def needs_weights(self) -> bool:
@@ -95,7 +100,9 @@ def check_out_writable(config: RunConfig) -> Path:
     return existing
 
 
-def prepare(config: RunConfig) -> Prepared:
+def prepare(config: RunConfig, owner: Shard | None = None) -> Prepared:
+    """Everything checked before work, and the plan: the whole job's tasks, or with ``owner``
+    (a shard, a torchrun rank) only those of its sources."""
     if not config.manifest:
         raise ConfigError("no manifest given")
     needs_styles = config.engine is not Engine.DREAM or config.guide
@@ -119,7 +126,7 @@ def prepare(config: RunConfig) -> Prepared:
         rows = [r for r in rows if r.row <= config.limit]
         failures = [f for f in failures if f.row is None or f.row <= config.limit]
     try:
-        made = plan(rows, styles, config.plan_options())
+        made = plan(rows, styles, config.plan_options(), owner)
     except PlanTooLarge as err:
         raise ConfigError(str(err)) from None
     if made.left_out:
@@ -152,14 +159,12 @@ def validate(config: RunConfig) -> Validation:
     weights = check_weights(config) if prepared.needs_weights else []
     good: list[SourceRow] = []
     pixels_per_source: dict[SourceRow, int] = {}
-    for row in prepared.rows:
-        try:
-            w, h = probe(row.path, max_pixels=config.max_pixels)
-        except ImageProblem as err:
-            prepared.failures.append(Failure(row.row, row.source, row.label, err.reason, f"row {row.row}: {err}"))
+    for row, found in zip(prepared.rows, probe_all([r.path for r in prepared.rows], max_pixels=config.max_pixels)):
+        if isinstance(found, ImageProblem):
+            prepared.failures.append(Failure(row.row, row.source, row.label, found.reason, f"row {row.row}: {found}"))
             continue
         good.append(row)
-        out_w, out_h = fit_long_side(w, h, config.long_side(w, h))
+        out_w, out_h = fit_long_side(*found, config.long_side(*found))
         pixels_per_source[row] = out_w * out_h
     prepared.rows = good
     prepared.tasks = [t for t in prepared.tasks if t.source in pixels_per_source]

@@ -1,5 +1,6 @@
 """A part's progress: images done out of the total, the progress callback, the --max-seconds
-deadline, an ETA line in the log for cron users, and the periodic checkpoint."""
+deadline and an ETA line in the log for cron users. (No periodic checkpoint: the part's
+journal records each image as it is written, see record.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[float, int], None]
 """(images done, total images): done counts finished or failed images plus the finished share
 of those being made (an image 30 of 300 iterations in counts 0.1), so it moves every iteration."""
-CHECKPOINT_EVERY_S = 30.0
 ETA_EVERY_S = 30.0  # a log line this often: run.log and a pipeline's stderr never go quiet
 FIRST_ETA_AFTER_S = 5.0  # the first estimate, once a few iterations have been timed
 
@@ -32,19 +32,16 @@ class ProgressTracker:
         *,
         deadline: float | None = None,
         max_seconds: float | None = None,
-        checkpoint: Callable[[], None] = lambda: None,
     ) -> None:
         self.callback = callback or (lambda done, total: None)
         self.deadline = deadline  # --max-seconds, as a time.time() the caller computed
         self.max_seconds = max_seconds
-        self.checkpoint = checkpoint  # writes the part files; called every CHECKPOINT_EVERY_S
         self.done = self.total = 0
         self.units_per_image = 1  # iterations (or steps) one image takes
         self._partial = 0.0  # iterations made by images not finished yet
         self._t0 = time.monotonic()
         self._start_progress = 0.0
         self._eta_logged = 0.0
-        self._last_checkpoint = time.monotonic()
 
     def start(self, done: int, total: int) -> None:
         self.done, self.total = done, total
@@ -83,9 +80,6 @@ class ProgressTracker:
         self.done += count
         self._partial = max(0.0, self._partial - units)
         self.report()
-        if time.monotonic() - self._last_checkpoint >= CHECKPOINT_EVERY_S:
-            self.checkpoint()
-            self._last_checkpoint = time.monotonic()
         self._log_eta()
 
     def _log_eta(self) -> None:

@@ -1,6 +1,11 @@
 """A part's record: images encoded and written in background threads, each journaled as soon
 as it is in place; the rows and failures so far; the part files (manifest, failures, status);
-the --max-failures limit. Nothing here knows how an image was made."""
+the --max-failures limit. Nothing here knows how an image was made.
+
+The record's cost grows with what is new, never with what is done: the part's manifest and
+failures CSVs are written once when the part starts work (with the rows it keeps from earlier
+runs) and once when it ends; in between every image and every failure is one fsynced line of
+the journal. A million-row part never rewrites its manifest while it runs."""
 
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ class Recorder:
         self.config, self.prepared, self.out, self.name = config, prepared, out, name
         self.rows: list[dict[str, Any]] = []
         self.failures: list[Failure] = list(prepared.failures)
+        self._failed = {(f.row, f.path) for f in self.failures}
         self.max_failures = failure_limit(config, prepared)
         # Workers of one job count their failed rows together (a multiprocessing Value) so
         # that --max-failures holds for the job, not for each worker.
@@ -56,6 +62,13 @@ class Recorder:
         self._saver: ThreadPoolExecutor | None = None
         self._journal: IO[str] | None = None
         self._journal_lock = threading.Lock()
+
+    def begin(self) -> None:
+        """Work starts: the rows and failures so far (kept from earlier runs, failed up front)
+        become the part's CSVs, and the journal (whose rows an earlier run's are now among
+        them) starts empty."""
+        self.write_outputs()
+        self._part(JOURNAL).unlink(missing_ok=True)
 
     # -- images -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -101,7 +114,8 @@ class Recorder:
 
     def _journal_append(self, row: dict[str, Any]) -> None:
         """One JSON line per written image, flushed to disk right after the image is renamed
-        into place: what a kill -9 cannot take back. Called from the saving threads."""
+        into place (or per failure, ``{"failure": ...}``): what a kill -9 cannot take back.
+        Called from the saving threads and the main one."""
         with self._journal_lock:
             if self._journal is None:
                 self._journal = self._part(JOURNAL).open("a", encoding="utf-8")
@@ -112,15 +126,24 @@ class Recorder:
     # -- failures -----------------------------------------------------------------------------
     def fail(self, failure: Failure) -> None:
         """One failures.csv row per input row, even when several of its tasks fail."""
-        if not any(f.row == failure.row and f.path == failure.path for f in self.failures):
+        if (failure.row, failure.path) not in self._failed:
+            self._failed.add((failure.row, failure.path))
             self.failures.append(failure)
+            try:
+                self._journal_append({"failure": failure.as_dict()})
+            except OSError as err:
+                raise OutputError(f"cannot write to {self.out / PARTS}: {err}") from err
             if self.shared_failures is not None:
                 with self.shared_failures.get_lock():
                     self.shared_failures.value += 1
         self.check_failures()
 
     def add_failures(self, failures: Iterable[Failure]) -> None:
-        self.failures += list(failures)
+        """Failures known before work starts (header reads): in the CSV ``begin`` writes."""
+        for failure in failures:
+            if (failure.row, failure.path) not in self._failed:
+                self._failed.add((failure.row, failure.path))
+                self.failures.append(failure)
 
     def check_failures(self) -> None:
         failed = len(self.failures) if self.shared_failures is None else self.shared_failures.value

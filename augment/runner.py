@@ -27,7 +27,7 @@ from .drivers import CopyDriver, DreamDriver, Failed, GatysDriver, Made, describ
 from .engines.precision import resolve_precision
 from .engines.vgg import Flavour
 from .errors import Interrupted, Stopped
-from .images import ImageProblem, fit_long_side, load_rgb, probe, resize_long_side, to_tensor
+from .images import ImageProblem, fit_long_side, load_rgb, probe_all, resize_long_side, to_tensor
 from .manifest import Failure, SourceRow
 from .plan import Task
 from .prepare import Prepared
@@ -94,14 +94,12 @@ def order_by_shape(tasks: list[Task], config: RunConfig) -> tuple[list[list[Task
     groups: dict[SourceRow, list[Task]] = {}
     for task in tasks:
         groups.setdefault(task.source, []).append(task)
-    for source in groups:
-        try:
-            w, h = probe(source.path, max_pixels=config.max_pixels)
-        except ImageProblem as err:
-            failures.append(Failure(source.row, source.source, source.label, err.reason, f"row {source.row}: {err}"))
+    for s, found in zip(groups, probe_all([s.path for s in groups], max_pixels=config.max_pixels)):
+        if isinstance(found, ImageProblem):
+            failures.append(Failure(s.row, s.source, s.label, found.reason, f"row {s.row}: {found}"))
             continue
-        out_w, out_h = fit_long_side(w, h, config.long_side(w, h))
-        shapes[source] = (out_h, out_w)
+        out_w, out_h = fit_long_side(*found, config.long_side(*found))
+        shapes[s] = (out_h, out_w)
     ordered = sorted((s for s in groups if s in shapes), key=lambda s: shapes[s])  # stable: task order within a shape
     return [groups[s] for s in ordered], failures
 
@@ -162,15 +160,15 @@ class PartRun:
         keys: dict[str, str] | None = None,
         deadline: float | None = None,
         shared_failures: Any = None,
+        about: dict[str, Any] | None = None,
     ) -> None:
         self.config, self.prepared, self.out, self.name = config, prepared, out, name
+        self.about = about or {}  # more for the part's status file
         self.keys = keys or {}  # output path -> task key, recorded in each row
         self.device = resolve_device(device or config.device)
         self.precision = resolve_precision(config.precision, self.device)
         self.record = Recorder(config, prepared, out, name, shared_failures=shared_failures)
-        self.tracker = ProgressTracker(
-            progress, deadline=deadline, max_seconds=config.max_seconds, checkpoint=self.record.write_outputs
-        )
+        self.tracker = ProgressTracker(progress, deadline=deadline, max_seconds=config.max_seconds)
         self.timings: dict[str, float] = {}
         self.weights_id = ""
         self.flavour = Flavour.TORCHVISION  # of the VGG19 weights: decides the default loss weights
@@ -201,6 +199,7 @@ class PartRun:
             if isinstance(groups, list) and not groups:
                 self.tracker.callback(total, total)  # nothing to make: no network is built
             else:
+                self.record.begin()
                 self._make(self._driver(weights), groups)
         except (KeyboardInterrupt, Stopped) as err:
             # Keep what is finished: images already written are recorded, then re-raise.
@@ -290,5 +289,5 @@ class PartRun:
     def _write_status(self, status: str) -> None:
         self.record.write_status(
             status, tasks=self.tracker.total, timings=self.timings, engine=engine_name(self.config),
-            weights=self.weights_id or None, device=describe_device(self.device), versions=versions(),
+            weights=self.weights_id or None, device=describe_device(self.device), versions=versions(), **self.about,
         )  # fmt: skip

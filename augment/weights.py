@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
 from urllib.request import Request, urlopen
@@ -23,6 +24,7 @@ from urllib.request import Request, urlopen
 import torch
 
 from .config import RunConfig, WeightsFlavour
+from .digests import file_sha256
 from .engines.vgg import Flavour, Pooling, VGG19Features, random_state_dict
 from .errors import WeightsUnavailable
 
@@ -72,14 +74,6 @@ def cached_vgg19() -> Path:
     return cached_weights("vgg19")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def tensors_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for key in sorted(state_dict):
@@ -107,9 +101,24 @@ def _random_weights(model: str = "vgg19") -> ResolvedWeights:
     return ResolvedWeights(state, Flavour.TORCHVISION, f"random@{tensors_sha256(state)[:12]}", RANDOM)
 
 
+# The heads no engine runs: VGG19's classifier is 120 M of its 144 M parameters (~480 MB).
+UNUSED_PREFIXES = ("classifier.", "fc.", "aux1.", "aux2.")
+
+
+def _torch_load(path: Path) -> Any:
+    """The file's tensors memory-mapped, so that only those a network copies are ever read
+    into memory; a file in torch's legacy (pre-1.6, not zip) format cannot be mapped."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err) and "zip" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _load_file(path: Path, flavour: WeightsFlavour) -> ResolvedWeights:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _torch_load(path)
     except Exception as err:  # torch raises many types for a bad file; all mean "unusable"
         # One line: torch's own message runs to several and suggests weights_only=False,
         # which would run the file's code.
@@ -130,6 +139,7 @@ def _load_file(path: Path, flavour: WeightsFlavour) -> ResolvedWeights:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise WeightsUnavailable(f"{path}: not a state dict")
+    state = {k: v for k, v in state.items() if not (isinstance(k, str) and k.startswith(UNUSED_PREFIXES))}
     return ResolvedWeights(state, detect_flavour(path, flavour), f"{path.name}@{file_sha256(path)[:12]}", str(path))
 
 

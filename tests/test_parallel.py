@@ -137,3 +137,51 @@ def test_merge_refuses_shards_that_planned_different_images(dataset: tuple[Path,
     _run(manifest, styles, tmp_path / "out", "--shard", "1/2", "--include-originals")  # same pixels, other plan
     code, _, err = invoke("merge", tmp_path / "out")
     assert code == 2 and "different settings" in err
+
+
+@pytest.mark.slow
+def test_ranks_finishing_far_apart_still_merge_under_a_tiny_process_group_timeout(
+    dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # Issue 22: one dist.barrier() after a part that may run for days timed out (NCCL's 10
+    # minutes) when ranks finished apart, and rank 0 never merged. Here the group's timeout is
+    # 3 s and rank 1 is stopped (SIGSTOP: a stalled node) for 12 s while rank 0 finishes.
+    import json
+    import os
+    import signal
+    import socket
+    import time
+
+    manifest, styles = dataset
+    out = tmp_path / "ranks"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = {**os.environ, "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port), "AUGMENT_DIST_TIMEOUT_S": "3"}  # fmt: skip
+    command = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(styles), "--out", str(out),
+               *ARGS, "--iterations", "30", "--include-originals", "-q"]  # fmt: skip
+    ranks = [subprocess.Popen(command, env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]  # fmt: skip
+    try:
+        status = out / "parts" / "rank-1-of-2.json"
+        for _ in range(600):  # rank 1 at work: past the start-up handshake
+            if status.is_file() and json.loads(status.read_text()).get("status") == "running":
+                break
+            time.sleep(0.1)
+        os.kill(ranks[1].pid, signal.SIGSTOP)
+        time.sleep(12)
+        assert ranks[0].poll() is None, ranks[0].communicate()[1][-2000:]  # waiting, not timed out
+        os.kill(ranks[1].pid, signal.SIGCONT)
+        results = [rank.communicate(timeout=300) for rank in ranks]
+    finally:
+        for rank in ranks:
+            if rank.poll() is None:
+                os.kill(rank.pid, signal.SIGCONT)
+                rank.kill()
+    assert [rank.returncode for rank in ranks] == [0, 0], [err[-2000:] for _, err in results]
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["exit_code"] == 0
+    rows = pd.read_csv(out / "manifest.csv")
+    assert len(rows) == 3 * 3 and {p.name for p in (out / "parts").glob("rank-*.json")} == {
+        "rank-0-of-2.json", "rank-1-of-2.json"}  # fmt: skip

@@ -128,3 +128,18 @@ def test_validate_checks_a_download_by_asking_the_host(monkeypatch: pytest.Monke
     with pytest.raises(WeightsUnavailable, match="cannot be reached.*no route to host"):
         check_weights(RunConfig())
     assert check_weights(RunConfig(weights="random")) == ["VGG19: random (smoke tests only: no real features)"]
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_only_the_feature_layers_are_kept_from_a_full_checkpoint(tmp_path: Path, legacy: bool) -> None:
+    # Issue 22: the whole VGG19 state dict stayed in memory, classifier included (120 M of its
+    # 144 M parameters). The file is memory-mapped (a legacy, non-zip file is read whole) and
+    # the heads no engine runs are dropped.
+    state = {**random_state_dict(3), "classifier.0.weight": torch.zeros(64, 32), "classifier.0.bias": torch.zeros(64)}
+    path = tmp_path / "vgg19-full.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+    resolved = resolve_vgg19(str(path))
+    assert not [k for k in resolved.state_dict if k.startswith("classifier.")]
+    assert set(resolved.state_dict) == {k for k in state if k.startswith("features.")}
+    net = build_vgg19(resolved, ["conv1_1", "conv5_1"])
+    assert torch.equal(net.features[0].weight, state["features.0.weight"])

@@ -11,6 +11,7 @@ image, retrying in fp32 if half precision overflows.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,40 @@ class StyleGrams:
 
     grams: Grams
     pixels: int
+
+
+class GramCache:
+    """Style Gram targets by key (style, long side), least recently used dropped once they
+    hold more than ``budget`` bytes. Each entry is ~2.4 MB (VGG19's five style layers, fp32),
+    and --no-upscale gives one per distinct size: 100 styles x 400 sizes unbounded would be
+    ~98 GB, an out-of-memory that halving the batch cannot cure. Sources come ordered by
+    size, so an evicted size is seldom wanted again. Values that hold no tensors (a style
+    that failed to load) cost nothing."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.bytes = 0
+        self._entries: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, key: Any) -> Any:
+        self._entries.move_to_end(key)
+        return self._entries[key][0]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key in self._entries:
+            self.bytes -= self._entries.pop(key)[1]
+        size = sum(t.numel() * t.element_size() for t in value.grams.values()) if isinstance(value, StyleGrams) else 0
+        self._entries[key] = (value, size)
+        self.bytes += size
+        while self.bytes > self.budget and len(self._entries) > 1:  # the newest stays: it is about to be used
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self.bytes -= dropped
 
 
 @dataclass(frozen=True)

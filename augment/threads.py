@@ -1,0 +1,36 @@
+"""Many small file operations at once: header reads, stats and content digests of a million
+files. On network storage each one waits on the server (an open is 1-5 ms), and a pool of
+threads (joblib's threading backend) overlaps the waits; on a local disk the same work is a
+fraction of a millisecond of Python holding the GIL, where threads only contend (measured:
+5,000 header reads 0.49 s in one thread, 0.9-1.4 s in 2-32; with 2 ms added per read 12.5 s
+in one thread, 1.5 s in 8). So the first items are timed in this thread, and the pool is
+used only when they show the work waits. Results come back in input order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+IO_THREADS = 16  # enough to hide 1-5 ms per operation; a waiting thread costs no CPU
+SAMPLE = 64  # items timed in this thread first
+WAITS_OVER_S = 0.5e-3  # per item: more than this is waiting on storage, not computing
+
+
+def in_threads(work: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[work(item) for item in items]``, the rest in a pool of threads when the first
+    ``SAMPLE`` show that the work waits. ``work`` must catch what it expects: an exception
+    raised in it ends the whole call."""
+    t0 = time.perf_counter()
+    results = [work(item) for item in items[:SAMPLE]]
+    rest = items[SAMPLE:]
+    if not rest:
+        return results
+    if (time.perf_counter() - t0) / SAMPLE < WAITS_OVER_S:
+        return results + [work(item) for item in rest]
+    from joblib import Parallel, delayed  # imported on first use: ~0.1 s of start-up
+
+    return results + Parallel(n_jobs=IO_THREADS, prefer="threads", batch_size=64)(delayed(work)(i) for i in rest)

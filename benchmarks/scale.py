@@ -1,0 +1,208 @@
+"""How augment's bookkeeping grows with the dataset: N synthetic rows (hard links to the
+repository's small photos, 1,000 per folder), per-image 3, random weights, 32 px, 1 iteration,
+so that planning, keys, checkpoints and merges dominate, not the network.
+
+For each N it reports:
+- `augment validate`: seconds and peak memory;
+- one shard (`--shard 0/S`): seconds to its first image, in all, peak memory;
+- the same shard re-run, nothing to do: seconds, peak memory, and how many source images it
+  opened (and their bytes), counted by an audit hook on open();
+- a checkpoint of a part that holds N rows: the seconds of what a part writes while it runs
+  (before issue 22: its whole manifest, rewritten every 30 s; since: one fsynced journal line
+  per image, timed over 100 images);
+- `augment merge` of S finished shard parts (synthesized from the real shard's files: its
+  rows copied under new names, its images hard-linked), N x 3 rows in all: seconds, peak memory.
+
+python benchmarks/scale.py --rows 10000 100000 [--shards 1000] [--work /big/disk]
+Run it alone on the machine: it times whole commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = REPO / "tests" / "data" / "hymenoptera-mini"
+STYLES = REPO / "tests" / "data" / "styles"
+FAST = ["--weights", "random", "--size", "32", "--iterations", "1", "--per-image", "3", "--quiet"]
+
+
+def child(result: Path, sources: str, argv: list[str]) -> None:
+    """Runs the CLI in this process, counting opens of files under ``sources``; writes what it
+    measured to ``result``."""
+    import resource
+
+    opened: dict[str, int] = {}
+
+    def audit(event: str, args: tuple[object, ...]) -> None:
+        if event == "open" and isinstance(args[0], (str, Path)) and str(args[0]).startswith(sources):
+            name = str(args[0])
+            opened[name] = opened.get(name, 0) + 1
+
+    sys.addaudithook(audit)
+    from augment.cli import main
+
+    sys.argv = ["augment", *argv]
+    t0 = time.perf_counter()
+    code = 0
+    try:
+        main()
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 0
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    sizes = sum(os.path.getsize(p) for p in opened if os.path.exists(p))
+    result.write_text(json.dumps({"code": code, "seconds": round(seconds, 2), "peak_mb": round(peak / 1e6),
+                                  "children_peak_mb": round(children / 1e6), "source_files_opened": len(opened),
+                                  "source_bytes_opened": sizes}))  # fmt: skip
+
+
+def augment(work: Path, *argv: str, first_image: Path | None = None) -> dict[str, object]:
+    """``augment ARGV`` in a fresh process; with ``first_image``, also the seconds until that
+    file (a part's journal: its first image is in place) appears."""
+    result = work / "result.json"
+    result.unlink(missing_ok=True)
+    command = [sys.executable, __file__, "--child", str(result), str(work / "src"), "--", *argv]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=work, env={**os.environ, "PYTHONPATH": str(REPO)})
+    first = None
+    while proc.poll() is None:
+        if first_image is not None and first is None and first_image.exists():
+            first = round(time.perf_counter() - t0, 2)
+        time.sleep(0.05)
+    found = json.loads(result.read_text())
+    found["wall_s"] = round(time.perf_counter() - t0, 2)
+    if first_image is not None:
+        found["first_image_s"] = first
+    return found
+
+
+def make_rows(work: Path, rows: int) -> Path:
+    photos = sorted(p for p in PHOTOS.glob("*/*.jpg"))
+    src = work / "src"
+    with open(work / "manifest.csv", "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["path", "label"])
+        for i in range(rows):
+            photo = photos[i % len(photos)]
+            folder = src / photo.parent.name / f"{i // 1000:04d}"
+            if i % 1000 == 0 or not folder.exists():
+                folder.mkdir(parents=True, exist_ok=True)
+            link = folder / f"img{i:07d}.jpg"
+            if not link.exists():
+                os.link(photo, link)
+            out.writerow([link.relative_to(work).as_posix(), photo.parent.name])
+    (work / "styles").mkdir(exist_ok=True)
+    for style in STYLES.glob("*.jpg"):
+        shutil.copy(style, work / "styles" / style.name)
+    return work / "manifest.csv"
+
+
+def checkpoint_seconds(out: Path, part: str, rows: int) -> float:
+    """One checkpoint of part ``part`` grown to ``rows`` rows (its real rows, copied)."""
+    sys.path.insert(0, str(REPO))
+    from augment.config import build_config
+    from augment.prepare import prepare
+    from augment.record import Recorder
+
+    run = json.loads((out / "parts" / f"{part}.json").read_text())
+    config = build_config(None, **run["config"])
+    with open(out / "parts" / f"{part}.manifest.csv", newline="") as handle:
+        real = list(csv.DictReader(handle))
+    prepared = prepare(build_config(None, **{**run["config"], "limit": 1, "out": str(out.parent / "ck")}))
+    recorder = Recorder(config, prepared, out.parent / "ck", part)
+    (out.parent / "ck" / "parts").mkdir(parents=True, exist_ok=True)
+    recorder.rows = [{**real[i % len(real)], "path": f"images/x/{i}.png"} for i in range(rows)]
+    if hasattr(recorder, "begin"):  # the journal is the record: 100 more rows, each one line
+        recorder.begin()
+        t0 = time.perf_counter()
+        for i in range(100):
+            recorder._journal_append({**real[0], "path": f"images/y/{i}.png"})
+        return round(time.perf_counter() - t0, 3)
+    recorder.write_outputs()  # before: the first writes everything; time the next, after 100 more rows
+    recorder.rows += [{**real[0], "path": f"images/y/{i}.png"} for i in range(100)]
+    t0 = time.perf_counter()
+    recorder.write_outputs()
+    return round(time.perf_counter() - t0, 3)
+
+
+def synthesize_shards(out: Path, part: str, shards: int, rows: int, target: Path) -> None:
+    """``shards`` finished parts in ``target`` holding ``rows`` rows in all: the real part's
+    status file and rows, paths renamed, images hard-linked."""
+    info = json.loads((out / "parts" / f"{part}.json").read_text())
+    with open(out / "parts" / f"{part}.manifest.csv", newline="") as handle:
+        real = list(csv.DictReader(handle))
+    columns = list(real[0])
+    (target / "parts").mkdir(parents=True)
+    (target / ".augment-out").write_text("")
+    per = -(-rows // shards)
+    for j in range(shards):
+        name = f"shard-{j}-of-{shards}"
+        folder = target / "images" / f"s{j:04d}"
+        folder.mkdir(parents=True)
+        made = []
+        for i in range(min(per, rows - j * per)):
+            row = dict(real[i % len(real)])
+            link = f"images/s{j:04d}/{i}.png"
+            os.link(out / row["path"], target / link)
+            made.append({**row, "path": link})
+        with open(target / "parts" / f"{name}.manifest.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, columns)
+            writer.writeheader()
+            writer.writerows(made)
+        (target / "parts" / f"{name}.failures.csv").write_text("row,path,label,reason,message\n")
+        counts = {**info["counts"], "written": len(made), "tasks": len(made)}
+        (target / "parts" / f"{name}.json").write_text(json.dumps({**info, "part": name, "counts": counts}))
+
+
+def measure(rows: int, shards: int, base: Path) -> dict[str, object]:
+    work = base / f"n{rows}"
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    manifest = make_rows(work, rows)
+    print(f"{rows} rows made in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    common = [str(manifest), "--styles", str(work / "styles"), *FAST]
+    found: dict[str, object] = {"rows": rows, "images": 3 * rows}
+    found["validate"] = augment(work, "validate", *common, "--out", str(work / "out"))
+    shutil.rmtree(work / "out", ignore_errors=True)
+    part = f"shard-0-of-{shards}"
+    journal = work / "out" / "parts" / f"{part}.journal.jsonl"
+    shard = [*common, "--out", str(work / "out"), "--shard", f"0/{shards}"]
+    found["shard"] = augment(work, "run", *shard, first_image=journal)
+    found["shard_rerun"] = augment(work, "run", *shard)
+    found["checkpoint_s"] = checkpoint_seconds(work / "out", part, rows)
+    merged = work / "merged"
+    shutil.rmtree(merged, ignore_errors=True)
+    synthesize_shards(work / "out", part, shards, 3 * rows, merged)
+    found["merge"] = augment(work, "merge", str(merged))
+    print(json.dumps(found), file=sys.stderr)
+    return found
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        sys.path.insert(0, str(REPO))
+        child(Path(sys.argv[2]), sys.argv[3], sys.argv[5:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--shards", type=int, default=1000)
+    parser.add_argument("--work", type=Path, help="a folder for the synthetic rows (default: a temporary one)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        results = [measure(n, args.shards, Path(tmp)) for n in args.rows]
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
