@@ -54,14 +54,19 @@ def class_index(labels: list[str]) -> dict[str, int]:
 
 def write_exports(out: Path, part: dict[str, Any] | None = None, *, finished: bool = True) -> None:
     """classes.json, and the shards when the run asked for them. ``part`` is a part's .json
-    (its ``config`` and ``inputs_root``); ``finished``: the job ran to the end, so that with
-    ``--no-images`` the image files may go (an interrupted run keeps them, to resume)."""
+    (its ``config`` and ``inputs_root``); ``finished``: the job ran to the end. The shards are
+    built only then, once: the merge that ends each --max-seconds window of a long job leaves
+    the last complete set as it is (rewriting every shard per window would cost the whole
+    dataset's bytes each time), and with ``--no-images`` the image files may go only then
+    (an interrupted run keeps them, to resume)."""
     config = (part or {}).get("config", {})
     manifest = read_manifest(out)
     classes = class_index(list(manifest["label"]))
     write_text(out / CLASSES, json.dumps(classes, indent=2, ensure_ascii=False) + "\n")
     _remove_metadata(out)
     if config.get("webdataset"):
+        if not finished:
+            return
         _write_webdataset(
             out,
             manifest,
@@ -70,7 +75,7 @@ def write_exports(out: Path, part: dict[str, Any] | None = None, *, finished: bo
             shard_size=int(config.get("shard_size", SAMPLES_PER_SHARD)),
             inputs_root=(part or {}).get("inputs_root"),
         )
-        if finished and config.get("images") is False:
+        if config.get("images") is False:
             _remove_images(out, manifest)
     elif (out / WEBDATASET / STAMP).is_file():  # shards of an earlier run that asked for them
         shutil.rmtree(out / WEBDATASET)

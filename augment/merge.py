@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import shutil
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -60,11 +60,16 @@ def recorded_rows(out: Path, names: list[str] | None = None) -> list[dict[str, A
 
 
 def part_rows(out: Path, name: str) -> list[dict[str, Any]]:
+    """``part_frame`` as one dict per row."""
+    return part_frame(out, name).to_dict("records")
+
+
+def part_frame(out: Path, name: str) -> pd.DataFrame:
     """A part's rows: its manifest CSV (written when the part starts work and when it ends)
     plus its journal (a line appended as each image is written, so even a kill -9 loses
     none). Later entries win. Raises ValueError for a manifest that is not augment's CSV."""
-    rows: dict[str, dict[str, Any]] = {}
     manifest, journal = out / PARTS / f"{name}.manifest.csv", out / PARTS / f"{name}{JOURNAL}"
+    frame = pd.DataFrame({"path": pd.Series(dtype=str)})
     if manifest.is_file():
         try:
             frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
@@ -72,7 +77,7 @@ def part_rows(out: Path, name: str) -> list[dict[str, Any]]:
             raise ValueError(f"{manifest.name}: {err}") from err  # UnicodeDecodeError is one already
         if "path" not in frame.columns:
             raise ValueError(f"{manifest.name}: no path column")
-        rows.update((r["path"], r) for r in frame.to_dict("records"))
+    journaled = []
     if journal.is_file():
         for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
@@ -80,8 +85,11 @@ def part_rows(out: Path, name: str) -> list[dict[str, Any]]:
             except ValueError:  # the last line of a killed run may be cut short
                 continue
             if isinstance(row, dict) and isinstance(row.get("path"), str):  # anything else is not a row
-                rows[row["path"]] = {str(k): "" if v is None else str(v) for k, v in row.items()}
-    return list(rows.values())
+                journaled.append({str(k): "" if v is None else str(v) for k, v in row.items()})
+    if journaled:
+        frame = pd.concat([frame, pd.DataFrame(journaled, dtype=str)], ignore_index=True)
+        frame = frame.drop_duplicates("path", keep="last").fillna("")
+    return frame
 
 
 def journal_failures(out: Path, name: str) -> pd.DataFrame:
@@ -201,7 +209,7 @@ def _read_parts(
                 info = json.loads((out / PARTS / f"{name}.json").read_text(encoding="utf-8"))
                 if not _is_part_info(info):
                     raise ValueError("not a part's status file")
-                rows = part_rows(out, name)
+                rows = part_frame(out, name)
                 part_failures = _read_part_csv(out / PARTS / f"{name}.failures.csv")
                 if not {"row", "path"} <= set(part_failures.columns):
                     raise ValueError(f"{name}.failures.csv has no row and path columns")
@@ -219,9 +227,7 @@ def _read_parts(
             written = info.get("counts", {}).get("written", 0)
             if info.get("status") == "finished" and len(rows) < written:
                 missing.append(f"{out / PARTS / name}: {len(rows)} of its {written} rows are left; run that part again")
-            manifests.append(
-                (out, pd.DataFrame.from_records(rows) if rows else _read_part_csv(out / PARTS / f"{name}.manifest.csv"))
-            )
+            manifests.append((out, rows))
             failures.append(part_failures)
     if not infos:
         raise MergeError("no readable parts to merge: " + "; ".join(missing))
@@ -341,7 +347,7 @@ def _inside_images(out: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[s
 def _is_image_path(rel: object) -> bool:
     if not isinstance(rel, str) or "\\" in rel or "\0" in rel:
         return False
-    parts = PurePosixPath(rel).parts
+    parts = rel.split("/")  # not PurePosixPath: it would let "images//x" and "images/./x" pass as clean
     return len(parts) >= 3 and parts[0] == "images" and not any(p in ("..", ".", "") for p in parts)
 
 

@@ -162,3 +162,23 @@ def test_the_docs_loader_reads_the_shard_list(tmp_path: Path, monkeypatch: pytes
     exec(snippet, {})  # noqa: S102
     assert opened and all(not re.search(r"[{}]", str(u)) for u in opened)
     assert sorted(opened[0]) == sorted(f"aug/webdataset/{p.name}" for p in (out / "webdataset").glob("train-*.tar"))
+
+
+def test_an_interrupted_windows_merge_leaves_the_shards_as_they_were(tmp_path: Path) -> None:
+    # Issue 22: every merge deleted and rewrote every shard, the merge at the end of each
+    # --max-seconds window of a long job included. Shards are built when the job is complete.
+    out = tmp_path / "out"
+    manifest = make_dataset(tmp_path)
+    _run(tmp_path, out, manifest=manifest)
+    folder = out / "webdataset"
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
+    assert any(name.endswith(".tar") for name in before)
+    args = ["run", manifest, "--styles", tmp_path / "styles", "--out", out, "--include-originals", "--webdataset",
+            *FAST, "--per-image", "3", "--iterations", "100000", "--max-seconds", "3"]  # fmt: skip
+    code, _, err = invoke(*args)
+    assert code == 75, err  # the window ended with work left: the merge of what is done
+    assert json.loads((out / "run.json").read_text())["status"] == "budget"
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()} == before
+    _run(tmp_path, out, "--per-image", "3", manifest=manifest)  # the job done: built again, once
+    index = json.loads((folder / "shards.json").read_text())
+    assert index["splits"]["train"]["samples"] == 3 * 4  # 3 originals and 9 variants
