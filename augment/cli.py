@@ -335,7 +335,7 @@ def validate(
     code = EXIT_SOME_FAILED if prepared.failures else EXIT_OK
     if as_json:
         _print_json({
-            "exit_code": code, "tasks": len(prepared.tasks), "usable_rows": len(prepared.rows),
+            "exit_code": code, "tasks": report.tasks, "usable_rows": len(prepared.rows),
             "failed_rows": len(prepared.failures), "styles": len(prepared.styles),
             "classes": report.class_counts, "estimated_bytes": report.estimated_bytes, "free_bytes": report.free_bytes,
             "warnings": report.warnings, "weights": report.weights,
@@ -345,12 +345,12 @@ def validate(
         raise typer.Exit(code)
     lines = _validation_lines(cfg, report)
     if out_console.is_terminal:
-        table = Table("class", "images out", title=f"{len(prepared.tasks)} tasks")
+        table = Table("class", "images out", title=f"{report.tasks} tasks")
         for label, count in report.class_counts.items():
             table.add_row(label, str(count))
         out_console.print(table)
     else:  # piped: plain lines, never wrapped at 80 columns
-        lines = [f"{len(prepared.tasks)} tasks", *(f"  {k}: {v} images out" for k, v in report.class_counts.items()),
+        lines = [f"{report.tasks} tasks", *(f"  {k}: {v} images out" for k, v in report.class_counts.items()),
                  *lines]  # fmt: skip
     for line in lines:
         out_console.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -124,6 +124,8 @@ class Plan:
     short: dict[str, int] = field(default_factory=dict)  # label -> images it ends with, when not the target
     copies: int = 0  # variants that repeat an earlier one (too few styles to make them differ)
     job_tasks: int = 0  # the whole job's, when ``tasks`` are one shard's
+    per_source: dict[SourceRow, int] = field(default_factory=dict)  # the whole job's tasks of each source
+    variants: int = 0  # the whole job's stylized tasks (not copies of originals)
 
 
 def stable_hash(*parts: object) -> int:
@@ -264,10 +266,13 @@ def _stem(source: str) -> str:
     return name[:dot] if 0 < dot < len(name) - 1 else name
 
 
-def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions, owner: Shard | None = None) -> Plan:
+def plan(
+    rows: list[SourceRow], styles: list[Style], options: PlanOptions, owner: Shard | None = None, *, tasks: bool = True
+) -> Plan:
     """The job's tasks, or with ``owner`` only those of the sources it owns. Names, class
     targets and the round robin are worked out from every row either way, so a shard's tasks
-    are exactly the whole plan's tasks of its sources."""
+    are exactly the whole plan's tasks of its sources. ``tasks=False``: only the counts
+    (``per_source``, targets), for `validate`: a million rows x 3 are 3 M task objects."""
     stems = output_stems(rows)
     ext = FORMAT_EXT[options.fmt]
     pool = [s for s in styles if s.weight > 0]
@@ -277,8 +282,15 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions, owner
     if planned > MAX_PLANNED_TASKS:  # the plan is held in memory: refuse before building it
         raise PlanTooLarge(f"this job would plan {planned:,} images, more than {MAX_PLANNED_TASKS:,} in one run; "
                            "lower --target-per-class or --per-image, or split the manifest")  # fmt: skip
+    originals = int(options.include_originals)
+    per_source = {row: counts.get(row, 0) + originals for row in rows if row in counts or originals}
+    job_tasks = sum(per_source.values())
+    if not tasks:
+        left_out = 0 if originals else sum(row not in counts for row in rows)
+        return Plan(tasks=[], left_out=left_out, targets=targets, short=_short(rows, counts, targets, options),
+                    job_tasks=job_tasks, per_source=per_source, variants=planned)  # fmt: skip
     cycle_at = _cycle_offsets(counts, options.seed) if options.assignment is Assignment.CYCLE else {}
-    tasks: list[Task] = []
+    made: list[Task] = []
     left_out = copies = 0
     for row in rows:
         stem = stems[row]
@@ -288,7 +300,7 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions, owner
             return f"{folder}/{fit_name(NAME_SEPARATOR.join((stem, style_name, str(k))), ext)}"
 
         if options.include_originals and (owner is None or owner.owns_source(row)):
-            tasks.append(
+            made.append(
                 Task(row, ORIGINAL, 0, output("original", 0), stable_hash(options.seed, row.source, "original"))
             )
         if row not in counts:
@@ -303,7 +315,7 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions, owner
             start = cycle_at.get(row, 0)
             firsts = [pool[(start + k) % len(pool)] for k in range(count)]
         used: set[str] = set()
-        made: set[tuple[object, ...]] = set()
+        seen: set[tuple[object, ...]] = set()
         uses: Counter[str] = Counter()
         for style in firsts:
             k, uses[style.name] = uses[style.name], uses[style.name] + 1
@@ -323,17 +335,24 @@ def plan(rows: list[SourceRow], styles: list[Style], options: PlanOptions, owner
             used.add(task.style_name)
             # With too few styles to blend (a one-style bank), a repeat is the same image again.
             settings = (task.style_name, task.mix, task.style_weight, task.alpha)
-            copies += settings in made and options.blend_repeats
-            made.add(settings)
-            tasks.append(task)
-    # What each class ends with, from the counts (a shard's tasks are not all of them).
+            copies += settings in seen and options.blend_repeats
+            seen.add(settings)
+            made.append(task)
+    short = _short(rows, counts, targets, options)
+    return Plan(tasks=made, left_out=left_out, targets=targets, short=short, copies=copies, job_tasks=job_tasks,
+                per_source=per_source, variants=planned)  # fmt: skip
+
+
+def _short(
+    rows: list[SourceRow], counts: dict[SourceRow, int], targets: dict[str, int], options: PlanOptions
+) -> dict[str, int]:
+    """Classes that end with other than their balance target, from the counts (a shard's tasks
+    are not all of them)."""
     final: Counter[str] = Counter()
     for row in rows:
         if is_stylized(row, options.splits):
             final[class_key(row)] += counts.get(row, 0) + options.include_originals
-    short = {key: final[key] for key, target in targets.items() if final[key] != target}
-    job_tasks = planned + (len(rows) if options.include_originals else 0)
-    return Plan(tasks=tasks, left_out=left_out, targets=targets, short=short, copies=copies, job_tasks=job_tasks)
+    return {key: final[key] for key, target in targets.items() if final[key] != target}
 
 
 def plan_tasks(

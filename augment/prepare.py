@@ -46,12 +46,15 @@ class Prepared:
     def needs_weights(self) -> bool:
         """Copies of originals need no network: a copy-only job (only val/test rows, say)
         runs without weights."""
+        if self.plan is not None and not self.tasks:  # planned without tasks (validate)
+            return self.plan.variants > 0
         return any(not t.original for t in self.tasks)
 
 
 @dataclass
 class Validation:
     prepared: Prepared
+    tasks: int = 0  # what run would make of the rows that passed their header read
     class_counts: dict[str, int] = field(default_factory=dict)
     estimated_bytes: int = 0
     free_bytes: int | None = None  # on the disk OUT is (or would be made) on
@@ -100,9 +103,9 @@ def check_out_writable(config: RunConfig) -> Path:
     return existing
 
 
-def prepare(config: RunConfig, owner: Shard | None = None) -> Prepared:
+def prepare(config: RunConfig, owner: Shard | None = None, *, tasks: bool = True) -> Prepared:
     """Everything checked before work, and the plan: the whole job's tasks, or with ``owner``
-    (a shard, a torchrun rank) only those of its sources."""
+    (a shard, a torchrun rank) only those of its sources; ``tasks=False``: the counts only."""
     if not config.manifest:
         raise ConfigError("no manifest given")
     needs_styles = config.engine is not Engine.DREAM or config.guide
@@ -126,7 +129,7 @@ def prepare(config: RunConfig, owner: Shard | None = None) -> Prepared:
         rows = [r for r in rows if r.row <= config.limit]
         failures = [f for f in failures if f.row is None or f.row <= config.limit]
     try:
-        made = plan(rows, styles, config.plan_options(), owner)
+        made = plan(rows, styles, config.plan_options(), owner, tasks=tasks)
     except PlanTooLarge as err:
         raise ConfigError(str(err)) from None
     if made.left_out:
@@ -154,7 +157,7 @@ def validate(config: RunConfig) -> Validation:
     into its networks) and a header read of every image; no pixels decoded, no image made."""
     from .weights import check_weights  # torch: only for validate, not for every prepare
 
-    prepared = prepare(config)
+    prepared = prepare(config, tasks=False)  # counts are enough: no million task objects
     out_folder = check_out_writable(config)
     weights = check_weights(config) if prepared.needs_weights else []
     good: list[SourceRow] = []
@@ -167,10 +170,14 @@ def validate(config: RunConfig) -> Validation:
         out_w, out_h = fit_long_side(*found, config.long_side(*found))
         pixels_per_source[row] = out_w * out_h
     prepared.rows = good
-    prepared.tasks = [t for t in prepared.tasks if t.source in pixels_per_source]
-    pixels = sum(pixels_per_source[t.source] for t in prepared.tasks)
-    counts = Counter(class_key(t.source) for t in prepared.tasks)
+    per_source = prepared.plan.per_source if prepared.plan else {}
+    pixels = sum(pixels_per_source[row] * per_source.get(row, 0) for row in good)
+    counts: Counter[str] = Counter()
+    for row in good:
+        if per_source.get(row):
+            counts[class_key(row)] += per_source[row]
     return Validation(
+        tasks=sum(per_source.get(row, 0) for row in good),
         prepared=prepared,
         class_counts=dict(sorted(counts.items())),
         estimated_bytes=int(pixels * BYTES_PER_PIXEL[config.format]),

@@ -214,3 +214,28 @@ def test_the_gram_cache_keeps_to_its_budget_dropping_the_least_recently_used() -
     assert len(cache) == 4 and cache.bytes == 9 << 20
     cache["huge", 0] = grams(40)  # over the budget alone: kept (it is about to be used), the rest go
     assert len(cache) == 1 and ("huge", 0) in cache
+
+
+def test_validates_counts_without_tasks_are_the_plans_counts() -> None:
+    # validate plans counts only (a million rows x 3 would be 3 M task objects): the same
+    # numbers as the tasks run would make.
+    from collections import Counter
+
+    from augment.manifest import SourceRow
+    from augment.plan import PlanOptions, plan
+    from augment.styles import Style
+
+    rows = [SourceRow(row=i, source=f"{i}.png", path=Path(f"/x/{i}.png"), label="ab"[i % 3 == 0],
+                      split=("train", "test")[i % 4 == 0]) for i in range(50)]  # fmt: skip
+    styles = [Style(f"s{i}", Path(f"s{i}.png"), f"s{i}", 1.0) for i in range(3)]
+    for options in (PlanOptions(per_image=2, seed=0), PlanOptions(per_image=1, seed=0, balance=True,
+                                                                  include_originals=True)):  # fmt: skip
+        full, counts = plan(rows, styles, options), plan(rows, styles, options, tasks=False)
+        assert counts.tasks == [] and counts.per_source == dict(Counter(t.source for t in full.tasks))
+        assert (counts.job_tasks, counts.left_out, counts.targets, counts.short, counts.variants) == (
+            len(full.tasks),
+            full.left_out,
+            full.targets,
+            full.short,
+            sum(not t.original for t in full.tasks),
+        )
