@@ -31,3 +31,17 @@ def test_quick_work_stays_in_this_thread() -> None:
     assert in_threads(quick, list(range(1000))) == [-i for i in range(1000)]
     assert seen == {threading.current_thread().name}
     assert in_threads(quick, []) == []
+
+
+def test_a_slow_first_call_alone_does_not_start_the_pool() -> None:
+    # The first header read also imports Pillow's plugins (~50 ms): the typical item decides.
+    seen: set[str] = set()
+
+    def first_slow(i: int) -> int:
+        seen.add(threading.current_thread().name)
+        if i == 0:
+            time.sleep(0.2)
+        return i
+
+    assert in_threads(first_slow, list(range(500))) == list(range(500))
+    assert seen == {threading.current_thread().name}
