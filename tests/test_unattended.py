@@ -67,6 +67,11 @@ def test_a_lock_left_by_a_killed_process_does_not_block(dataset: tuple[Path, Pat
     assert code == 0, err
 
 
+def _default_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("sig", "expected"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_a_signal_keeps_finished_images_and_exits_with_its_code(
     dataset: tuple[Path, Path], tmp_path: Path, sig: int, expected: int
@@ -78,12 +83,17 @@ def test_a_signal_keeps_finished_images_and_exits_with_its_code(
     command = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(styles), "--out", str(out),
                "--weights", "random", "--size", "32", "--iterations", "100000000", "--per-image", "2",
                "--include-originals", "--batch-size", "1", "-q"]  # fmt: skip
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # The run as a terminal starts it: a suite launched under nohup or in a shell's background
+    # passes its children SIGHUP and SIGINT ignored, and a signal ignored at exec stays ignored.
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     deadline = time.monotonic() + 120
     while not list((out / "images").rglob("*.png")) and time.monotonic() < deadline:
         time.sleep(0.2)
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # never left running (10^8 iterations) when an assertion fails
     assert proc.returncode == expected, stderr
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "interrupted" and run["exit_code"] == expected
