@@ -95,6 +95,12 @@ class DigestCache:
         self.used[name] = (found, value)
         return value
 
+    @property
+    def changed(self) -> bool:
+        """Whether this run's entries differ from the cache it loaded (a file read, one added
+        or dropped): an unchanged cache need not be written again."""
+        return self.read > 0 or self.used.keys() != self.known.keys()
+
     def save(self, file: Path) -> None:
         """Write the entries this run used (files no longer in the job drop out)."""
         with atomic_write(file, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:

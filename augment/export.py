@@ -81,6 +81,15 @@ def write_exports(out: Path, part: dict[str, Any] | None = None, *, finished: bo
         shutil.rmtree(out / WEBDATASET)
 
 
+def exports_current(out: Path, config: dict[str, Any]) -> bool:
+    """Whether OUT's exports are what ``write_exports`` would leave for this config: classes.json
+    there, no metadata file of an earlier version, webdataset shards exactly when asked for."""
+    images = out / "images"
+    if not (out / CLASSES).is_file() or (images / METADATA).exists() or any(images.glob(f"*/{METADATA}")):
+        return False
+    return (out / WEBDATASET / STAMP).is_file() == bool(config.get("webdataset"))
+
+
 def _remove_metadata(out: Path) -> None:
     """Hugging Face's imagefolder loader (datasets 3 to 5) takes its columns from a metadata
     file (metadata.csv/.jsonl/.parquet) when there is one, and then ignores the class folders:

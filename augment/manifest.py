@@ -18,7 +18,6 @@ import pandas as pd
 from .atomic import atomic_write
 from .errors import ManifestError
 from .images import image_extensions
-from .threads import in_threads
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +36,27 @@ RESERVED_LABELS = frozenset({"metadata.csv", "metadata.jsonl", "metadata.parquet
 RESERVED_COLUMNS = (frozenset(BASE_COLUMNS) - {"path", "label", "split"}) | {"file_name"}
 
 
-@dataclass(frozen=True)
+# The extra columns of a row without any: one dict shared by all (never written to; a million
+# empty dicts are 64 MB).
+NO_EXTRA: dict[str, str] = {}
+
+
+@dataclass(frozen=True, slots=True)
 class SourceRow:
-    """One usable input image."""
+    """One usable input image. Slots and a string path: a shard reads every row of a
+    million-row manifest (names and class targets depend on them all), and a Path object
+    (its parts kept as a list) is most of a row's memory."""
 
     row: int  # 1-based data row (the first row under the header is 1); listing order for folders
     source: str  # as written in the manifest; for a folder, relative to its root (posix)
-    path: Path  # resolved location on disk
+    path: str  # resolved location on disk (a Path given is kept as its string)
     label: str
     split: str = ""
-    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    extra: dict[str, str] = field(default_factory=lambda: NO_EXTRA, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str):
+            object.__setattr__(self, "path", os.fspath(self.path))
 
 
 @dataclass(frozen=True)
@@ -111,7 +121,9 @@ def _load_csv(path: Path) -> InputRows:
         # the index (and shift every column left).
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", pd.errors.ParserWarning)
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False)
+            # object, not pandas' string dtype: the values are then the str objects the rows
+            # keep (a million rows: 170 MB at the peak where arrow strings, copied out, took 300).
+            frame = pd.read_csv(path, dtype=object, keep_default_na=False, encoding="utf-8-sig", index_col=False)
         if caught:  # fields past the header's columns (often a trailing comma) are not read
             log.warning("%s: some rows have more fields than the header; the extra fields are ignored", path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -131,22 +143,20 @@ def _load_csv(path: Path) -> InputRows:
     frame = frame.rename(columns={c: f"input_{c}" for c in frame.columns if c in RESERVED_COLUMNS})
     extra_columns = [c for c in frame.columns if c not in (*REQUIRED_COLUMNS, "split")]
     rows, failures = [], []
-    seen: set[tuple[Path, str]] = set()
+    seen: set[tuple[str, str]] = set()
     # A split column with values: every row needs one (it names a folder under OUT/images).
     has_splits = "split" in frame.columns and (frame["split"].str.strip() != "").any()
-    records = frame.to_dict("records")
-    # Text checks per row here, then every file's existence at once in threads (a stat waits
-    # 1-5 ms on network storage: 17-80 minutes for a million rows one at a time).
-    lexical = [_check_row(i, r["path"].strip(), r["label"], root) for i, r in enumerate(records, start=1)]
-    files = [c for c in lexical if isinstance(c, Path)]
-    missing = dict(zip(files, in_threads(_file_problem, files)))
-    for index, record in enumerate(records, start=1):
-        source, label = record["path"].strip(), record["label"]
-        checked = lexical[index - 1]
-        if isinstance(checked, Path) and missing[checked]:
-            reason, problem = missing[checked]  # type: ignore[misc]
-            checked = Failure(index, source, label, reason, f"row {index}: {problem}")
-        split = record.get("split", "").strip().lower()  # Train and train are one split
+    # Column by column, not a dict per row (a million rows); a few hundred labels and splits
+    # are kept once each, not once per row. Files are not opened here: the part that owns a
+    # row finds a missing file at its header read (a shard reads only its own rows' files).
+    sources = frame["path"].str.strip().tolist()
+    labels = _shared(frame["label"].tolist())
+    splits = _shared(frame["split"].str.strip().str.lower().tolist()) if "split" in frame.columns else None
+    extras = frame[extra_columns].to_dict("records") if extra_columns else None
+    del frame
+    for index, (source, label) in enumerate(zip(sources, labels), start=1):
+        checked = _check_row(index, source, label, root)
+        split = splits[index - 1] if splits else ""  # Train and train are one split
         if not isinstance(checked, Failure) and has_splits:
             problem = "empty split (other rows have one)" if not split else label_problem(split)
             if problem:
@@ -160,12 +170,15 @@ def _load_csv(path: Path) -> InputRows:
             log.warning("%s row %d: duplicate of an earlier row (%s, %s); done once", path.name, index, source, label)
             continue
         seen.add((checked, label))
-        rows.append(SourceRow(
-            row=index, source=source, path=checked, label=label,
-            split=split,
-            extra={c: record[c] for c in extra_columns},
-        ))  # fmt: skip
+        extra = extras[index - 1] if extras else NO_EXTRA
+        rows.append(SourceRow(row=index, source=source, path=checked, label=label, split=split, extra=extra))
     return InputRows(rows=rows, failures=failures, root=root, extra_columns=extra_columns)
+
+
+def _shared(values: list[str]) -> list[str]:
+    """The same list with equal strings made one object (labels and splits repeat)."""
+    seen: dict[str, str] = {}
+    return [seen.setdefault(v, v) for v in values]
 
 
 # What Linux allows (PATH_MAX, NAME_MAX); longer is an error of the row, checked before any
@@ -174,6 +187,8 @@ MAX_PATH_BYTES, MAX_COMPONENT_BYTES = 4096, 255
 
 
 def _path_problem(source: str) -> str | None:
+    if len(source) <= MAX_COMPONENT_BYTES // 4:  # a character is at most 4 bytes: nothing to count
+        return None
     size = len(source.encode("utf-8", "surrogateescape"))
     if size > MAX_PATH_BYTES:
         return f"path is {size:,} bytes long, over the {MAX_PATH_BYTES} a path may have"
@@ -183,7 +198,7 @@ def _path_problem(source: str) -> str | None:
     return None
 
 
-def _check_row(index: int, source: str, label: str, root: Path) -> Path | Failure:
+def _check_row(index: int, source: str, label: str, root: Path) -> str | Failure:
     def fail(reason: str, message: str) -> Failure:
         return Failure(index, source, label, reason, f"row {index}: {message}")
 
@@ -197,24 +212,14 @@ def _check_row(index: int, source: str, label: str, root: Path) -> Path | Failur
     if problem:
         return fail("bad_label", problem)
     if os.path.isabs(source):
-        return Path(source)
+        return source
     # Lexical check first: a relative path must stay inside the manifest's folder. (Strings,
     # not Path objects: this runs once per row of a million-row manifest.)
     top = str(root)
     resolved = os.path.normpath(os.path.join(top, source))
     if resolved != top and not resolved.startswith(top.rstrip(os.sep) + os.sep):
         return fail("outside_root", f"relative path {source!r} climbs out of {root}")
-    return Path(resolved)
-
-
-def _file_problem(candidate: Path) -> tuple[str, str] | None:
-    """(reason, message) when the row's file is not a readable file; None when it is."""
-    try:
-        if not candidate.is_file():
-            return "missing", f"file not found: {candidate}"
-    except OSError as err:  # too long for this file system, permission denied on a folder, ...
-        return "unreadable", f"cannot read {candidate}: {err.strerror or err}"
-    return None
+    return resolved
 
 
 # Top-level folders read as splits, as Hugging Face's imagefolder loader reads them.

@@ -44,13 +44,14 @@ from .errors import (
     WorkerFailed,
 )
 from .lock import OutLock, lock_name, mark_ours
-from .manifest import InputRows
+from .manifest import Failure, InputRows
 from .merge import PART_NAME, PARTS, clear_parts, merge, recorded_rows, remove_stale, reusable_rows
 from .plan import Shard, Task, task_keys
 from .prepare import Prepared, prepare
 from .progress import ProgressFn
 from .record import failure_limit, too_many_failures
 from .runner import PartRun, RunLog, RunSummary, order_by_shape
+from .uptodate import record_no_op, up_to_date
 from .weights import NetWeights, check_networks, resolve_for
 
 log = logging.getLogger(__name__)
@@ -173,18 +174,31 @@ def _run_whole(
         log.warning("--workers %d on %d CPU cores: running %d", workers, cores, cores)
         workers = cores
     keys = _keys(config, prepared, weights, out, "main")
+    unchanged = up_to_date(out, config, keys, prepared.failures)
+    if unchanged is not None:  # the nightly re-run of a dataset that has not changed
+        merged = record_no_op(out, unchanged, started, time.time() - started)
+        log.info("%d images up to date, 0 stale removed, 0 to make (OUT left as it was)", len(keys))
+        log.info("main done: 0 images made, %d kept from earlier runs, %d rows failed",
+                 len(keys), merged["counts"]["failed_rows"])  # fmt: skip
+        return _summary(out, len(keys), merged["counts"]["failed_rows"], len(prepared.tasks), started,
+                        weights.identity, resolve_device(config.device), reused=len(keys), skipped=len(keys),
+                        merged=merged)  # fmt: skip
     done = reusable_rows(out, keys)
     previous = _previous_rows(out, keys, done)  # read before _reuse_and_clean clears the parts
-    kept_stale, counts = _reuse_and_clean(config, prepared, out, keys, done)
+    # Header reads before anything is removed: a missing or broken file is a failed row, and
+    # a run that has too many must stop with OUT as it was.
+    ordered = order_by_shape([t for t in prepared.tasks if t.output not in done], config)
+    kept_stale, counts = _reuse_and_clean(config, prepared, out, keys, done, ordered[1])
     interrupted = None
     try:
         if workers > 1:
             _run_workers(config, prepared, out, workers, progress, keys=keys, done=done, kept=kept_stale,
-                         deadline=deadline, previous=previous)  # fmt: skip
+                         deadline=deadline, previous=previous, ordered=ordered)  # fmt: skip
         else:
             timings = {"weights_s": weights_s}
             _run_part(config, prepared, out, "main", weights, prepared.tasks, progress=progress, timings=timings,
-                      keys=keys, done=done, kept=kept_stale, deadline=deadline, previous=previous)  # fmt: skip
+                      keys=keys, done=done, kept=kept_stale, deadline=deadline, previous=previous,
+                      ordered=ordered)  # fmt: skip
     except KeyboardInterrupt:
         interrupted = Interrupted(EXIT_SIGINT, "SIGINT")
     except Stopped as err:
@@ -203,17 +217,21 @@ def _run_whole(
 
 
 def _reuse_and_clean(
-    config: RunConfig, prepared: Prepared, out: Path, keys: dict[str, str], done: dict[str, dict[str, Any]]
+    config: RunConfig,
+    prepared: Prepared,
+    out: Path,
+    keys: dict[str, str],
+    done: dict[str, dict[str, Any]],
+    header_failures: list[Failure],
 ) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
     """Incremental: tasks whose image exists with the same key (``done``) are kept, not redone;
     images of tasks that left the plan are removed (only ones augment recorded). Returns the
     stale rows kept recorded, and the counts for run.json."""
     # Limits first: a run that is going to abort must not remove or clear anything.
     limit = failure_limit(config, prepared)
-    if limit is not None and len(prepared.failures) > limit:
-        raise TooManyFailures(
-            f"{len(prepared.failures)} rows failed up front, more than --max-failures {config.max_failures} allows"
-        )
+    failed = len(prepared.failures) + len(header_failures)
+    if limit is not None and failed > limit:
+        raise TooManyFailures(f"{failed} rows failed up front, more than --max-failures {config.max_failures} allows")
     stale = {
         row["path"]: row for row in recorded_rows(out) if row["path"] not in keys and (out / row["path"]).is_file()
     }
@@ -272,13 +290,15 @@ def _run_part(
     progress: ProgressFn | None = None,
     timings: dict[str, float] | None = None,
     run_token: str | None = None,
+    ordered: tuple[list[list[Task]], list[Failure]] | None = None,
 ) -> Any:
     """Run ``tasks`` as part ``name``; rows in ``done`` are kept, not redone. ``run_token``
-    goes into the part's status file (torchrun ranks: which run made it)."""
+    goes into the part's status file (torchrun ranks: which run made it). ``ordered``: the
+    tasks to do as ``order_by_shape`` gave them, when the caller has read the headers."""
     todo = [t for t in tasks if t.output not in done]
     if done:
         log.info("%s: %d of %d tasks already done, %d to go", name, len(tasks) - len(todo), len(tasks), len(todo))
-    groups, failures = order_by_shape(todo, config)
+    groups, failures = ordered or order_by_shape(todo, config)
     part = PartRun(config, prepared, out, name=name, device=device, progress=progress, keys=keys, deadline=deadline,
                    about={"run": run_token} if run_token else None)  # fmt: skip
     part.timings.update(timings or {})
@@ -325,7 +345,9 @@ def _keys(
     keys = task_keys(tasks, config_hash=config.config_hash(), copy_hash=config.copy_hash(),
                      weights=weights.identity, digest=cache.digest)  # fmt: skip
     try:
-        cache.save(parts / f"{name}{DIGESTS}")
+        own = parts / f"{name}{DIGESTS}"
+        if cache.changed or caches != [own]:  # a no-op re-run leaves it as it was
+            cache.save(own)
         for old in caches if whole else []:
             if old.name != f"{name}{DIGESTS}":
                 old.unlink(missing_ok=True)
@@ -470,19 +492,19 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _run_workers(
     config: RunConfig, prepared: Prepared, out: Path, workers: int, progress: ProgressFn | None,
     *, keys: dict[str, str], done: dict[str, dict[str, Any]], kept: dict[str, dict[str, Any]], deadline: float | None,
-    previous: dict[str, dict[str, Any]] | None = None,
+    previous: dict[str, dict[str, Any]] | None = None, ordered: tuple[list[list[Task]], list[Failure]] | None = None,
 ) -> None:  # fmt: skip
     """N spawned processes pulling source images from one queue (GPUs: one each; CPU: the
     cores split between them). The parent header-reads and orders the work."""
     import multiprocessing as mp
 
-    groups, failures = order_by_shape([t for t in prepared.tasks if t.output not in done], config)
+    groups, failures = ordered or order_by_shape([t for t in prepared.tasks if t.output not in done], config)
     devices = _devices(config, workers)
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    for group in groups:  # the tasks themselves: a worker never plans the job again
-        queue.put(group)
+    for group in groups:  # the tasks themselves, with their keys: a worker never plans the job again
+        queue.put((group, {t.output: keys[t.output] for t in group}))
     for _ in range(workers):
         queue.put(None)
     counter = ctx.Value("d", 0.0)  # images done, with the running ones' share (ProgressFn)
@@ -498,7 +520,7 @@ def _run_workers(
         raise TooManyFailures(too_many_failures(failed.value, config))
     share = WorkerShare(
         config=dataclasses.replace(config, max_failures=limit), inputs=_no_rows(prepared.inputs),
-        needs_weights=prepared.needs_weights, total=len(prepared.tasks), keys=keys, deadline=deadline,
+        needs_weights=prepared.needs_weights, total=len(prepared.tasks), deadline=deadline,
     )  # fmt: skip
     procs = [
         ctx.Process(
@@ -525,6 +547,12 @@ def _run_workers(
             if proc.is_alive():
                 proc.terminate()
             proc.join()
+        # Work no worker took (a --max-seconds window ended, a worker died) is still in the
+        # queue's buffer: without this, exit would wait for ever for someone to read it.
+        queue.cancel_join_thread()
+        # A worker killed mid-write (out of memory, say) leaves its temporary file; every
+        # writer is gone now.
+        _remove_dead_temp_files(out)
     if progress:
         progress(failed_up_front + counter.value, total)
     if limit is not None and failed.value > limit:
@@ -582,7 +610,6 @@ class WorkerShare:
     inputs: InputRows  # the manifest's root and extra columns; no rows
     needs_weights: bool
     total: int  # the job's tasks
-    keys: dict[str, str]
     deadline: float | None
 
 
@@ -596,12 +623,15 @@ def _worker_main(
     _die_with_parent()
     torch.set_num_threads(threads)
     logging.getLogger("augment").setLevel(logging.INFO)
-    config, keys, deadline = share.config, share.keys, share.deadline
+    config, deadline = share.config, share.deadline
     prepared = Prepared(inputs=share.inputs, rows=[], failures=[], styles=[], tasks=[])
     weights = resolve_for(config) if share.needs_weights else NetWeights(None, None)
 
     def groups() -> Any:
-        while (group := queue.get()) is not None:
+        # Each group comes with its tasks' keys: the job's 3 M keys stay in the parent.
+        while (item := queue.get()) is not None:
+            group, keys = item
+            part.keys.update(keys)
             yield group
 
     reported = 0.0
@@ -613,7 +643,7 @@ def _worker_main(
         reported = finished
 
     with RunLog(out / f"run.{name}.log"):
-        part = PartRun(config, prepared, out, name=name, device=device, progress=count, keys=keys, deadline=deadline,
+        part = PartRun(config, prepared, out, name=name, device=device, progress=count, keys={}, deadline=deadline,
                        shared_failures=failed)  # fmt: skip
         part.prefetch = 1
         try:

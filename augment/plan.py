@@ -25,7 +25,7 @@ import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,12 @@ def fit_name(name: str, ext: str) -> str:
 
 
 ORIGINAL = Style("original", Path(), "original", weight=0.0)  # the style of a copied source
+
+
+def blend_name(style: Style, style2: Style | None) -> str:
+    return f"{style.name}+{style2.name}" if style2 else style.name
+
+
 # A number, or a (low, high) range sampled per task.
 Spread = float | tuple[float, float]
 # Mix of the second style in the blends that stand in for repeated styles.
@@ -87,7 +93,7 @@ class PlanOptions:
     blend_repeats: bool = True  # False where "styles" are dream layers: a repeat differs by its seed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a whole job holds millions of tasks
 class Task:
     source: SourceRow
     style: Style
@@ -106,7 +112,7 @@ class Task:
     @property
     def style_name(self) -> str:
         """What the manifest's style column says: ``a``, ``a+b`` for a blend, ``original``."""
-        return f"{self.style.name}+{self.style2.name}" if self.style2 else self.style.name
+        return blend_name(self.style, self.style2)
 
     @property
     def loss_overrides(self) -> dict[str, Any]:
@@ -130,18 +136,19 @@ class Plan:
 
 def stable_hash(*parts: object) -> int:
     """A 63-bit hash that is the same in every process and on every machine."""
-    text = "\0".join(str(p) for p in parts)
+    text = "\0".join(map(str, parts))
     # surrogateescape: a file name that is not UTF-8 (its bytes kept by Python as surrogates)
     # hashes too; every valid name gives the same bytes as plain UTF-8.
     return int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()[:8], "big") >> 1
 
 
-def sample(value: Spread, rng: random.Random, *, log: bool = False) -> float:
+def sample(value: Spread, rng: random.Random | None, *, log: bool = False) -> float:
     """A number as is; a range sampled uniformly (``log``: uniformly in log space, for
     weights that span orders of magnitude)."""
     if not isinstance(value, tuple):
         return float(value)
     low, high = value
+    assert rng is not None, "a range is drawn from the task's generator"
     if log and low > 0:
         return math.exp(rng.uniform(math.log(low), math.log(high)))
     return rng.uniform(low, high)
@@ -157,9 +164,10 @@ def choose_styles(styles: list[Style], count: int, seed: int, source: str) -> li
     pool = [s for s in styles if s.weight > 0]
     chosen: list[Style] = []
     for round_ in range(-(-count // len(pool)) if pool else 0):
-        scores = {s.name: -math.log((stable_hash(seed, source, "draw", s.name, round_) + 0.5) / 2**63) / s.weight
-                  for s in pool}  # fmt: skip
-        chosen += sorted(pool, key=lambda s: scores[s.name])[: count - len(chosen)]
+        # (score, place in the bank): equal scores keep the bank's order.
+        scores = sorted((-math.log((stable_hash(seed, source, "draw", s.name, round_) + 0.5) / 2**63) / s.weight, i)
+                        for i, s in enumerate(pool))  # fmt: skip
+        chosen += [pool[i] for _, i in scores[: count - len(chosen)]]
     return chosen
 
 
@@ -204,30 +212,38 @@ def class_key(row: SourceRow) -> str:
     return f"{row.split}/{row.label}" if row.split else row.label
 
 
-def output_stems(rows: list[SourceRow]) -> dict[SourceRow, str]:
+def output_stems(rows: list[SourceRow], wanted: Callable[[SourceRow], bool] | None = None) -> dict[SourceRow, str]:
     """The stem each source's output names start with: its file's stem, unique within its
     split and label by construction. Two sources with one stem (x.jpg and x.webp, a/x.jpg and
     b/x.jpg) would write the same names: each gets a hash of its source path, made longer
     while it equals another source's own stem (a real x-560ab0.jpg) or another hashed one.
-    Compared case-folded: A.jpg and a.jpg are one file name on macOS and Windows."""
+    Compared case-folded: A.jpg and a.jpg are one file name on macOS and Windows.
 
-    def key(row: SourceRow, stem: str) -> tuple[str, str, str]:
-        return row.split, row.label, stem.casefold()
+    Every row is counted, but only the ``wanted`` ones (a shard's) are returned."""
 
-    natural = {row: _stem(row.source) for row in rows}
-    counts = Counter(key(row, stem) for row, stem in natural.items())
-    taken = {key(row, stem) for row, stem in natural.items() if counts[key(row, stem)] == 1}
+    def key(row: SourceRow, stem: str) -> str:
+        # One string, not a tuple: neither a label nor a split holds "/" (manifest.label_problem).
+        return f"{row.split}/{row.label}/{stem.casefold()}"
+
+    counts = Counter(key(row, _stem(row.source)) for row in rows)
+    hashed: set[str] = set()  # names given to clashing stems so far, in row order
+
+    def taken(name: str) -> bool:
+        return counts.get(name) == 1 or name in hashed
+
     stems = {}
-    for row, stem in natural.items():
+    for row in rows:
+        stem = _stem(row.source)
         if counts[key(row, stem)] > 1:
             digest, digits = f"{stable_hash(row.source):016x}", 6
-            while key(row, f"{stem}-{digest[-digits:]}") in taken:
+            while taken(key(row, f"{stem}-{digest[-digits:]}")):
                 digits += 1
                 if digits > len(digest):  # the whole hash taken too: count on
                     digest = f"{digest}-{digits}"
             stem = f"{stem}-{digest[-digits:]}"
-            taken.add(key(row, stem))
-        stems[row] = stem
+            hashed.add(key(row, stem))
+        if wanted is None or wanted(row):
+            stems[row] = stem
     return stems
 
 
@@ -273,7 +289,7 @@ def plan(
     targets and the round robin are worked out from every row either way, so a shard's tasks
     are exactly the whole plan's tasks of its sources. ``tasks=False``: only the counts
     (``per_source``, targets), for `validate`: a million rows x 3 are 3 M task objects."""
-    stems = output_stems(rows)
+    mine = None if owner is None else owner.owns_source
     ext = FORMAT_EXT[options.fmt]
     pool = [s for s in styles if s.weight > 0]
     base = len(pool) if options.assignment is Assignment.ALL else options.per_image
@@ -290,23 +306,27 @@ def plan(
         return Plan(tasks=[], left_out=left_out, targets=targets, short=_short(rows, counts, targets, options),
                     job_tasks=job_tasks, per_source=per_source, variants=planned)  # fmt: skip
     cycle_at = _cycle_offsets(counts, options.seed) if options.assignment is Assignment.CYCLE else {}
+    stems = output_stems(rows, mine)
+    drawn = any(isinstance(v, tuple) for v in (options.blend, options.alpha, options.style_weight))
+    drawn = drawn or options.blend != 0  # every variant blends: its partner is drawn
     made: list[Task] = []
     left_out = copies = 0
     for row in rows:
+        if row not in counts:
+            left_out += not options.include_originals
+        if row not in stems:  # another part's
+            continue
         stem = stems[row]
         folder = f"images/{row.split}/{row.label}" if row.split else f"images/{row.label}"
 
         def output(style_name: str, k: int, folder: str = folder, stem: str = stem) -> str:
             return f"{folder}/{fit_name(NAME_SEPARATOR.join((stem, style_name, str(k))), ext)}"
 
-        if options.include_originals and (owner is None or owner.owns_source(row)):
+        if options.include_originals:
             made.append(
                 Task(row, ORIGINAL, 0, output("original", 0), stable_hash(options.seed, row.source, "original"))
             )
         if row not in counts:
-            left_out += not options.include_originals
-            continue
-        if owner is not None and not owner.owns_source(row):
             continue
         count = counts[row]
         if options.assignment is Assignment.RANDOM:
@@ -319,20 +339,26 @@ def plan(
         uses: Counter[str] = Counter()
         for style in firsts:
             k, uses[style.name] = uses[style.name], uses[style.name] + 1
-            task_rng = random.Random(stable_hash(options.seed, row.source, "variant", style.name, k))
-            style2, mix = None, sample(options.blend, task_rng)
-            if mix > 0 or (style.name in used and options.blend_repeats):
+            repeat = style.name in used and options.blend_repeats
+            # The task's own generator, made only when something is drawn from it (a million
+            # sources x 3 with fixed settings draw nothing).
+            task_rng = random.Random(stable_hash(options.seed, row.source, "variant", style.name, k)) if (
+                drawn or repeat) else None  # fmt: skip
+            style2, mix = None, sample(options.blend, task_rng)  # type: ignore[arg-type]
+            if mix > 0 or repeat:
+                assert task_rng is not None
                 if mix <= 0:  # a repeat: blend in another style instead of making a copy
                     mix = task_rng.uniform(*REPEAT_MIX)
                 style2 = _partner(pool, style, used, task_rng)
+            style_weight = None if options.style_weight is None else sample(options.style_weight, task_rng, log=True)  # type: ignore[arg-type]
+            name = blend_name(style, style2)
             task = Task(
                 source=row, style=style, k=k, seed=stable_hash(options.seed, row.source, style.name, k),
-                output="", style2=style2, mix=round(mix, 4) if style2 else 0.0,
-                style_weight=None if options.style_weight is None else sample(options.style_weight, task_rng, log=True),
-                alpha=round(sample(options.alpha, task_rng), 4),
+                output=output(name, k),  # the name says which styles
+                style2=style2, mix=round(mix, 4) if style2 else 0.0, style_weight=style_weight,
+                alpha=round(sample(options.alpha, task_rng), 4),  # type: ignore[arg-type]
             )  # fmt: skip
-            task = replace(task, output=output(task.style_name, k))  # the name says which styles
-            used.add(task.style_name)
+            used.add(name)
             # With too few styles to blend (a one-style bank), a repeat is the same image again.
             settings = (task.style_name, task.mix, task.style_weight, task.alpha)
             copies += settings in seen and options.blend_repeats
@@ -390,14 +416,29 @@ def task_keys(
     the task's own sampled settings. An original's key depends only on the source and the
     options that change a copy (size, format, quality)."""
     keys = {}
+    # Per style pair, once: the styles' contents and their styles.yaml loss settings (which
+    # change pixels too), as the strings the hash reads.
+    pairs: dict[tuple[str, str | None], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+    def of_pair(task: Task) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        pair = (task.style.name, task.style2.name if task.style2 else None)
+        if pair not in pairs:
+            styles = [s for s in (task.style, task.style2) if s is not None]
+            contents = tuple(
+                str(digest(s.path)) if s.path.is_file() else s.name for s in styles
+            )  # a dream layer: no file
+            pairs[pair] = (contents, tuple(str(sorted(s.overrides.items())) for s in styles))
+        return pairs[pair]
+
+    path, content = None, ""
     for task in tasks:
+        if task.source.path != path:  # a source's tasks come together
+            path, content = task.source.path, digest(task.source.path)
         if task.original:
-            keys[task.output] = f"{stable_hash(digest(task.source.path), 'original', copy_hash):016x}"
+            keys[task.output] = f"{stable_hash(content, 'original', copy_hash):016x}"
             continue
-        styles = [digest(s.path) if s.path.is_file() else s.name for s in (task.style, task.style2) if s is not None]
-        sampled = (task.mix, task.style_weight, task.alpha)
-        # styles.yaml loss settings change pixels too.
-        overrides = [sorted(s.overrides.items()) for s in (task.style, task.style2) if s is not None]
-        key = stable_hash(digest(task.source.path), *styles, *sampled, *overrides, config_hash, weights, task.seed)
+        styles, overrides = of_pair(task)
+        key = stable_hash(content, *styles, task.mix, task.style_weight, task.alpha, *overrides, config_hash, weights,
+                          task.seed)  # fmt: skip
         keys[task.output] = f"{key:016x}"
     return keys

@@ -7,6 +7,11 @@ For each N it reports:
 - one shard (`--shard 0/S`): seconds to its first image, in all, peak memory;
 - the same shard re-run, nothing to do: seconds, peak memory, and how many source images it
   opened (and their bytes), counted by an audit hook on open();
+- a re-run of a whole finished OUT, nothing to do (the OUT synthesized as the run would leave
+  it: every task's row and key, its image a hard link to one the shard made): the same figures;
+- `--workers 1` and `--workers 2` on the whole job, stopped by `--max-seconds` (max(60, N/5000))
+  after its planning, keys, header reads and some images: the peak memory of the process tree,
+  as RSS and as PSS;
 - a checkpoint of a part that holds N rows: the seconds of what a part writes while it runs
   (before issue 22: its whole manifest, rewritten every 30 s; since: one fsynced journal line
   per image, timed over 100 images);
@@ -87,6 +92,48 @@ def augment(work: Path, *argv: str, first_image: Path | None = None) -> dict[str
     return found
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                todo += [int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def _memory_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_memory(work: Path, *argv: str) -> dict[str, object]:
+    """``augment ARGV`` with its workers: the peak of the whole process tree's memory, as RSS
+    (shared library pages counted in every process) and as PSS (each shared page split among
+    the processes that map it: what the tree costs the machine)."""
+    command = [sys.executable, "-m", "augment", *argv]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=work, env={**os.environ, "PYTHONPATH": str(REPO)})
+    peak_rss = peak_pss = processes = 0
+    while proc.poll() is None:
+        tree = _tree(proc.pid)
+        processes = max(processes, len(tree))
+        peak_rss = max(peak_rss, sum(_memory_kb(p, "Rss") for p in tree))
+        peak_pss = max(peak_pss, sum(_memory_kb(p, "Pss") for p in tree))
+        time.sleep(0.2)
+    return {"code": proc.returncode, "seconds": round(time.perf_counter() - t0, 2), "processes": processes,
+            "peak_rss_mb": round(peak_rss / 1e3), "peak_pss_mb": round(peak_pss / 1e3)}  # fmt: skip
+
+
 def make_rows(work: Path, rows: int) -> Path:
     photos = sorted(p for p in PHOTOS.glob("*/*.jpg"))
     src = work / "src"
@@ -165,6 +212,52 @@ def synthesize_shards(out: Path, part: str, shards: int, rows: int, target: Path
         (target / "parts" / f"{name}.json").write_text(json.dumps({**info, "part": name, "counts": counts}))
 
 
+def finished_out(out: Path, part: str, target: Path) -> int:
+    """``target`` as a finished whole run of the job would leave it, without running the
+    network: every planned task's row (the real shard's row as a template, with the task's own
+    path, source, style and key), every image (a hard link to one real image), the digest
+    cache, the merged manifest. A re-run of the same command then has nothing to do. Returns
+    the number of images."""
+    sys.path.insert(0, str(REPO))
+    from augment.config import build_config
+    from augment.lock import mark_ours
+    from augment.manifest import write_csv
+    from augment.merge import merge
+    from augment.parallel import _keys
+    from augment.prepare import prepare
+    from augment.weights import resolve_for
+
+    run = json.loads((out / "parts" / f"{part}.json").read_text())
+    config = build_config(None, **{**run["config"], "shard": None, "out": str(target)})
+    with open(out / "parts" / f"{part}.manifest.csv", newline="") as handle:
+        made = list(csv.DictReader(handle))
+    template = made[0]
+    prepared = prepare(config)
+    (target / "parts").mkdir(parents=True)
+    mark_ours(target)
+    keys = _keys(config, prepared, resolve_for(config), target, "main")  # and the digest cache
+    folders = set()
+    rows = []
+    for i, task in enumerate(prepared.tasks):
+        image = out / made[i % len(made)]["path"]  # a file takes at most 65,000 links (ext4)
+        folder = (target / task.output).parent
+        if folder not in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            folders.add(folder)
+        os.link(image, target / task.output)
+        rows.append({**template, "path": task.output, "source": task.source.source, "label": task.source.label,
+                     "split": task.source.split, "style": task.style_name, "k": task.k, "seed": task.seed,
+                     "key": keys[task.output]})  # fmt: skip
+    rows.sort(key=lambda r: r["path"])
+    write_csv(target / "parts" / "main.manifest.csv", rows, list(template))
+    (target / "parts" / "main.failures.csv").write_text("row,path,label,reason,message\n")
+    counts = {"tasks": len(rows), "written": len(rows), "failed_rows": 0}
+    info = {**run, "part": "main", "config": config.to_dict(), "counts": counts}
+    (target / "parts" / "main.json").write_text(json.dumps(info))
+    merge([target], expected_hash=f"{config.config_hash()}/{config.plan_hash()}")
+    return len(rows)
+
+
 def measure(rows: int, shards: int, base: Path) -> dict[str, object]:
     work = base / f"n{rows}"
     work.mkdir(parents=True, exist_ok=True)
@@ -185,6 +278,20 @@ def measure(rows: int, shards: int, base: Path) -> dict[str, object]:
     shutil.rmtree(merged, ignore_errors=True)
     synthesize_shards(work / "out", part, shards, 3 * rows, merged)
     found["merge"] = augment(work, "merge", str(merged))
+    shutil.rmtree(merged)
+    whole = work / "whole"
+    shutil.rmtree(whole, ignore_errors=True)
+    finished_out(work / "out", part, whole)
+    found["whole_rerun"] = augment(work, "run", *common, "--out", str(whole))
+    shutil.rmtree(whole)
+    # --workers: the whole job (every row read, planned, keyed and header-read), then a window
+    # of work, stopped by --max-seconds.
+    seconds = str(max(60, rows // 5000))
+    for workers in (1, 2):
+        shutil.rmtree(work / "w", ignore_errors=True)
+        found[f"workers_{workers}"] = tree_memory(work, "run", *common, "--out", str(work / "w"), "--max-seconds",
+                                                  seconds, "--workers", str(workers))  # fmt: skip
+        found[f"workers_{workers}"]["images"] = json.loads((work / "w" / "run.json").read_text())["counts"]["written"]
     print(json.dumps(found), file=sys.stderr)
     return found
 

@@ -404,14 +404,20 @@ def test_a_reader_gone_from_stderr_ends_the_messages_not_the_run(tmp_path: Path)
 
 @pytest.mark.slow
 def test_max_seconds_with_workers_is_exit_75_with_the_finished_images_listed(tmp_path: Path) -> None:
+    import os
     import subprocess
     import sys
 
     manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
+    # Work left in the queue, more than its pipe holds: the parent must still exit (it once
+    # waited for ever at exit for its queue to be read).
+    for i in range(400):
+        os.link(manifest.parent / "ants" / "a1.png", manifest.parent / "ants" / f"c{i}.png")
+    manifest.write_text(manifest.read_text() + "".join(f"ants/c{i}.png,ants\n" for i in range(400)))
     command = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(styles), "--out", str(out),
                "--weights", "random", "--size", "32", "--iterations", "100000000", "--per-image", "2",
                "--include-originals", "--batch-size", "1", "--workers", "2", "--max-seconds", "6", "-q"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 75, done.stderr  # the cron pattern: the next run carries on
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["status"] == "budget" and run_json["exit_code"] == 75

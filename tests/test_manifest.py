@@ -22,8 +22,8 @@ def test_reads_rows_with_relative_and_absolute_paths(tmp_path: Path) -> None:
     _write(manifest, manifest.read_text() + f"{absolute},bees\n")
     inputs = load_input(manifest)
     assert [r.label for r in inputs.rows] == ["ants", "ants", "bees", "bees"]
-    assert inputs.rows[0].path == (manifest.parent / "ants" / "a1.png").resolve()
-    assert inputs.rows[3].path == absolute and inputs.rows[3].source == str(absolute)
+    assert Path(inputs.rows[0].path) == (manifest.parent / "ants" / "a1.png").resolve()
+    assert inputs.rows[3].path == str(absolute) and inputs.rows[3].source == str(absolute)
     assert inputs.failures == []
 
 
@@ -47,8 +47,10 @@ def test_row_problems_become_failures_and_the_rest_survive(tmp_path: Path) -> No
     ]) + "\n")  # fmt: skip
     inputs = load_input(manifest)
     reasons = {f.row: f.reason for f in inputs.failures}
-    assert reasons == {2: "missing", 3: "bad_label", 4: "bad_label", 5: "outside_root", 6: "bad_label", 7: "missing"}
-    assert [(r.row, r.label) for r in inputs.rows] == [(1, "cat"), (8, "Ödön")]
+    assert reasons == {3: "bad_label", 4: "bad_label", 5: "outside_root", 6: "bad_label", 7: "missing"}
+    # A file that is not there is found by the header read of the part that owns the row
+    # (test_cli's broken-rows test): reading the manifest opens no file.
+    assert [(r.row, r.label) for r in inputs.rows] == [(1, "cat"), (2, "cat"), (8, "Ödön")]
     assert all(f.message.startswith(f"row {f.row}:") for f in inputs.failures)
 
 

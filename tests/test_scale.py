@@ -39,7 +39,7 @@ def _audit(event: str, args: tuple[object, ...]) -> None:
 sys.addaudithook(_audit)
 
 
-def _run(manifest: Path, styles: Path, out: Path, *extra: str) -> tuple[dict[str, object], list[str]]:
+def _run(manifest: Path, styles: Path, out: Path, *extra: str, code: int = 0) -> tuple[dict[str, object], list[str]]:
     """One in-process run: its JSON summary and the files under the dataset it opened."""
     global _OPENED
     _OPENED = []
@@ -48,7 +48,7 @@ def _run(manifest: Path, styles: Path, out: Path, *extra: str) -> tuple[dict[str
                                           "--per-image", "1", "--json", *FAST, *extra])  # fmt: skip
     finally:
         opened, _OPENED = _OPENED, None
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == code, result.output
     data = manifest.parent
     sources = [p for p in opened if Path(p).is_relative_to(data) and Path(p).suffix in (".png", ".jpg")]
     return json.loads(result.stdout.strip().splitlines()[-1]), sources
@@ -239,3 +239,34 @@ def test_validates_counts_without_tasks_are_the_plans_counts() -> None:
             full.short,
             sum(not t.original for t in full.tasks),
         )
+
+
+def _stamps(out: Path) -> dict[str, int]:
+    """Modification times of what a run writes besides run.json."""
+    files = [out / "manifest.csv", out / "failures.csv", *sorted((out / "parts").iterdir())]
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in files}
+
+
+def test_an_up_to_date_out_is_left_as_it_was_and_any_difference_takes_the_general_path(tmp_path: Path) -> None:
+    manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
+    good = manifest.read_text()
+    manifest.write_text(good + "gone/../../x.png,ants\n")  # a row that fails up front
+    first, _ = _run(manifest, styles, out, code=1)
+    before, listed = _stamps(out), (out / "manifest.csv").read_bytes()
+    again, _ = _run(manifest, styles, out, code=1)
+    assert again["skipped"] == again["images"] == first["images"] and again["written"] == 0
+    assert _stamps(out) == before and (out / "manifest.csv").read_bytes() == listed  # nothing rewritten
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["exit_code"] == 1 and run["counts"]["skipped"] == first["images"]
+    # Another row fails now instead (same count): failures.csv must say which.
+    manifest.write_text(good + "../y.png,ants\n")
+    _run(manifest, styles, out, code=1)
+    assert "../y.png" in (out / "failures.csv").read_text() and "gone/" not in (out / "failures.csv").read_text()
+    # An image gone: made again.
+    victim = sorted((out / "images").rglob("*.png"))[0]
+    victim.unlink()
+    redo, _ = _run(manifest, styles, out, code=1)
+    assert victim.is_file() and redo["written"] == 1
+    # Another option (an export asked for): the general path builds it.
+    _run(manifest, styles, out, "--webdataset", code=1)
+    assert list((out / "webdataset").glob("*.tar"))
