@@ -18,6 +18,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 IO_THREADS = 16  # enough to hide 1-5 ms per operation; a waiting thread costs no CPU
+CHUNK = 256  # items per pool task: not a million task objects for a million files
 SAMPLE = 64  # items timed in this thread first
 WAITS_OVER_S = 0.5e-3  # per item: more than this is waiting on storage, not computing
 
@@ -38,4 +39,11 @@ def in_threads(work: Callable[[T], R], items: Sequence[T]) -> list[R]:
         return results + [work(item) for item in rest]
     from joblib import Parallel, delayed  # imported on first use: ~0.1 s of start-up
 
-    return results + Parallel(n_jobs=IO_THREADS, prefer="threads", batch_size=64)(delayed(work)(i) for i in rest)
+    size = max(1, min(CHUNK, len(rest) // (4 * IO_THREADS)))  # a few chunks per thread at least
+    chunks = (rest[i : i + size] for i in range(0, len(rest), size))
+    done = Parallel(n_jobs=IO_THREADS, prefer="threads")(delayed(_each)(work, chunk) for chunk in chunks)
+    return results + [result for chunk in done for result in chunk]
+
+
+def _each(work: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    return [work(item) for item in items]

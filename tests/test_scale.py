@@ -159,10 +159,11 @@ def test_a_worker_is_handed_its_tasks_and_never_plans_the_job(tmp_path: Path, mo
     monkeypatch.setattr(parallel, "prepare", no_second_plan)
     monkeypatch.setattr(parallel, "_die_with_parent", lambda: None)  # this is the test process
     share = parallel.WorkerShare(config=config, inputs=parallel._no_rows(prepared.inputs), needs_weights=True,
-                                 total=len(prepared.tasks), keys={}, deadline=None)  # fmt: skip
+                                 total=len(prepared.tasks), deadline=None)  # fmt: skip
     work: queue.Queue[object] = queue.Queue()
+    keys = {t.output: f"key{i}" for i, t in enumerate(prepared.tasks)}
     for group in order_by_shape(prepared.tasks, config)[0]:
-        work.put(group)
+        work.put((group, {t.output: keys[t.output] for t in group}))  # each group with its keys
     work.put(None)
     done, failed = multiprocessing.Value("d", 0.0), multiprocessing.Value("i", 0)
     threads = torch.get_num_threads()
@@ -170,8 +171,10 @@ def test_a_worker_is_handed_its_tasks_and_never_plans_the_job(tmp_path: Path, mo
         parallel._worker_main(share, out, "worker-0-of-1", "cpu", threads, work, done, failed)
     finally:
         torch.set_num_threads(threads)
-    made = sorted(r["path"] for r in part_rows(out, "worker-0-of-1"))
+    rows = part_rows(out, "worker-0-of-1")
+    made = sorted(r["path"] for r in rows)
     assert made == sorted(t.output for t in prepared.tasks) and len(made) == 6
+    assert all(r["key"] == keys[r["path"]] for r in rows)  # the keys came with the groups
     assert done.value == 6 and all((out / path).is_file() for path in made)
 
 
