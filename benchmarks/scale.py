@@ -64,7 +64,10 @@ def child(result: Path, sources: str, argv: list[str]) -> None:
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else 0
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not ru_maxrss: Linux carries a process's pre-exec peak into ru_maxrss, so a child
+    # started by this (by then large) benchmark process would report the benchmark's memory.
+    status = Path("/proc/self/status").read_text()
+    peak = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     sizes = sum(os.path.getsize(p) for p in opened if os.path.exists(p))
     result.write_text(json.dumps({"code": code, "seconds": round(seconds, 2), "peak_mb": round(peak / 1e6),
