@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -494,14 +495,13 @@ def _run_workers(
     *, keys: dict[str, str], done: dict[str, dict[str, Any]], kept: dict[str, dict[str, Any]], deadline: float | None,
     previous: dict[str, dict[str, Any]] | None = None, ordered: tuple[list[list[Task]], list[Failure]] | None = None,
 ) -> None:  # fmt: skip
-    """N spawned processes pulling source images from one queue (GPUs: one each; CPU: the
+    """N worker processes pulling source images from one queue (GPUs: one each; CPU: the
     cores split between them). The parent header-reads and orders the work."""
-    import multiprocessing as mp
 
     groups, failures = ordered or order_by_shape([t for t in prepared.tasks if t.output not in done], config)
     devices = _devices(config, workers)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = mp.get_context("spawn")
+    ctx = _worker_context()
     queue = ctx.Queue()
     for group in groups:  # the tasks themselves, with their keys: a worker never plans the job again
         queue.put((group, {t.output: keys[t.output] for t in group}))
@@ -521,6 +521,7 @@ def _run_workers(
     share = WorkerShare(
         config=dataclasses.replace(config, max_failures=limit), inputs=_no_rows(prepared.inputs),
         needs_weights=prepared.needs_weights, total=len(prepared.tasks), deadline=deadline,
+        environ=dict(os.environ),
     )  # fmt: skip
     procs = [
         ctx.Process(
@@ -577,6 +578,20 @@ def _check_workers(procs: list[Any], out: Path, config: RunConfig) -> None:
         raise BudgetExhausted(config.max_seconds or 0.0)
 
 
+def _worker_context() -> Any:
+    """Workers are forked from a server process that has imported torch and augment once
+    (multiprocessing's forkserver): they share those ~300 MB of pages instead of each making
+    its own, as spawned processes do. The server never touches CUDA or runs a torch op, so a
+    fork from it is as safe as a spawn. Spawn where there is no fork (Windows)."""
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["augment.parallel"])  # no effect once the server runs
+    return ctx
+
+
 def _devices(config: RunConfig, workers: int) -> list[str]:
     if config.devices:
         listed = [d.strip() for d in config.devices.split(",") if d.strip()]
@@ -602,7 +617,7 @@ def _die_with_parent() -> None:
 
 @dataclass(frozen=True)
 class WorkerShare:
-    """What a spawned worker is handed: the job's settings and facts, not its rows or plan
+    """What a worker is handed: the job's settings and facts, not its rows or plan
     (the tasks come through the queue), so a worker's memory and start-up do not grow with
     the job. ``config.max_failures`` is the job's limit as a number of rows."""
 
@@ -611,6 +626,9 @@ class WorkerShare:
     needs_weights: bool
     total: int  # the job's tasks
     deadline: float | None
+    # The server a worker is forked from started with the first run's environment (TORCH_HOME,
+    # say); a worker takes the current one, as a spawned process would. (Paths are absolute.)
+    environ: dict[str, str]
 
 
 def _no_rows(inputs: InputRows) -> InputRows:
@@ -621,6 +639,11 @@ def _worker_main(
     share: WorkerShare, out: Path, name: str, device: str, threads: int, queue: Any, done: Any, failed: Any
 ) -> None:
     _die_with_parent()
+    # What the server imported stays shared only while no one writes to it: the collector
+    # would (it marks every object it visits).
+    gc.freeze()
+    os.environ.clear()
+    os.environ.update(share.environ)
     torch.set_num_threads(threads)
     logging.getLogger("augment").setLevel(logging.INFO)
     config, deadline = share.config, share.deadline

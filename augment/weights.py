@@ -40,10 +40,14 @@ DOWNLOAD_TIMEOUT_S = 60
 
 @dataclass(frozen=True)
 class ResolvedWeights:
-    state_dict: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor] | Callable[[], dict[str, torch.Tensor]]  # or what makes them
     flavour: Flavour
     identity: str  # name@short-sha256, written into run.json and every manifest row
     location: str  # a path, or "random"
+
+    @property
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.tensors() if callable(self.tensors) else self.tensors
 
 
 # Networks augment uses: VGG19 for style transfer, GoogLeNet for Deep Dream.
@@ -90,15 +94,24 @@ def detect_flavour(path: Path, requested: WeightsFlavour) -> Flavour:
     return Flavour.TORCHVISION
 
 
-@functools.lru_cache(maxsize=2)
-def _random_weights(model: str = "vgg19") -> ResolvedWeights:
+def _random_tensors(model: str) -> dict[str, torch.Tensor]:
     if model == "googlenet":
         from .engines.googlenet import random_state_dict as random_googlenet
 
-        state = random_googlenet(RANDOM_SEED)
-    else:
-        state = random_state_dict(RANDOM_SEED)
-    return ResolvedWeights(state, Flavour.TORCHVISION, f"random@{tensors_sha256(state)[:12]}", RANDOM)
+        return random_googlenet(RANDOM_SEED)
+    return random_state_dict(RANDOM_SEED)
+
+
+@functools.lru_cache(maxsize=2)
+def _random_identity(model: str) -> str:
+    return f"random@{tensors_sha256(_random_tensors(model))[:12]}"
+
+
+def _random_weights(model: str = "vgg19") -> ResolvedWeights:
+    """Made again (0.2 s) each time a network is built, so that no process holds them beside
+    the network's own copy: they are not a file that processes could share (80 MB each)."""
+    return ResolvedWeights(functools.partial(_random_tensors, model), Flavour.TORCHVISION, _random_identity(model),
+                           RANDOM)  # fmt: skip
 
 
 # The heads no engine runs: VGG19's classifier is 120 M of its 144 M parameters (~480 MB).

@@ -9,12 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
+from augment.engines.vgg import random_state_dict
 from augment.manifest import SourceRow
 from augment.parallel import Shard
 from augment.plan import plan_tasks
 from augment.styles import Style
+from augment.weights import cached_vgg19
 
 from .test_cli import invoke
 
@@ -185,3 +188,32 @@ def test_ranks_finishing_far_apart_still_merge_under_a_tiny_process_group_timeou
     rows = pd.read_csv(out / "manifest.csv")
     assert len(rows) == 3 * 3 and {p.name for p in (out / "parts").glob("rank-*.json")} == {
         "rank-0-of-2.json", "rank-1-of-2.json"}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_workers_of_a_later_run_see_its_environment(
+    dataset: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Workers are forked from a server that the first run started, with that run's
+    # environment: a later run's TORCH_HOME (where the hub cache is) must still be its own, as
+    # it would be for spawned workers; and its relative paths its own.
+    manifest, styles = dataset
+    first, later = tmp_path / "first", tmp_path / "later"
+    first.mkdir()
+    later.mkdir()
+    fast = ["--size", "32", "--iterations", "1", "--per-image", "1", "--limit", "2", "--workers", "2"]
+
+    def run(folder: Path, out: str, *weights: str) -> None:
+        monkeypatch.chdir(folder)
+        code, _, err = invoke("run", manifest, "--styles", styles, "--out", out, *fast, *weights)
+        assert code == 0, err
+        assert len(pd.read_csv(folder / out / "manifest.csv")) == 2
+
+    run(first, "out", "--weights", "random")  # starts the server here
+    torch.save(random_state_dict(5), later / "vgg19.pth")
+    run(later, "relative", "--weights", "vgg19.pth")
+    monkeypatch.setenv("TORCH_HOME", str(later / "home"))
+    cached = later / "home" / "hub" / "checkpoints" / cached_vgg19().name
+    cached.parent.mkdir(parents=True)
+    (later / "vgg19.pth").rename(cached)
+    run(later, "cached")  # no --weights: the hub cache, which only TORCH_HOME names

@@ -4,6 +4,7 @@ sources. The figures themselves come from benchmarks/scale.py, not from timed te
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -159,7 +160,7 @@ def test_a_worker_is_handed_its_tasks_and_never_plans_the_job(tmp_path: Path, mo
     monkeypatch.setattr(parallel, "prepare", no_second_plan)
     monkeypatch.setattr(parallel, "_die_with_parent", lambda: None)  # this is the test process
     share = parallel.WorkerShare(config=config, inputs=parallel._no_rows(prepared.inputs), needs_weights=True,
-                                 total=len(prepared.tasks), deadline=None)  # fmt: skip
+                                 total=len(prepared.tasks), deadline=None, environ=dict(os.environ))  # fmt: skip
     work: queue.Queue[object] = queue.Queue()
     keys = {t.output: f"key{i}" for i, t in enumerate(prepared.tasks)}
     for group in order_by_shape(prepared.tasks, config)[0]:
@@ -171,6 +172,7 @@ def test_a_worker_is_handed_its_tasks_and_never_plans_the_job(tmp_path: Path, mo
         parallel._worker_main(share, out, "worker-0-of-1", "cpu", threads, work, done, failed)
     finally:
         torch.set_num_threads(threads)
+        gc.unfreeze()  # a worker freezes what its server imported; this is the test process
     rows = part_rows(out, "worker-0-of-1")
     made = sorted(r["path"] for r in rows)
     assert made == sorted(t.output for t in prepared.tasks) and len(made) == 6

@@ -405,17 +405,20 @@ def test_max_seconds_stops_cleanly_with_exit_75_and_the_next_run_resumes(
 
 
 def _workers_of(pid: int) -> set[int]:
-    """The spawned worker processes of ``pid`` (not multiprocessing's resource tracker)."""
-    found = set()
+    """The worker processes of ``pid``: the children of its fork server (or, where workers are
+    spawned, its own children that run spawn_main; never multiprocessing's resource tracker)."""
+    parents: dict[int, tuple[int, bytes]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (stat.parent / "cmdline").read_bytes()
+            parents[int(stat.parent.name)] = (ppid, (stat.parent / "cmdline").read_bytes())
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == pid and b"spawn_main" in cmdline:
-            found.add(int(stat.parent.name))
-    return found
+    servers = {p for p, (ppid, cmdline) in parents.items() if ppid == pid and b"forkserver" in cmdline}
+    return {
+        p for p, (ppid, cmdline) in parents.items()
+        if ppid in servers or (ppid == pid and b"spawn_main" in cmdline)
+    }  # fmt: skip
 
 
 def _alive(pid: int) -> bool:
