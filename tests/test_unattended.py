@@ -270,11 +270,13 @@ def test_a_full_disk_or_read_only_out_stops_with_exit_3_and_one_line_leaving_no_
         f"{sys.executable} -m augment run {manifest} --styles {styles} --out {out} "
         "--weights random --size 64 --iterations 2 --per-image 2 -q"
     )
-    # A private 40 KiB file system on OUT: room for two or three images. The copy to `kept`
+    # A private 64 KiB file system on OUT (tmpfs counts 4 KiB pages: ~8 of bookkeeping files,
+    # 2 an image): room for three or four of the six images, so that the first image's
+    # journal line always fits (at 40 KiB the disk could fill there). The copy to `kept`
     # shows what was on the full disk; then the disk grows and the same run finishes; then
     # the file system turns read-only and a run that has work to do stops.
     script = (
-        f"mount -t tmpfs -o size=40k tmpfs {out} && {{ {run} 2>{tmp_path}/err1; echo $? >{tmp_path}/code1; "
+        f"mount -t tmpfs -o size=64k tmpfs {out} && {{ {run} 2>{tmp_path}/err1; echo $? >{tmp_path}/code1; "
         f"cp -a {out} {kept}; mount -o remount,size=10m {out}; {run} 2>{tmp_path}/err2; echo $? >{tmp_path}/code2; "
         f"cp -a {out}/. {kept}-after; mount -o remount,ro {out}; {run} --per-image 3 2>{tmp_path}/err3; echo $? "
         f">{tmp_path}/code3; }}"
@@ -293,7 +295,9 @@ def test_a_full_disk_or_read_only_out_stops_with_exit_3_and_one_line_leaving_no_
     assert len(rows) == 6 and set(rows["path"]) == {
         p.relative_to(after).as_posix() for p in files_under(after / "images")
     }
-    assert 1 <= json.loads((after / "run.json").read_text())["counts"]["skipped"] <= len(images)  # kept, not redone
+    recorded = len((kept / "parts" / "main.journal.jsonl").read_text().splitlines())
+    assert 1 <= recorded <= len(images)
+    assert json.loads((after / "run.json").read_text())["counts"]["skipped"] == recorded  # kept, not redone
     # A read-only OUT: the same exit and one line.
     assert (tmp_path / "code3").read_text().strip() == "3"
     err = (tmp_path / "err3").read_text().strip().splitlines()
