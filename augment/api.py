@@ -15,7 +15,7 @@ from .engines.precision import resolve_precision, use_channels_last
 from .engines.transfer import Finish
 from .engines.transfer import stylize as _stylize
 from .errors import ConfigError
-from .images import load_rgb, resize_long_side, to_image, to_rgb, to_tensor
+from .images import load_rgb, resize_long_side, resize_to, to_image, to_rgb, to_tensor
 from .parallel import run as _run
 from .progress import ProgressFn
 from .runner import RunSummary
@@ -95,8 +95,9 @@ class Stylizer:
             raise ConfigError(f"unknown style {style!r}: known are {', '.join(sorted(self.styles))}")
         config = self.config
         content = to_rgb(image) if isinstance(image, Image.Image) else load_rgb(image)
-        sizes = config.stage_sizes(config.long_side(*content.size))
-        contents = [to_tensor(resize_long_side(content, size)).to(self.device) for size in sizes]
+        shapes = config.stage_shapes(*content.size)  # as in run: the same images
+        contents = [to_tensor(resize_to(content, shape)).to(self.device) for shape in shapes]
+        sizes = [max(shape) for shape in shapes]
         style_image = self.styles[style]  # at --style-scale times the content's size, as in run
         styles = [[to_tensor(resize_long_side(style_image, config.style_size(size))).to(self.device)] for size in sizes]
         result = _stylize(

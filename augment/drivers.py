@@ -292,13 +292,18 @@ class GatysDriver:
 
     def run(self, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn) -> None:
         t0 = time.perf_counter()
-        batcher = self._batcher(self.precision)
-        retry = self._pass(batcher, groups, decode, emit)
+        batchers = [self._batcher(self.precision)]
+        retry = self._pass(batchers[0], groups, decode, emit)
         if retry:  # mixed precision overflowed for these: redo them in fp32
             log.warning("%d images had a non-finite loss in %s; redoing them in fp32", len(retry), self.precision.value)
-            self._pass(self._batcher(Precision.FP32), group_by_source(retry), decode, emit)
-        self.timings.update(compute_s=time.perf_counter() - t0, batch_size=self.batch_size,
-                            oom_backoffs=batcher.oom_events)  # fmt: skip
+            batchers.append(self._batcher(Precision.FP32))
+            self._pass(batchers[-1], group_by_source(retry), decode, emit)
+        self.timings.update(
+            compute_s=time.perf_counter() - t0, batch_size=self.batch_size,
+            oom_backoffs=sum(b.oom_events for b in batchers),
+            # Summed over parts by the merge into run.json's batch_fill.
+            image_steps=sum(b.image_steps for b in batchers), slot_steps=sum(b.slot_steps for b in batchers),
+        )  # fmt: skip
         if self.device.type == "cuda":
             self.timings["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 1e6
 

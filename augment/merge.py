@@ -290,6 +290,8 @@ def _run_json(
     working = [info for _, info in infos if info["counts"]["tasks"]]  # not the failures-only part
     exit_code = interrupted.exit_code if interrupted else EXIT_SOME_FAILED if failed or missing else EXIT_OK
     compute = sum(info["timings"].get("compute_s", 0.0) for _, info in infos)
+    slot_steps = sum(info["timings"].get("slot_steps", 0) for _, info in infos)
+    image_steps = sum(info["timings"].get("image_steps", 0) for _, info in infos)
     reason = "failed rows" if failed else "all done"
     reason = f"incomplete: {'; '.join(missing)}" if missing else reason
     return {
@@ -319,6 +321,8 @@ def _run_json(
             "compute_s": round(compute, 3),
             "seconds": max((info["timings"].get("seconds", 0.0) for info in working), default=0.0),
             "seconds_per_image": round(compute / written, 3) if written else None,
+            # Images per VGG19 pass over what the pass had room for (shape buckets, batching).
+            "batch_fill": round(image_steps / slot_steps, 3) if slot_steps else None,
         },
     }
 

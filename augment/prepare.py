@@ -16,7 +16,7 @@ from pathlib import Path
 from .atomic import OUT_FOLDERS
 from .config import Engine, RunConfig
 from .errors import ConfigError, OutputError
-from .images import ImageProblem, fit_long_side, probe_all
+from .images import ImageProblem, probe_all
 from .lock import check_ours
 from .manifest import Failure, InputRows, SourceRow, load_input
 from .plan import Plan, PlanTooLarge, Shard, Task, class_key, plan
@@ -167,7 +167,7 @@ def validate(config: RunConfig) -> Validation:
             prepared.failures.append(Failure(row.row, row.source, row.label, found.reason, f"row {row.row}: {found}"))
             continue
         good.append(row)
-        out_w, out_h = fit_long_side(*found, config.long_side(*found))
+        out_w, out_h = config.output_shape(*found)
         pixels_per_source[row] = out_w * out_h
     prepared.rows = good
     per_source = prepared.plan.per_source if prepared.plan else {}

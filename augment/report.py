@@ -49,6 +49,9 @@ TIMINGS = {
     "seconds_per_image": "Computing, per image",
     "batch_size": "Batch size",
     "oom_backoffs": "Batch halvings (out of memory)",
+    "batch_fill": "Mean batch fill (images per pass / batch size)",
+    "image_steps": "Image iterations",
+    "slot_steps": "Batch slots offered (passes x batch size)",
     "peak_memory_mb": "Peak GPU memory",
 }
 

@@ -28,7 +28,7 @@ from .drivers import CopyDriver, DreamDriver, Failed, GatysDriver, Made, describ
 from .engines.precision import resolve_precision
 from .engines.vgg import Flavour
 from .errors import Interrupted, Stopped
-from .images import ImageProblem, fit_long_side, load_rgb, probe_all, resize_long_side, to_tensor
+from .images import ImageProblem, load_rgb, probe_all, resize_to, to_tensor
 from .manifest import Failure, SourceRow
 from .plan import Task
 from .prepare import Prepared
@@ -110,7 +110,7 @@ def order_by_shape(tasks: list[Task], config: RunConfig) -> tuple[list[list[Task
         if isinstance(found, ImageProblem):
             failures.append(Failure(s.row, s.source, s.label, found.reason, f"row {s.row}: {found}"))
             continue
-        out_w, out_h = fit_long_side(*found, config.long_side(*found))
+        out_w, out_h = config.output_shape(*found)
         shapes[s] = (out_h, out_w)
     ordered = sorted((s for s in groups if s in shapes), key=lambda s: shapes[s])  # stable: task order within a shape
     return [groups[s] for s in ordered], failures
@@ -282,8 +282,7 @@ class PartRun:
             image = load_rgb(source.path, max_pixels=self.config.max_pixels)
         except ImageProblem as err:
             return err
-        sizes = self.config.stage_sizes(self.config.long_side(*image.size))
-        return [to_tensor(resize_long_side(image, size)) for size in sizes]
+        return [to_tensor(resize_to(image, shape)) for shape in self.config.stage_shapes(*image.size)]
 
     def _row(self, made: Made) -> dict[str, Any]:
         return manifest_row(

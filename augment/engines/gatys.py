@@ -323,6 +323,9 @@ class GatysBatcher:
         self.channels_last = channels_last
         self.device = next(net.parameters()).device
         self.oom_events = 0
+        # Batch fill: images stepped over slots offered, summed over passes (image_steps /
+        # slot_steps is the mean fill a user sees in run.json).
+        self.image_steps = self.slot_steps = 0
 
     # -- public -------------------------------------------------------------------------------
     def run(self, jobs: Iterable[Job]) -> Iterator[Result]:
@@ -371,6 +374,8 @@ class GatysBatcher:
                 active.append(index)
             try:
                 finished = self._iterate(slots, sorted(active))
+                self.image_steps += len(active)
+                self.slot_steps += capacity
             except torch.cuda.OutOfMemoryError:
                 capacity = next_batch_size(capacity)
                 if capacity == 0:
