@@ -106,7 +106,7 @@ class RunConfig:
     preserve_color: bool = _opt(False, "Keep the source's colours: only the luminance takes the style.")
     style_scale: float = _opt(1.0, "Size of the style image relative to --size: smaller gives finer brush strokes.")
     # The method
-    size: int = _opt(512, "Long side of the output in pixels; aspect ratio kept (within --shape-step).")
+    size: int = _opt(512, "Long side of the output in pixels; aspect kept within --shape-step.")
     upscale: bool = _opt(True, "Enlarge images smaller than --size to it; --no-upscale keeps them at their own size.")
     shape_step: int = _opt(
         0,
