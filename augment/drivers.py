@@ -30,7 +30,7 @@ from .config import RunConfig
 from .engines.dream import DreamBatcher, DreamJob, dream, guide_features, octave_sizes
 from .engines.gatys import GatysBatcher, Job, Result
 from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image, measured_bytes
-from .engines.precision import HALF_DTYPES, Precision, enable_fast_fp32, use_channels_last
+from .engines.precision import HALF_DTYPES, Precision, use_channels_last
 from .engines.transfer import Finish, GramCache, Grams, StyleGrams, make_job, stage_targets
 from .errors import ConfigError
 from .images import ImageProblem, fit_long_side, load_rgb, resize_long_side, to_tensor
@@ -96,6 +96,12 @@ def group_by_source(tasks: Iterable[Task]) -> list[list[Task]]:
     for task in tasks:
         groups.setdefault(task.source, []).append(task)
     return list(groups.values())
+
+
+def dream_is_finite(image: torch.Tensor, objective: float) -> bool:
+    """A dream whose image or objective is not finite is a failed row, never NaN pixels
+    written as black (uint8 has no NaN)."""
+    return math.isfinite(objective) and bool(torch.isfinite(image).all())
 
 
 def copy_of(task: Task, content: torch.Tensor) -> Made:
@@ -204,7 +210,11 @@ class DreamDriver:
         for result in batcher.run(self._jobs(groups, decode, emit, contents)):
             task: Task = result.key  # type: ignore[assignment]
             self.note_octaves(*result.image.shape[-2:])
-            image = _finish(self.config, task).apply(result.image, contents.pop(task))
+            content = contents.pop(task)
+            if not dream_is_finite(result.image, result.objective):
+                emit(Failed(task.source, "non_finite", f"{task.output}: the dream became {result.objective}"))
+                continue
+            image = _finish(self.config, task).apply(result.image, content)
             emit(Made(task, image, self.precision, iterations=result.steps, seconds=result.seconds,
                       dream_objective=result.objective))  # fmt: skip
         self.timings.update(compute_s=time.perf_counter() - t0, batch_size=self.batch_size)
@@ -247,7 +257,6 @@ class GatysDriver:
         self.after_iteration = after_iteration
         self.config, self.device, self.precision, self.dreamer = config, device, precision, dreamer
         self.options = config.gatys_options()
-        enable_fast_fp32(device)
         self.channels_last = use_channels_last(device, precision)
         self.net = build_vgg19(weights, self.options.layers, pooling=config.pooling, device=device)
         if self.channels_last:
@@ -296,7 +305,7 @@ class GatysDriver:
         retry = self._pass(batchers[0], groups, decode, emit)
         if retry:  # mixed precision overflowed for these: redo them in fp32
             log.warning("%d images had a non-finite loss in %s; redoing them in fp32", len(retry), self.precision.value)
-            batchers.append(self._batcher(Precision.FP32))
+            batchers.append(self._batcher(Precision.FP32, allow_tf32=False))  # full fp32, Grams too
             self._pass(batchers[-1], group_by_source(retry), decode, emit)
         self.timings.update(
             compute_s=time.perf_counter() - t0, batch_size=self.batch_size,
@@ -307,10 +316,10 @@ class GatysDriver:
         if self.device.type == "cuda":
             self.timings["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 1e6
 
-    def _batcher(self, precision: Precision) -> GatysBatcher:
+    def _batcher(self, precision: Precision, *, allow_tf32: bool = True) -> GatysBatcher:
         return GatysBatcher(
             self.net, self.options, batch_size=self.batch_size, precision=precision, channels_last=self.channels_last,
-            after_iteration=self.after_iteration,
+            after_iteration=self.after_iteration, allow_tf32=allow_tf32,
         )  # fmt: skip
 
     def _pass(self, batcher: GatysBatcher, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn) -> list[Task]:
@@ -338,6 +347,10 @@ class GatysDriver:
         else:
             made = self.dreamer.dream_on(stylized())
         for task, image, result, objective in made:
+            if objective is not None and not dream_is_finite(image, objective):
+                contents.pop(task, None)
+                emit(Failed(task.source, "non_finite", f"{task.output}: the dream became {objective}"))
+                continue
             if task in contents:
                 image = _finish(self.config, task).apply(image, contents.pop(task))
             emit(Made(task, image, batcher.precision, result.losses, result.iterations, result.seconds, objective))

@@ -152,3 +152,34 @@ def test_out_of_memory_halves_the_dream_batch_and_loses_no_image(
     for job, result in zip(jobs, results):
         alone, _ = real(net, job.image, options, seeds=[job.seed])
         assert torch.allclose(result.image, alone, atol=1e-4)
+
+
+def test_a_dream_that_is_not_finite_is_a_failed_row_not_black_pixels() -> None:
+    # uint8 has no NaN: a NaN image would be written as black. A source whose pixels are NaN
+    # (as a diverged half-precision pass would leave) dreams to NaN; the other is unaffected.
+    from pathlib import Path
+
+    import augment.drivers as drivers
+    from augment.config import RunConfig
+    from augment.engines.precision import Precision
+    from augment.manifest import SourceRow
+    from augment.plan import plan_tasks
+    from augment.styles import Style
+    from augment.weights import resolve_weights
+
+    config = RunConfig(engine="dream", size=32, octaves=1, dream_iterations=2)
+    driver = drivers.DreamDriver(config, torch.device("cpu"), Precision.FP32, resolve_weights("googlenet", "random"))
+    rows = [SourceRow(row=i, source=f"{i}.png", path=Path(f"/x/{i}.png"), label="a") for i in range(2)]
+    tasks = plan_tasks(rows, [Style("s", Path("s.png"), "s")], per_image=1, seed=0)
+    contents = {rows[0]: torch.full((1, 3, 32, 32), float("nan")), rows[1]: _images(h=32, w=32, seed=1)}
+
+    def decode(groups):  # type: ignore[no-untyped-def]
+        for group in groups:
+            yield group, [contents[group[0].source]]
+
+    outcomes: list[object] = []
+    driver.run([[t] for t in tasks], decode, outcomes.append)
+    failed = [o for o in outcomes if isinstance(o, drivers.Failed)]
+    made = [o for o in outcomes if isinstance(o, drivers.Made)]
+    assert [(f.source.row, f.reason) for f in failed] == [(0, "non_finite")]
+    assert [m.task.source.row for m in made] == [1] and torch.isfinite(made[0].image).all()

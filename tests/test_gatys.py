@@ -143,6 +143,34 @@ def test_continuous_batching_admits_waiting_jobs_and_buckets_shapes() -> None:
     assert all(r.image.shape[-2:] == jobs[r.key].content.shape[-2:] for r in results)
 
 
+def test_early_finishers_free_their_slots_for_waiting_jobs_mid_round() -> None:
+    # --tol > 0: jobs 0 and 1 have nothing to do (no style, no TV: their loss stays 0) and stop
+    # after PATIENCE iterations; job 3 then takes a freed slot while job 2 still runs. Each
+    # result must be what a batch of one gives (fp64, as above).
+    options = GatysOptions(iterations=8, tol=1e-3, style_weight=1e5)
+    net, _, style = _setup(options, size=16, dtype=torch.float64)
+    grams = style_targets(net, style, options)
+    g = torch.Generator().manual_seed(4)
+    idle = dataclasses.replace(options, style_weight=0.0, tv_weight=0.0)
+    jobs = [Job(key=i, content=torch.rand(1, 3, 16, 16, generator=g), grams=grams, options=o)
+            for i, o in enumerate([idle, idle, options, options])]  # fmt: skip
+    batcher = GatysBatcher(net, options, batch_size=3)
+    real_iterate, together = batcher._iterate, []
+
+    def iterate(slots, active):  # type: ignore[no-untyped-def]
+        together.append({slots[i].work.job.key for i in active})
+        return real_iterate(slots, active)
+
+    batcher._iterate = iterate  # type: ignore[method-assign]
+    results = {r.key: r for r in batcher.run(jobs)}
+    assert results[0].iterations == results[1].iterations < 8 == results[2].iterations == results[3].iterations
+    assert any({2, 3} <= keys for keys in together)  # 3 ran beside 2: admitted mid-round
+    for job in jobs:
+        (alone,) = GatysBatcher(net, options, batch_size=1).run([job])
+        assert torch.allclose(results[job.key].image, alone.image, atol=1e-9), job.key
+        assert results[job.key].iterations == alone.iterations
+
+
 def test_the_last_images_of_a_shape_split_into_equal_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     # Every image of a batch runs the same iterations, so a batch costs a whole pass however few
     # images it holds: 9 images at batch size 4 run as 4, 3, 2 (not 4, 4, 1), 6 as 3 + 3.
@@ -245,6 +273,78 @@ def test_out_of_memory_halves_the_batch_and_loses_no_image(monkeypatch: pytest.M
     assert sorted(results) == [0, 1, 2, 3]
     for key, image in results.items():
         assert torch.allclose(image, expected[key], atol=1e-9)
+
+
+def test_out_of_memory_inside_an_optimiser_step_leaves_the_kept_images_as_in_a_clean_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The step runs out of memory after its new pair is in the history: the kept images must
+    # go on as if it never ran (their state put back), the evicted ones start again. fp64, as
+    # in the test above.
+    from augment.engines.optim import BatchLBFGS
+
+    options = GatysOptions(iterations=4)
+    net, _, style = _setup(options, size=16, dtype=torch.float64)
+    grams = style_targets(net, style, options)
+    g = torch.Generator().manual_seed(3)
+    jobs = [Job(key=i, content=torch.rand(1, 3, 16, 16, generator=g), grams=grams, options=options) for i in range(4)]
+    expected = {r.key: r for r in GatysBatcher(net, options, batch_size=1).run(jobs)}
+    real_direction, calls = BatchLBFGS._direction, []
+
+    def direction_out_of_memory_once(self, *args):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:  # the second step, the first with a history to read
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_direction(self, *args)
+
+    monkeypatch.setattr(BatchLBFGS, "_direction", direction_out_of_memory_once)
+    batcher = GatysBatcher(net, options, batch_size=4)
+    results = {r.key: r for r in batcher.run(jobs)}
+    assert batcher.oom_events == 1 and sorted(results) == [0, 1, 2, 3]
+    for key, result in results.items():
+        assert torch.allclose(result.image, expected[key].image, atol=1e-9), key
+        assert result.iterations == expected[key].iterations and result.trace == pytest.approx(expected[key].trace)
+
+
+def test_a_shape_change_releases_the_last_shapes_buffers_before_making_the_new_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Measured from the tensors the batcher allocates for each shape (x, best, the L-BFGS
+    # history...): while the second shape's are made, the first's must be gone, or the peak is
+    # both (an out-of-memory at every shape change on a full GPU).
+    import weakref
+
+    options = GatysOptions(iterations=2, history_size=5)
+    net, _, style = _setup(options, size=16)
+    grams = style_targets(net, style, options)
+    jobs = [Job(key=i, content=torch.rand(1, 3, *hw), grams=grams, options=options)
+            for i, hw in enumerate([(16, 16), (16, 16), (16, 24), (16, 24)])]  # fmt: skip
+    batcher = GatysBatcher(net, options, batch_size=2)
+    real_zeros, real_allocate = torch.zeros, batcher._allocate
+    live: list[tuple[weakref.ref[torch.Tensor], int]] = []
+    totals: list[int] = []
+    peak = 0
+
+    def tracked_zeros(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal peak
+        t = real_zeros(*args, **kwargs)
+        live.append((weakref.ref(t), t.numel() * t.element_size()))
+        totals[-1] += t.numel() * t.element_size()
+        peak = max(peak, sum(size for ref, size in live if ref() is not None))
+        return t
+
+    def allocate(capacity: int, numel: int) -> None:
+        totals.append(0)
+        monkeypatch.setattr(torch, "zeros", tracked_zeros)
+        try:
+            real_allocate(capacity, numel)
+        finally:
+            monkeypatch.setattr(torch, "zeros", real_zeros)
+
+    monkeypatch.setattr(batcher, "_allocate", allocate)
+    assert len(list(batcher.run(jobs))) == 4
+    assert len(totals) == 2 and totals[1] > totals[0] > 0
+    assert peak == totals[1]  # the second shape's buffers alone, not both
 
 
 def test_next_batch_size_and_auto_batch_size() -> None:

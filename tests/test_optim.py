@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from augment.engines.optim import BatchAdam, BatchLBFGS
 
@@ -207,3 +209,77 @@ def test_a_new_image_in_a_row_whose_last_one_diverged_starts_clean() -> None:
         _loss(xr[0], a, b).backward()
         opt.step(rows, x, xr.grad)
     assert torch.allclose(x[0], _torch_lbfgs(a, b, steps=10, history=5), rtol=1e-9, atol=1e-10)
+
+
+class _LargestOutput(TorchDispatchMode):
+    """The largest new tensor (elements of memory it allocated) any operation makes while this
+    is active; views of existing tensors are not counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        flat = [*args, *(kwargs or {}).values()]
+        inputs = {a.untyped_storage().data_ptr() for a in flat if isinstance(a, torch.Tensor)}
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
+        return out
+
+
+def test_rows_with_gaps_step_on_views_of_the_history_and_keep_their_own_state() -> None:
+    # Row 1 stops after 6 steps (an early finish); rows 0 and 2 go on. Their steps must read
+    # the history where it is: gathering rows [0, 2] copied all of it (28 GB at 45 x 512 px).
+    problems = [_problem(seed) for seed in range(3)]
+    n, history = problems[0][0].shape[0], 10
+    opt = BatchLBFGS(3, n, history_size=history, tolerance_grad=0.0, tolerance_change=0.0, dtype=torch.float64)
+    opt.reset(torch.arange(3))
+    state = torch.zeros(3, n, dtype=torch.float64)
+    largest = 0
+    for step in range(12):
+        order = torch.tensor([0, 1, 2] if step < 6 else [0, 2])
+        x = state[order].clone()
+        xr = x.clone().requires_grad_(True)
+        sum(_loss(xr[j], *problems[int(r)]) for j, r in enumerate(order)).backward()
+        with _LargestOutput() as watch:
+            opt.step(order, x, xr.grad)
+        if step >= 6:
+            largest = max(largest, watch.largest)
+        state[order] = x
+    # At most [rows, 3, N] (the vectors) or [rows, history, history] (s·y products, float64),
+    # never the history [rows, history, 2, N] or half of it.
+    assert largest <= max(3 * 3 * n, 3 * history * history) < 3 * history * 2 * n / 2
+    for r, steps in ((0, 12), (1, 6), (2, 12)):
+        expected = _torch_lbfgs(*problems[r], steps=steps, history=history)
+        assert torch.allclose(state[r], expected, rtol=1e-9, atol=1e-10), r
+
+
+def test_a_step_that_runs_out_of_memory_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    problems = [_problem(seed) for seed in range(2)]
+    n, history, rows = problems[0][0].shape[0], 5, torch.arange(2)
+    opt = BatchLBFGS(2, n, history_size=history, tolerance_grad=0.0, tolerance_change=0.0, dtype=torch.float64)
+    opt.reset(rows)
+    x = torch.zeros(2, n, dtype=torch.float64)
+    real_bmm, calls = torch.bmm, []
+
+    def bmm_out_of_memory_once(*args: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 9:  # the 5th step's first product: its pair is already in the ring
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_bmm(*args)
+
+    monkeypatch.setattr(torch, "bmm", bmm_out_of_memory_once)
+    for _ in range(8):
+        xr = x.clone().requires_grad_(True)
+        sum(_loss(xr[i], a, b) for i, (a, b) in enumerate(problems)).backward()
+        before = x.clone()
+        try:
+            opt.step(rows, x, xr.grad)
+        except torch.cuda.OutOfMemoryError:
+            assert torch.equal(x, before)
+            opt.step(rows, x, xr.grad)  # the same step again, as the batcher's retry does
+    assert len(calls) == 8 * 2 + 1
+    for r, problem in enumerate(problems):
+        assert torch.allclose(x[r], _torch_lbfgs(*problem, steps=8, history=history), rtol=1e-9, atol=1e-10), r

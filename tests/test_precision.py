@@ -70,3 +70,26 @@ def test_the_flags_are_read_from_this_cpu() -> None:
     assert "sse2" in flags  # every x86-64 CPU has it
     native = bool(flags & precision.BF16_CPU_FLAGS) and precision.onednn_bf16_allowed()
     assert precision.cpu_has_native_bf16() == native
+
+
+def test_tf32_is_on_only_inside_augments_own_passes() -> None:
+    # A library user's training after augment must find the settings it had: TF32 is a
+    # context, not a switch left on (the flags exist without a GPU).
+    from augment.engines.precision import tf32
+
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = tuple(f.allow_tf32 for f in flags)
+    try:
+        for f in flags:
+            f.allow_tf32 = False
+        with tf32(torch.device("cuda")):
+            assert all(f.allow_tf32 for f in flags)
+        assert not any(f.allow_tf32 for f in flags)
+        with pytest.raises(RuntimeError), tf32(torch.device("cuda")):
+            raise RuntimeError("out of memory")
+        assert not any(f.allow_tf32 for f in flags)
+        with tf32(torch.device("cpu")):  # nothing to do on a CPU
+            assert not any(f.allow_tf32 for f in flags)
+    finally:
+        for f, value in zip(flags, before):
+            f.allow_tf32 = value

@@ -23,7 +23,7 @@ import torch
 from .losses import content_loss, gram, style_loss, total_variation, unit_l1_gradient
 from .memory import next_batch_size
 from .optim import BatchAdam, BatchLBFGS
-from .precision import HALF_DTYPES, Precision
+from .precision import HALF_DTYPES, Precision, tf32
 from .vgg import Flavour, VGG19Features, check_layers
 from .weighting import DEFAULT_STYLE_LAYERS, default_layer_weights, loss_defaults
 
@@ -265,6 +265,14 @@ class _Slot:
     trace: list[float] = field(default_factory=list)
     restarts: int = 0
 
+    def checkpoint(self) -> tuple[Any, ...]:
+        """What observe and a step change, to be put back if the step runs out of memory."""
+        return self.iterations, self.last_total, self.calm, self.best_total, self.best_terms, len(self.trace)
+
+    def rollback(self, saved: tuple[Any, ...]) -> None:
+        self.iterations, self.last_total, self.calm, self.best_total, self.best_terms, kept = saved
+        del self.trace[kept:]
+
     def observe(self, terms: dict[str, float], tol: float) -> bool:
         """Record an evaluation's loss terms; True when it is the best so far."""
         total = terms["total"]
@@ -304,6 +312,7 @@ class GatysBatcher:
         precision: Precision = Precision.FP32,
         channels_last: bool = False,
         after_iteration: Callable[[int], None] = lambda images: None,
+        allow_tf32: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -321,6 +330,7 @@ class GatysBatcher:
         self.net = net if self.dtype == self.state_dtype else copy.deepcopy(net).to(self.dtype)
         self.batch_size = batch_size
         self.channels_last = channels_last
+        self.allow_tf32 = allow_tf32  # on a GPU, for this batcher's passes only (precision.tf32)
         self.device = next(net.parameters()).device
         self.oom_events = 0
         # Batch fill: images stepped over slots offered, summed over passes (image_steps /
@@ -359,8 +369,8 @@ class GatysBatcher:
                         return
                     shape = waiting[0].shape  # a new shape only once the last one drained
                     pull(2 * capacity)
+                    capacity = self._allocate_fitting(capacity, 3 * shape[0] * shape[1])
                     slots = [None] * capacity
-                    self._allocate(capacity, 3 * shape[0] * shape[1])
                 round_size = even_share(sum(w.shape == shape for w in waiting), capacity)
             # Continuous batching: an image that stops early frees its slot for a waiting one.
             while len(active) < min(round_size, capacity):
@@ -397,7 +407,24 @@ class GatysBatcher:
                     yield outcome
 
     # -- internals ----------------------------------------------------------------------------
+    def _allocate_fitting(self, capacity: int, numel: int) -> int:
+        """The batch's buffers for a new shape, halved until they fit; returns the capacity."""
+        while True:
+            try:
+                self._allocate(capacity, numel)
+                return capacity
+            except torch.cuda.OutOfMemoryError:
+                capacity = next_batch_size(capacity)
+                if capacity == 0:
+                    raise
+                self.oom_events += 1
+                torch.cuda.empty_cache()
+
     def _allocate(self, capacity: int, numel: int) -> None:
+        # The last shape's buffers go first: held while the new ones are made, the peak would
+        # be both histories.
+        for name in ("x", "best", "opt", "weights"):
+            self.__dict__.pop(name, None)
         opts = self.options
         kw = {"device": self.device, "dtype": self.state_dtype}
         self.x = torch.zeros(capacity, numel, **kw)
@@ -433,13 +460,13 @@ class GatysBatcher:
 
     def content_features(self, content: torch.Tensor) -> torch.Tensor:
         """The content target of an image ``[1, 3, H, W]`` (compute once per image)."""
-        with torch.no_grad():
+        with torch.no_grad(), tf32(self.device, self.allow_tf32):
             return self._forward(content.to(self.device))[self.options.content_layer].to(self.state_dtype)
 
     def style_targets(self, style: torch.Tensor) -> dict[str, torch.Tensor]:
         """Gram targets of a style image ``[1, 3, H, W]`` through this batcher's network and
         precision (compute once per style and size)."""
-        with torch.no_grad():
+        with torch.no_grad(), tf32(self.device, self.allow_tf32):
             feats = self._forward(style.to(self.device))
             return {layer: gram(feats[layer]) for layer in self.options.style_layers}
 
@@ -451,6 +478,10 @@ class GatysBatcher:
 
     def _iterate(self, slots: list[_Slot | None], active: list[int]) -> list[tuple[int, Result | _Work]]:
         """One evaluation for every active image; a step for those not yet done."""
+        with tf32(self.device, self.allow_tf32):
+            return self._evaluate_and_step(slots, active)
+
+    def _evaluate_and_step(self, slots: list[_Slot | None], active: list[int]) -> list[tuple[int, Result | _Work]]:
         t0 = time.perf_counter()
         rows = torch.tensor(active, device=self.device)
         live = [slots[i] for i in active]
@@ -469,25 +500,17 @@ class GatysBatcher:
         # A non-finite image ends now (the caller decides what to do); the others go on.
         total.where(finite, torch.zeros_like(total)).sum().backward()
         values = {name: value.detach().cpu().tolist() for name, value in terms.items()}
-        done, stepping, restart, improved = [], [], [], []
-        for j, slot in enumerate(live):
-            assert slot is not None
-            if slot.observe({name: value[j] for name, value in values.items()}, self.options.tol):
-                improved.append(active[j])  # the image just evaluated is the best so far: keep it
-            if slot.iterations >= slot.limit or slot.calm >= PATIENCE or not finite[j]:
-                done.append(j)
-            elif slot.last_total > RESTART_FACTOR * slot.best_total:
-                restart.append(j)
-            else:
-                stepping.append(j)
-        if improved:  # one copy for the batch, before any step moves x
-            idx = torch.tensor(improved, device=self.device)
-            self.best[idx] = self.x[idx]
-        if stepping:
-            idx = torch.tensor(stepping, device=self.device)
-            x_rows = self.x[rows[idx]]
-            self.opt.step(rows[idx], x_rows, image.grad.reshape(b, -1)[idx])
-            self.x[rows[idx]] = x_rows.clamp_(0.0, 1.0)  # keep pixels displayable
+        saved = [slot.checkpoint() for slot in live]  # type: ignore[union-attr]
+        try:
+            done, stepping, restart = self._observe_and_step(
+                live, active, rows, values, finite, image.grad.reshape(b, -1)
+            )
+        except torch.cuda.OutOfMemoryError:
+            # The optimiser's state is as it was (BatchLBFGS.step commits last); so are the
+            # kept images', and the caller goes on with a smaller batch as if this never ran.
+            for slot, state in zip(live, saved):
+                slot.rollback(state)  # type: ignore[union-attr]
+            raise
         if restart:
             idx = rows[torch.tensor(restart, device=self.device)]
             self.x[idx] = self.best[idx]
@@ -505,6 +528,33 @@ class GatysBatcher:
                 results.append((active[j], self._finish(slot, active[j], finite[j].item(), values, j)))
         self.after_iteration(len(stepping) + len(restart))
         return results
+
+    def _observe_and_step(
+        self, live: list[Any], active: list[int], rows: torch.Tensor, values: dict[str, list[float]],
+        finite: torch.Tensor, grad: torch.Tensor,
+    ) -> tuple[list[int], list[int], list[int]]:  # fmt: skip
+        """Each image's evaluation recorded; a step for those going on. Returns the batch
+        positions that are done, stepped and restarted."""
+        done, stepping, restart, improved = [], [], [], []
+        for j, slot in enumerate(live):
+            assert slot is not None
+            if slot.observe({name: value[j] for name, value in values.items()}, self.options.tol):
+                improved.append(active[j])  # the image just evaluated is the best so far: keep it
+            if slot.iterations >= slot.limit or slot.calm >= PATIENCE or not finite[j]:
+                done.append(j)
+            elif slot.last_total > RESTART_FACTOR * slot.best_total:
+                restart.append(j)
+            else:
+                stepping.append(j)
+        if improved:  # one copy for the batch, before any step moves x
+            idx = torch.tensor(improved, device=self.device)
+            self.best[idx] = self.x[idx]
+        if stepping:
+            idx = torch.tensor(stepping, device=self.device)
+            x_rows = self.x[rows[idx]]
+            self.opt.step(rows[idx], x_rows, grad[idx])
+            self.x[rows[idx]] = x_rows.clamp_(0.0, 1.0)  # keep pixels displayable
+        return done, stepping, restart
 
     def _finish(self, slot: _Slot, index: int, finite: bool, values: dict[str, list[float]], j: int) -> Result | _Work:
         """An image's stage is over: the next stage starts from its best image, or the result.

@@ -5,7 +5,9 @@ The network runs in bf16/fp16; Grams and losses are always fp32 (see losses.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from enum import Enum
 
 import torch
@@ -87,8 +89,17 @@ def use_channels_last(device: torch.device, precision: Precision) -> bool:
     return device.type == "cuda" or precision is not Precision.FP32
 
 
-def enable_fast_fp32(device: torch.device) -> None:
-    """TF32 for fp32 matmuls and convolutions on GPUs that have it (Ampere and newer)."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+@contextlib.contextmanager
+def tf32(device: torch.device, enabled: bool = True) -> Iterator[None]:
+    """TF32 for fp32 matmuls and convolutions on GPUs that have it (Ampere and newer), for the
+    computations inside only: the process's own settings (a library user's training) are put
+    back after."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
