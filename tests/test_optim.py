@@ -283,3 +283,29 @@ def test_a_step_that_runs_out_of_memory_changes_nothing(monkeypatch: pytest.Monk
     assert len(calls) == 8 * 2 + 1
     for r, problem in enumerate(problems):
         assert torch.allclose(x[r], _torch_lbfgs(*problem, steps=8, history=history), rtol=1e-9, atol=1e-10), r
+
+
+def test_a_row_whose_direction_does_not_descend_steps_along_minus_g() -> None:
+    # A positive-definite history always gives a descent direction; rounding in a badly
+    # conditioned one need not. Made here by hand for row 0: no usable pair, no new one (x did
+    # not move since the last step) and a negative scale, so H·(−g) = +g, uphill.
+    problems = [_problem(seed) for seed in range(2)]
+    n, rows = problems[0][0].shape[0], torch.arange(2)
+    opt = BatchLBFGS(2, n, history_size=5, tolerance_grad=0.0, tolerance_change=0.0, dtype=torch.float64)
+    opt.reset(rows)
+    x = torch.zeros(2, n, dtype=torch.float64)
+
+    def gradient() -> tuple[torch.Tensor, list[float]]:
+        xr = x.clone().requires_grad_(True)
+        losses = [_loss(xr[i], a, b) for i, (a, b) in enumerate(problems)]
+        sum(losses).backward()
+        return xr.grad, [v.item() for v in losses]
+
+    for _ in range(3):
+        opt.step(rows, x, gradient()[0])
+    opt.valid[0], opt.h_diag[0], opt.prev_x[0] = False, -1.0, x[0]
+    grad, before = gradient()
+    moved = opt.step(rows, x, grad)
+    _, after = gradient()
+    assert moved.tolist() == [True, True]
+    assert after[0] < before[0] and after[1] < before[1]  # row 0 went downhill along −g

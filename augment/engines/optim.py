@@ -93,7 +93,8 @@ class BatchLBFGS:
     def step(self, rows: torch.Tensor, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """One L-BFGS iteration for ``rows`` (distinct, in any order); ``x`` and ``grad`` are ``[len(rows), N]``
         and ``x`` is updated in place. Returns a bool mask of the rows that took a step (a row
-        whose gradient vanished, or whose direction is not a descent direction, stays put).
+        whose gradient vanished stays put; one whose L-BFGS direction does not descend steps
+        along −g).
 
         The work runs on rows 0..max(rows) as views of the state, the rows not stepping masked
         out: gathering the stepping rows' history would copy all of it (28 GB at 45 images of
@@ -167,9 +168,12 @@ class BatchLBFGS:
         with _exact_matmul(g.device):
             history_part = torch.bmm(coefficients.to(g.dtype).view(len(g), 1, 2 * used), batch).squeeze(1)
         r = history_part - gamma.to(g.dtype)[:, None] * g  # H·(−g)
-        d = torch.where(first[:, None], -g, r)
-        # torch's step length: scaled by 1/|g|₁ on the first iteration, lr after.
-        t = torch.where(first, (1.0 / g.abs().sum(dim=1)).clamp(max=1.0) * self.lr, torch.full_like(g[:, 0], self.lr))
+        # −g where H·(−g) does not descend (rounding in a badly conditioned history can make
+        # it so): a step like the first, not a lost iteration standing still.
+        steep = first | ((g * r).sum(dim=1) > -self.tolerance_change)
+        d = torch.where(steep[:, None], -g, r)
+        # torch's step length: scaled by 1/|g|₁ on the first iteration (and for −g), lr after.
+        t = torch.where(steep, (1.0 / g.abs().sum(dim=1)).clamp(max=1.0) * self.lr, torch.full_like(g[:, 0], self.lr))
         gtd = (g * d).sum(dim=1)
         moves = ~converged & (gtd <= -self.tolerance_change)
         return d, t, moves, gamma, products
