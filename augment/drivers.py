@@ -405,7 +405,7 @@ class GatysDriver:
                     image = load_rgb(style.path, max_pixels=self.config.max_pixels)
                     image = resize_long_side(image, self.config.style_size(size))
                     grams[style.name, size] = StyleGrams(
-                        batcher.style_targets(to_tensor(image)), image.width * image.height
+                        batcher.style_targets(to_tensor(image)), (image.height, image.width)
                     )
                 except ImageProblem as err:
                     grams[style.name, size] = err

@@ -92,7 +92,7 @@ def run_augment(
     net.load_features(model)
     net.normalize.scale.fill_(256.0)  # the peer scales pixels by 256, not 255
     batcher = GatysBatcher(net, options, batch_size=1)
-    grams = rescale_grams(batcher.style_targets(style), style[0, 0].numel(), content[0, 0].numel())
+    grams = rescale_grams(batcher.style_targets(style), tuple(style.shape[-2:]), tuple(content.shape[-2:]))
     (result,) = batcher.run([Job(key=0, content=content, grams=grams, options=options)])
     return result.image, result.trace
 

@@ -205,7 +205,7 @@ def test_the_gram_cache_keeps_to_its_budget_dropping_the_least_recently_used() -
     from augment.engines.transfer import GramCache, StyleGrams
 
     def grams(mb: int) -> StyleGrams:
-        return StyleGrams({"conv1_1": torch.zeros(mb * 1024 * 256)}, 100)  # mb MB of fp32
+        return StyleGrams({"conv1_1": torch.zeros(mb * 1024 * 256)}, (10, 10))  # mb MB of fp32
 
     cache = GramCache(budget=10 << 20)
     for size in range(6):  # --no-upscale: a new long side per source

@@ -39,6 +39,7 @@ class Init(str, Enum):
 
 
 PATIENCE = 3  # early stop after this many iterations in a row under --tol
+LOSS_SCALE_INIT, LOSS_SCALE_MAX, LOSS_SCALE_GROWTH_STEPS = 2.0**16, 2.0**24, 1000
 # A step that leaves an image's loss this many times above its best so far is a spike (L-BFGS
 # without line search on a non-smooth or clamped problem): back to the best image, fresh history.
 RESTART_FACTOR = 1.5
@@ -331,6 +332,12 @@ class GatysBatcher:
         self.batch_size = batch_size
         self.channels_last = channels_last
         self.allow_tf32 = allow_tf32  # on a GPU, for this batcher's passes only (precision.tf32)
+        # fp16: dynamic loss scaling, as torch's GradScaler (its initial scale, halved on an
+        # overflow, doubled after LOSS_SCALE_GROWTH_STEPS clean ones). Unscaled, feature
+        # gradients of ~1e-6 fall below fp16's normal range and come out zero: no NaN, so no
+        # fp32 redo, just an image that silently does not move (measured in a test).
+        self.loss_scale = LOSS_SCALE_INIT if self.dtype == torch.float16 else 1.0
+        self.clean_steps = 0
         self.device = next(net.parameters()).device
         self.oom_events = 0
         # Batch fill: images stepped over slots offered, summed over passes (image_steps /
@@ -498,13 +505,21 @@ class GatysBatcher:
         total = terms["total"]
         finite = torch.isfinite(total)
         # A non-finite image ends now (the caller decides what to do); the others go on.
-        total.where(finite, torch.zeros_like(total)).sum().backward()
+        scale = self.loss_scale
+        (total.where(finite, torch.zeros_like(total)).sum() * scale).backward()
+        grad = image.grad.reshape(b, -1)
+        if scale != 1.0:
+            if not bool((torch.isfinite(grad).all(dim=1) | ~finite).all()) and scale > 1.0:
+                self.loss_scale, self.clean_steps = scale / 2, 0  # overflowed: again, nothing changed yet
+                return self._evaluate_and_step(slots, active)
+            grad = grad / scale  # L-BFGS sees the true gradient
+            self.clean_steps += 1
+            if self.clean_steps == LOSS_SCALE_GROWTH_STEPS:
+                self.loss_scale, self.clean_steps = min(scale * 2, LOSS_SCALE_MAX), 0
         values = {name: value.detach().cpu().tolist() for name, value in terms.items()}
         saved = [slot.checkpoint() for slot in live]  # type: ignore[union-attr]
         try:
-            done, stepping, restart = self._observe_and_step(
-                live, active, rows, values, finite, image.grad.reshape(b, -1)
-            )
+            done, stepping, restart = self._observe_and_step(live, active, rows, values, finite, grad)
         except torch.cuda.OutOfMemoryError:
             # The optimiser's state is as it was (BatchLBFGS.step commits last); so are the
             # kept images', and the caller goes on with a smaller batch as if this never ran.

@@ -72,14 +72,29 @@ def mix_grams(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], m
     return {layer: (1.0 - mix) * first[layer] + mix * second[layer] for layer in first}
 
 
-def rescale_grams(grams: dict[str, torch.Tensor], style_pixels: int, image_pixels: int) -> dict[str, torch.Tensor]:
-    """Gram targets of a style image for an image of another pixel count. A Gram matrix sums
-    over positions, so it grows with the image; scaled by the ratio, a style's targets mean
-    the same for any content size, aspect ratio or --style-scale."""
-    if style_pixels == image_pixels:
+def layer_positions(layer: str, height: int, width: int) -> int:
+    """H·W of a VGG19 layer's activations for an input of this size: each 2x2 pooling before
+    it (convB_N has B−1) floors the halving, so conv5 of 512×341 has 32·21 = 672 positions,
+    not the 682 the pixel ratio would give."""
+    h, w = height, width
+    for _ in range(int(layer[4]) - 1 if layer.startswith("conv") else 0):
+        h, w = h // 2, w // 2
+    return h * w
+
+
+def rescale_grams(
+    grams: dict[str, torch.Tensor], style_shape: tuple[int, int], image_shape: tuple[int, int]
+) -> dict[str, torch.Tensor]:
+    """Gram targets of a style image (height, width) for an image of another size. A Gram
+    matrix sums over a layer's positions, so it grows with the image; scaled by the ratio of
+    each layer's own positions, a style's targets mean the same for any content size, aspect
+    ratio or --style-scale."""
+    if tuple(style_shape) == tuple(image_shape):
         return grams
-    ratio = image_pixels / style_pixels
-    return {layer: g * ratio for layer, g in grams.items()}
+    return {
+        layer: g * (layer_positions(layer, *image_shape) / layer_positions(layer, *style_shape))
+        for layer, g in grams.items()
+    }
 
 
 def style_layer_loss(gram_generated: torch.Tensor, gram_target: torch.Tensor, hw: int) -> torch.Tensor:

@@ -68,8 +68,8 @@ def cuda_has_native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(precision: Precision | str, device: torch.device) -> Precision:
-    """``auto``: bf16 where the device computes in it natively, else fp32 (fp16 has no loss
-    scaling: small style gradients would underflow)."""
+    """``auto``: bf16 where the device computes in it natively, else fp32 (never fp16: its
+    range needs loss scaling, which GatysBatcher does when asked for fp16)."""
     precision = Precision(precision)
     if precision is not Precision.AUTO:
         return precision

@@ -29,11 +29,11 @@ Grams = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class StyleGrams:
-    """A style image's Gram targets at one scale, with the image's pixel count (a Gram matrix
-    sums over positions, so targets are rescaled to each content image's pixel count)."""
+    """A style image's Gram targets at one scale, with the image's (height, width) (a Gram
+    matrix sums over positions, so targets are rescaled to each content image's size)."""
 
     grams: Grams
-    pixels: int
+    shape: tuple[int, int]
 
 
 class GramCache:
@@ -89,10 +89,10 @@ class Finish:
 
 
 def stage_targets(styles: Sequence[StyleGrams], content: torch.Tensor, mix: float = 0.0) -> Grams:
-    """Gram targets for ``content`` (one scale): each style's rescaled to the content's pixel
-    count; with two styles, ``mix`` of the second."""
-    pixels = content.shape[-2] * content.shape[-1]
-    targets = [rescale_grams(style.grams, style.pixels, pixels) for style in styles]
+    """Gram targets for ``content`` (one scale): each style's rescaled to the content's size;
+    with two styles, ``mix`` of the second."""
+    shape = (content.shape[-2], content.shape[-1])
+    targets = [rescale_grams(style.grams, style.shape, shape) for style in styles]
     return mix_grams(targets[0], targets[1], mix) if len(targets) == 2 else targets[0]
 
 
@@ -130,7 +130,7 @@ def stylize(
     for attempt in dict.fromkeys([precision, Precision.FP32]):
         batcher = GatysBatcher(net, options, batch_size=1, precision=attempt, channels_last=channels_last)
         targets = [
-            stage_targets([StyleGrams(batcher.style_targets(s), s.shape[-2] * s.shape[-1]) for s in scale], c, mix)
+            stage_targets([StyleGrams(batcher.style_targets(s), (s.shape[-2], s.shape[-1])) for s in scale], c, mix)
             for scale, c in zip(styles, contents)
         ]  # fmt: skip
         features = [batcher.content_features(c) for c in contents]
