@@ -391,6 +391,22 @@ def test_fp16_halves_its_loss_scale_on_an_overflow_and_retries_the_step() -> Non
     assert all(math.isfinite(v) for v in result.trace) and result.trace[-1] < result.trace[0]
 
 
+def test_normalized_gradients_return_the_last_iterate_without_restarts() -> None:
+    # The normalised field is not the loss's gradient: the loss rose in 20 of 40 steps here and
+    # set off 3 restarts, and the "best" image by the loss was one the method had moved on from.
+    options = GatysOptions(iterations=40, normalize_gradients=True)
+    net, content, style = _setup(options, size=32)
+    grams = style_targets(net, style, options)
+    (result,) = GatysBatcher(net, options, batch_size=1).run(
+        [Job(key=0, content=content, grams=grams, options=options)]
+    )
+    assert result.restarts == 0 and result.iterations == 40
+    assert result.losses["total"] == pytest.approx(result.trace[-1]) and result.trace[-1] > min(result.trace)
+    plain = dataclasses.replace(options, normalize_gradients=False)
+    (best,) = GatysBatcher(net, plain, batch_size=1).run([Job(key=0, content=content, grams=grams, options=plain)])
+    assert best.losses["total"] == pytest.approx(min(best.trace))  # without it, the best seen
+
+
 def test_next_batch_size_and_auto_batch_size() -> None:
     from augment.engines.memory import auto_batch_size, bytes_per_image, next_batch_size
 

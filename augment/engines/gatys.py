@@ -557,7 +557,7 @@ class GatysBatcher:
                 improved.append(active[j])  # the image just evaluated is the best so far: keep it
             if slot.iterations >= slot.limit or slot.calm >= PATIENCE or not finite[j]:
                 done.append(j)
-            elif slot.last_total > RESTART_FACTOR * slot.best_total:
+            elif not self.options.normalize_gradients and slot.last_total > RESTART_FACTOR * slot.best_total:
                 restart.append(j)
             else:
                 stepping.append(j)
@@ -576,7 +576,9 @@ class GatysBatcher:
         A non-finite loss is reported as it is (the caller redoes such images in fp32)."""
         work = slot.work
         h, w = work.shape
-        best = finite and slot.best_total < float("inf")
+        # --normalize-gradients steps along a field that is not the loss's gradient, so the
+        # loss is no judge of its iterates: no best-iterate (and no restart), the last one.
+        best = finite and slot.best_total < float("inf") and not self.options.normalize_gradients
         image = (self.best if best else self.x)[index].view(1, 3, h, w)
         steps, seconds = work.steps_before + slot.iterations, work.seconds_before + slot.seconds
         trace, restarts = work.trace_before + slot.trace, work.restarts_before + slot.restarts
