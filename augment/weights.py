@@ -34,6 +34,9 @@ RANDOM = "random"
 RANDOM_SEED = 0  # fixed, so "random" names one network in every run and test
 # File names of known Caffe-converted VGG19 state dicts (torchvision key names, BGR 0..255 input).
 CAFFE_FILES = ("vgg19-d01eb7cb.pth",)
+# ...and by content: the first hex digits of their sha256, which torch hub file names carry,
+# so that a renamed copy is still read as Caffe's (BGR, 0..255 input).
+CAFFE_SHA256_PREFIXES = ("d01eb7cb",)
 OFFLINE_ENV = "AUGMENT_OFFLINE"  # set to 1 to forbid downloads (pipelines, tests)
 DOWNLOAD_TIMEOUT_S = 60
 
@@ -86,10 +89,10 @@ def tensors_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def detect_flavour(path: Path, requested: WeightsFlavour) -> Flavour:
+def detect_flavour(path: Path, requested: WeightsFlavour, sha256: str = "") -> Flavour:
     if requested is not WeightsFlavour.AUTO:
         return Flavour(requested.value)
-    if path.name in CAFFE_FILES or "caffe" in path.name.lower():
+    if path.name in CAFFE_FILES or "caffe" in path.name.lower() or sha256.startswith(CAFFE_SHA256_PREFIXES):
         return Flavour.CAFFE
     return Flavour.TORCHVISION
 
@@ -153,7 +156,8 @@ def _load_file(path: Path, flavour: WeightsFlavour) -> ResolvedWeights:
     if not isinstance(state, dict):
         raise WeightsUnavailable(f"{path}: not a state dict")
     state = {k: v for k, v in state.items() if not (isinstance(k, str) and k.startswith(UNUSED_PREFIXES))}
-    return ResolvedWeights(state, detect_flavour(path, flavour), f"{path.name}@{file_sha256(path)[:12]}", str(path))
+    sha256 = file_sha256(path)
+    return ResolvedWeights(state, detect_flavour(path, flavour, sha256), f"{path.name}@{sha256[:12]}", str(path))
 
 
 def download_weights(model: str = "vgg19", *, progress: bool = True) -> Path:

@@ -34,6 +34,20 @@ def test_explicit_path_torchvision_and_caffe(tmp_path: Path) -> None:
     assert torch.equal(net.features[0].weight, state["features.0.weight"])
 
 
+def test_caffe_weights_are_known_by_their_content_under_any_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A renamed copy of the Caffe conversion ran with torchvision's preprocessing. The known
+    # file's sha256 starts d01eb7cb; this test's file stands in for it by its own prefix.
+    from augment.digests import file_sha256
+
+    target = tmp_path / "renamed.pth"
+    torch.save(random_state_dict(seed=5), target)
+    assert resolve_vgg19(str(target)).flavour is Flavour.TORCHVISION
+    monkeypatch.setattr(weights_mod, "CAFFE_SHA256_PREFIXES", (file_sha256(target)[:8],))
+    assert resolve_vgg19(str(target)).flavour is Flavour.CAFFE
+
+
 def test_hub_cache_is_used_when_present() -> None:
     target = cached_vgg19()
     target.parent.mkdir(parents=True, exist_ok=True)
