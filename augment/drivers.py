@@ -98,10 +98,12 @@ def group_by_source(tasks: Iterable[Task]) -> list[list[Task]]:
     return list(groups.values())
 
 
-def dream_is_finite(image: torch.Tensor, objective: float) -> bool:
+def dream_failure(task: Task, image: torch.Tensor, objective: float) -> Failed | None:
     """A dream whose image or objective is not finite is a failed row, never NaN pixels
     written as black (uint8 has no NaN)."""
-    return math.isfinite(objective) and bool(torch.isfinite(image).all())
+    if math.isfinite(objective) and bool(torch.isfinite(image).all()):
+        return None
+    return Failed(task.source, "non_finite", f"{task.output}: the dream became {objective}")
 
 
 def copy_of(task: Task, content: torch.Tensor) -> Made:
@@ -211,8 +213,9 @@ class DreamDriver:
             task: Task = result.key  # type: ignore[assignment]
             self.note_octaves(*result.image.shape[-2:])
             content = contents.pop(task)
-            if not dream_is_finite(result.image, result.objective):
-                emit(Failed(task.source, "non_finite", f"{task.output}: the dream became {result.objective}"))
+            failure = dream_failure(task, result.image, result.objective)
+            if failure is not None:
+                emit(failure)
                 continue
             image = _finish(self.config, task).apply(result.image, content)
             emit(Made(task, image, self.precision, iterations=result.steps, seconds=result.seconds,
@@ -347,9 +350,10 @@ class GatysDriver:
         else:
             made = self.dreamer.dream_on(stylized())
         for task, image, result, objective in made:
-            if objective is not None and not dream_is_finite(image, objective):
+            failure = None if objective is None else dream_failure(task, image, objective)
+            if failure is not None:
                 contents.pop(task, None)
-                emit(Failed(task.source, "non_finite", f"{task.output}: the dream became {objective}"))
+                emit(failure)
                 continue
             if task in contents:
                 image = _finish(self.config, task).apply(image, contents.pop(task))

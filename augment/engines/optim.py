@@ -31,24 +31,16 @@ column to them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 
+from .precision import tf32
 
-@contextlib.contextmanager
-def _exact_matmul(device: torch.device) -> Iterator[None]:
+
+def _exact_matmul(device: torch.device) -> contextlib.AbstractContextManager[None]:
     """Full fp32 products: the engine turns TF32 on for the network, and TF32's 10-bit
     mantissa would spoil the dot products L-BFGS is built from."""
-    if device.type != "cuda":
-        yield
-        return
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+    return tf32(device, enabled=False)
 
 
 class BatchLBFGS:
