@@ -33,6 +33,7 @@ from rich.table import Table
 
 from . import __version__
 from .config import FIELD_NAMES, HELP, PANEL_OF, RunConfig, _default_text, build_config, load_yaml
+from .engines.vgg import Flavour
 from .errors import EXIT_OK, EXIT_SIGINT, EXIT_SOFTWARE, EXIT_SOME_FAILED, AugmentError, Stopped
 from .lock import OutLock, lock_name
 from .merge import merge as merge_parts
@@ -410,10 +411,10 @@ def weights_info(ctx: typer.Context) -> None:
     """Show where weights are looked for and what is cached."""
     if ctx.invoked_subcommand:
         return
-    for model, (name, flag) in MODELS.items():
+    for model, known in MODELS.items():
         path = cached_weights(model)
         state = f"cached ({path.stat().st_size / 1e6:.0f} MB)" if path.is_file() else "not cached"
-        out_console.print(f"{name} (torchvision ImageNet, {flag}): {path} - {state}", highlight=False)
+        out_console.print(f"{known.name} ({known.flag} PATH instead): {path} - {state}", highlight=False)
     out_console.print(f"hub cache folder: {hub_checkpoint_dir()} (set TORCH_HOME to move it)", highlight=False)
     out_console.print("order: --weights PATH, then the hub cache, then a download", highlight=False)
     out_console.print(f"downloads: {'off' if _offline() else 'on'} ({OFFLINE_ENV}=1 turns them off)", highlight=False)
@@ -427,9 +428,17 @@ def _offline() -> bool:
 
 @weights_app.command("download")
 @_exit_codes
-def weights_download() -> None:
-    """Download torchvision's ImageNet VGG19 and GoogLeNet into the hub cache (hash checked)."""
-    for model in MODELS:
+def weights_download(
+    flavour: Annotated[
+        Flavour,
+        Opt(
+            help="torchvision: its ImageNet VGG19 and GoogLeNet; caffe: the original Caffe VGG19, converted "
+            "(used by --weights-flavour caffe)."
+        ),
+    ] = Flavour.TORCHVISION,
+) -> None:
+    """Download ImageNet weights into the hub cache (hash checked)."""
+    for model in ("vgg19_caffe",) if flavour is Flavour.CAFFE else ("vgg19", "googlenet"):
         path = cached_weights(model)
         if path.is_file():
             out_console.print(f"already cached: {path}", highlight=False)

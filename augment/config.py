@@ -6,6 +6,7 @@ Precedence: defaults < ``--config run.yaml`` < command-line flags.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -125,7 +126,7 @@ class RunConfig:
         None,
         f"λ_TV, weight of the total-variation regulariser. Default: per weights flavour ({_per_flavour('tv_weight')}).",
     )
-    tv_beta: float = _opt(1.25, "Exponent inside the total-variation sum.")
+    tv_beta: float = _opt(1.0, "Exponent inside the total-variation sum (default λ_TV is for 1).")
     content_layer: str = _opt("conv4_2", "VGG19 layer for the content loss.")
     style_layers: tuple[str, ...] = _opt(DEFAULT_STYLE_LAYERS, "VGG19 layers for the style loss, comma-separated.")
     style_layer_weights: tuple[float, ...] | None = _opt(
@@ -190,7 +191,7 @@ class RunConfig:
         "VGG19 weights: a state-dict path, or 'random' for smoke tests. Default: the torch hub cache, then a download.",
     )
     weights_flavour: WeightsFlavour = _opt(
-        WeightsFlavour.AUTO, "Preprocessing of --weights PATH: auto, torchvision or caffe."
+        WeightsFlavour.AUTO, "Preprocessing of --weights: auto, torchvision, caffe (alone: Caffe's VGG19)."
     )
     download: bool = _opt(True, "Allow downloading weights when none are cached.")
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N.")
@@ -351,7 +352,11 @@ class RunConfig:
             "shard_size",
             "images",
         }
-        return self._hash(k for k in FIELD_NAMES if k not in ignored)
+        # A weight left unset takes the engine's per-flavour default: a changed default must
+        # redo the images made with the old one, as a changed option does.
+        defaults = {flavour.value: dataclasses.astuple(DEFAULTS[flavour]) for flavour in Flavour}
+        defaults["normalized"] = dataclasses.astuple(NORMALIZED_DEFAULTS)
+        return self._hash((k for k in FIELD_NAMES if k not in ignored), loss_defaults=defaults)
 
     def plan_hash(self) -> str:
         """Hash of what decides which images a job makes (the parts of one job must agree)."""
@@ -363,11 +368,13 @@ class RunConfig:
         """Hash of what changes a copied original: its size and encoding."""
         return self._hash(("size", "upscale", "shape_step", "format", "quality", "max_pixels"))
 
-    def _hash(self, names: Iterable[str]) -> str:
-        """Short hash of these options' values (canonical JSON). Options added after outputs
-        existed count only when set away from their default, so those outputs stay current."""
+    def _hash(self, names: Iterable[str], **extra: object) -> str:
+        """Short hash of these options' values (canonical JSON) and ``extra``. Options added
+        after outputs existed count only when set away from their default, so those outputs
+        stay current."""
         values = self.to_dict()
         data = {name: values[name] for name in names if HASHED_WHEN_CHANGED.get(name, ...) != values[name]}
+        data.update(extra)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

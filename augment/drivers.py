@@ -300,7 +300,9 @@ class GatysDriver:
         """Memory one image of the largest size takes while it is optimised (estimated)."""
         half = self.precision in (Precision.BF16, Precision.FP16)
         h, w = _largest_image(self.config)
-        return bytes_per_image(self.net, h, w, history_size=self.options.history_size, half=half)
+        o = self.options
+        return bytes_per_image(self.net, h, w, history_size=o.history_size, half=half,
+                               style_layers=o.style_layers, content_layer=o.content_layer)  # fmt: skip
 
     def run(self, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn) -> None:
         t0 = time.perf_counter()

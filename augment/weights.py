@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
 from urllib.request import Request, urlopen
@@ -47,21 +47,47 @@ class ResolvedWeights:
     flavour: Flavour
     identity: str  # name@short-sha256, written into run.json and every manifest row
     location: str  # a path, or "random"
+    guessed: bool = False  # an unknown file, its flavour the default (check_networks warns)
 
     @property
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.tensors() if callable(self.tensors) else self.tensors
 
 
-# Networks augment uses: VGG19 for style transfer, GoogLeNet for Deep Dream.
-MODELS = {"vgg19": ("VGG19", "--weights"), "googlenet": ("GoogLeNet", "--dream-weights")}
+class KnownModel(NamedTuple):
+    name: str  # as messages say it
+    flag: str  # the option that passes a file instead
+    download: str  # the command that fetches it
+
+
+# Networks augment uses: VGG19 for style transfer (torchvision's, or the Caffe original's
+# conversion with --weights-flavour caffe), GoogLeNet for Deep Dream.
+MODELS = {
+    "vgg19": KnownModel("VGG19", "--weights", "augment weights download"),
+    "vgg19_caffe": KnownModel(
+        "Caffe VGG19", "--weights-flavour caffe --weights", "augment weights download --flavour caffe"
+    ),
+    "googlenet": KnownModel("GoogLeNet", "--dream-weights", "augment weights download"),
+}
+# The original VGG19 (Simonyan & Zisserman's Caffe model; BGR, 0..255 minus the mean),
+# converted to a PyTorch state dict by jcjohnson/pytorch-vgg: the file neural-style-pt's
+# download script fetches. Its name carries its sha256 prefix, which the download checks.
+CAFFE_VGG19_URL = "https://web.eecs.umich.edu/~justincj/models/vgg19-d01eb7cb.pth"
 
 
 def model_url(model: str = "vgg19") -> str:
+    if model == "vgg19_caffe":
+        return CAFFE_VGG19_URL
     from torchvision.models import GoogLeNet_Weights, VGG19_Weights
 
     enum = VGG19_Weights if model == "vgg19" else GoogLeNet_Weights
     return str(enum.IMAGENET1K_V1.url)
+
+
+def vgg19_model(flavour: WeightsFlavour) -> str:
+    """The hub file VGG19 comes from when no --weights PATH is given: the Caffe conversion
+    for --weights-flavour caffe, torchvision's otherwise."""
+    return "vgg19_caffe" if flavour is WeightsFlavour.CAFFE else "vgg19"
 
 
 def vgg19_url() -> str:
@@ -89,12 +115,26 @@ def tensors_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def _hub_prefix(url: str) -> str:
+    """The sha256 prefix a torch hub file name carries (vgg19-dcbb9e9d.pth: dcbb9e9d)."""
+    return os.path.basename(url).rsplit(".", 1)[0].rsplit("-", 1)[-1]
+
+
 def detect_flavour(path: Path, requested: WeightsFlavour, sha256: str = "") -> Flavour:
+    """The preprocessing a VGG19 file needs: as requested, else known by name or content,
+    else torchvision's (``guessed``, which check_networks warns about once the file has
+    loaded: its weights cannot tell, docs/method.md, so only --weights-flavour can)."""
     if requested is not WeightsFlavour.AUTO:
         return Flavour(requested.value)
     if path.name in CAFFE_FILES or "caffe" in path.name.lower() or sha256.startswith(CAFFE_SHA256_PREFIXES):
         return Flavour.CAFFE
     return Flavour.TORCHVISION
+
+
+def flavour_guessed(path: Path, requested: WeightsFlavour, sha256: str) -> bool:
+    """Neither asked for nor known: a VGG19 file that is read as torchvision's by default."""
+    known = detect_flavour(path, WeightsFlavour.AUTO, sha256) is Flavour.CAFFE
+    return requested is WeightsFlavour.AUTO and not known and not sha256.startswith(_hub_prefix(model_url("vgg19")))
 
 
 def _random_tensors(model: str) -> dict[str, torch.Tensor]:
@@ -157,7 +197,8 @@ def _load_file(path: Path, flavour: WeightsFlavour) -> ResolvedWeights:
         raise WeightsUnavailable(f"{path}: not a state dict")
     state = {k: v for k, v in state.items() if not (isinstance(k, str) and k.startswith(UNUSED_PREFIXES))}
     sha256 = file_sha256(path)
-    return ResolvedWeights(state, detect_flavour(path, flavour, sha256), f"{path.name}@{sha256[:12]}", str(path))
+    return ResolvedWeights(state, detect_flavour(path, flavour, sha256), f"{path.name}@{sha256[:12]}", str(path),
+                           guessed=flavour_guessed(path, flavour, sha256))  # fmt: skip
 
 
 def download_weights(model: str = "vgg19", *, progress: bool = True) -> Path:
@@ -187,12 +228,12 @@ def _refuse_if_offline(model: str) -> None:
 
 
 def _missing_message(model: str, why: str) -> str:
-    name, flag = MODELS[model]
+    name, flag, download = MODELS[model]
     return (
         f"no {name} weights: {cached_weights(model)} does not exist and {why}. "
         f"Copy {os.path.basename(model_url(model))} (from {model_url(model)}) to {hub_checkpoint_dir()}/, "
-        f"or pass {flag} PATH, or run `augment weights download` where there is network "
-        f"({flag} random only for smoke tests)"
+        f"or pass {flag} PATH, or run `{download}` where there is network "
+        f"({flag.split()[-1]} random only for smoke tests)"
     )
 
 
@@ -214,13 +255,18 @@ def resolve_weights(
     download: bool = True,
 ) -> ResolvedWeights:
     """Weights for ``model`` ("vgg19" or "googlenet"): a path, "random", or None for the hub
-    cache then a download."""
+    cache then a download (for VGG19, the file ``flavour`` names)."""
+    if model == "vgg19" and not spec:
+        model = vgg19_model(flavour)
     source = _source(model, spec, download=download)
     if source == RANDOM:
         return _random_weights(model)
+    # A hub file's flavour is known; so is GoogLeNet's (it has one); a given VGG19 file's is
+    # as requested or detected.
+    known = WeightsFlavour.CAFFE if model == "vgg19_caffe" else WeightsFlavour.TORCHVISION
     if isinstance(source, Path):
-        return _load_file(source, flavour if spec else WeightsFlavour.TORCHVISION)
-    return _load_file(download_weights(model, progress=False), WeightsFlavour.TORCHVISION)
+        return _load_file(source, flavour if spec and model == "vgg19" else known)
+    return _load_file(download_weights(model, progress=False), known)
 
 
 def _source(model: str, spec: str | None, *, download: bool) -> Path | str:
@@ -252,7 +298,7 @@ def weights_needed(config: RunConfig) -> list[tuple[str, str | None]]:
 
     needed: list[tuple[str, str | None]] = []
     if config.engine is not Engine.DREAM or config.dream_net == "vgg19":
-        needed.append(("vgg19", config.weights))
+        needed.append((vgg19_model(config.weights_flavour) if not config.weights else "vgg19", config.weights))
     if config.engine is not Engine.GATYS and config.dream_net == "googlenet":
         needed.append(("googlenet", _googlenet_spec(config)))
     return needed
@@ -336,6 +382,13 @@ def check_networks(config: RunConfig, weights: NetWeights) -> None:
         if key not in _CHECKED:
             build(resolved, layers)
             _CHECKED.add(key)  # only once it built: a bad file is refused every time
+            if resolved.guessed and build is build_vgg19:
+                log.warning(
+                    "%s is not a VGG19 file augment knows: it is read with torchvision's preprocessing "
+                    "(RGB, ImageNet mean and std); pass --weights-flavour caffe if it is a Caffe conversion "
+                    "(BGR, 0..255 minus the mean)",
+                    resolved.location,
+                )
 
 
 _CHECKED: set[tuple[str, tuple[str, ...]]] = set()

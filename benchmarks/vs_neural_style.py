@@ -2,8 +2,12 @@
 
 The job: 4 photos from hymenoptera-mini (the GIF among them) x 1 style, as a user
 runs it: the peer once per image, ``augment run`` once over a manifest, default options.
-Both use a seeded random VGG19 (the same FLOPs as the real one; nothing to download); the peer
-picks its network from the file name, so the weights are saved as ``vgg19-d01eb7cb.pth``.
+Both use the same seeded random VGG19 (the same FLOPs as the real one; nothing to download),
+saved as ``vgg19-d01eb7cb.pth``: the peer picks its network from the file name, augment knows the
+name as the Caffe conversion and runs its caffe defaults (neural-style's weights, converted).
+Each output is then scored by the peer's own objective (its loss modules, parity_neural_style.py),
+so that a speed figure stands beside the quality it bought. augment runs with ``--shape-step 1``
+so that its outputs have the peer's exact shapes (the objective compares them pixel for pixel).
 
     pip install --no-deps neural-style==0.5.7
     python benchmarks/vs_neural_style.py                      # CPU: 128 px, 50 iterations
@@ -23,7 +27,9 @@ import time
 from pathlib import Path
 
 import torch
-from profile_iteration import PEAKS, flops_per_iteration  # same folder: run as a script
+from parity_neural_style import peer_objective  # same folder: run as a script
+from PIL import Image
+from profile_iteration import PEAKS, flops_per_iteration
 
 from augment.engines.vgg import random_state_dict
 
@@ -56,6 +62,7 @@ def main() -> None:
     parser.add_argument("--augment-images", type=int, default=4, help="images augment runs (photos repeated)")
     parser.add_argument("--tol", type=float, default=1e-3, help="for the separate early-stopping figure")
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--scales", default="1", help="augment's --scales")
     args = parser.parse_args()
     bin_dir = Path(sys.executable).parent
     peer = shutil.which("neural-style", path=str(bin_dir)) or shutil.which("neural-style")
@@ -92,12 +99,29 @@ def main() -> None:
             ]))  # fmt: skip
 
         augment = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(styles),
-                   "--weights", "random", "--size", str(args.size), "--iterations", str(args.iterations),
-                   "--quiet", "--device", "cuda" if args.gpu else "cpu"]  # fmt: skip
+                   "--weights", str(weights), "--size", str(args.size), "--iterations", str(args.iterations),
+                   "--shape-step", "1", "--scales", args.scales, "--quiet",
+                   "--device", "cuda" if args.gpu else "cpu"]  # fmt: skip
         ours = timed([*augment, "--out", str(tmp / "out")])
         run = json.loads((tmp / "out" / "run.json").read_text())
         with (tmp / "out" / "manifest.csv").open() as handle:
-            out_sizes = [(int(row["height"]), int(row["width"])) for row in csv.DictReader(handle)]
+            written = list(csv.DictReader(handle))
+        out_sizes = [(int(row["height"]), int(row["width"])) for row in written]
+        # The peer's objective of each tool's output of the same photo (the peer's first
+        # args.peer_images photos; augment's rows are the photos in the same order).
+        peer_scores, ours_scores, resized = [], [], 0
+        for i in range(min(args.peer_images, len(written))):
+            content = photos[i % len(photos)]
+            (row,) = [r for r in written if Path(r["source"]).name.startswith(f"{i:03d}_")]
+            ours_png, peer_png = tmp / "out" / row["path"], tmp / f"peer_{i}.png"
+            peer_size = Image.open(peer_png).size
+            if Image.open(ours_png).size != peer_size:  # a rounding apart: scored at the peer's shape
+                Image.open(ours_png).convert("RGB").resize(peer_size, Image.LANCZOS).save(tmp / f"ours_{i}.png")
+                ours_png, resized = tmp / f"ours_{i}.png", resized + 1
+            style = styles / STYLE
+            theirs, mine = peer_objective(weights, args.size, content, style, [peer_png, ours_png])
+            peer_scores.append(theirs)
+            ours_scores.append(mine)
         early = timed([*augment, "--out", str(tmp / "out_tol"), "--tol", str(args.tol)])
         with (tmp / "out_tol" / "manifest.csv").open() as handle:
             run_tol_iterations = [int(row["iterations"]) for row in csv.DictReader(handle)]
@@ -112,6 +136,10 @@ def main() -> None:
         "augment_seconds_total": round(ours, 2), "augment_seconds_per_image": round(ours_per_image, 3),
         "augment_images_per_hour": round(3600 / ours_per_image, 1),
         "ratio": round(peer_per_image / ours_per_image, 2),
+        "peer_objective_of_peer_outputs": [round(v, 1) for v in peer_scores],
+        "peer_objective_of_augment_outputs": [round(v, 1) for v in ours_scores],
+        "augment_over_peer_objective": [round(b / a, 3) for a, b in zip(peer_scores, ours_scores)],
+        "augment_outputs_resized_to_the_peers_shape": resized,
         "augment_timings": run["timings"],
         f"early_stop_tol_{args.tol}": {
             "seconds_total": round(early, 2),

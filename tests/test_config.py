@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from augment.config import HELP, RunConfig, build_config, load_yaml
+from augment.engines import weighting
+from augment.engines.vgg import Flavour
 from augment.errors import ConfigError
 
 
@@ -95,14 +98,25 @@ def test_style_layer_weights_and_normalize_gradients_reach_the_engine() -> None:
 def test_config_hashes_stay_the_same_across_refactors() -> None:
     # These hashes decide whether a finished image is redone: values written down when the
     # CLI and runner were restructured (issue 13), so a reorganised RunConfig that changes them
-    # (and would redo every user's dataset) fails here. Changed on purpose once since: output
-    # shapes on the --shape-step grid (the images are not the same).
+    # (and would redo every user's dataset) fails here. Changed on purpose since: output
+    # shapes on the --shape-step grid; the TV default (the Lua neural-style's, exactly) and
+    # the engine's default loss weights hashed (docs/changelog.md).
     plain = RunConfig()
     assert (plain.config_hash(), plain.plan_hash(), plain.copy_hash()) == (
-        "05ad8eefd009edd7", "fa62afe450721771", "d80673080a79891c",
+        "d4e336fddd666e16", "fa62afe450721771", "d80673080a79891c",
     )  # fmt: skip
     busy = RunConfig(size=64, style_weight="1e3:1e4", per_image=3, style_layer_weights="1,1,1,1,1",
                      normalize_gradients=True, engine="gatys+dream", format="jpg,webdataset")  # fmt: skip
     assert (busy.config_hash(), busy.plan_hash(), busy.copy_hash()) == (
-        "92aa6eb317a35620", "25615a10ecf1de6c", "34e10419ae05ada8",
+        "fd2bd3d308118da7", "25615a10ecf1de6c", "34e10419ae05ada8",
     )  # fmt: skip
+
+
+def test_a_changed_default_loss_weight_changes_the_config_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An unset --tv-weight takes the engine's default: images made with the old default are
+    # not current once it changes.
+    before = RunConfig().config_hash()
+    caffe = weighting.DEFAULTS[Flavour.CAFFE]
+    monkeypatch.setitem(weighting.DEFAULTS, Flavour.CAFFE, dataclasses.replace(caffe, tv_weight=caffe.tv_weight * 2))
+    assert RunConfig().config_hash() != before
+    assert RunConfig(tv_weight=1.0).plan_hash() == RunConfig().plan_hash()

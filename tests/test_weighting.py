@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from augment.engines.gatys import GatysOptions, content_target, loss_terms, loss_weights, objective, style_targets
-from augment.engines.losses import unit_l1_gradient
+from augment.engines.losses import total_variation, unit_l1_gradient
 from augment.engines.vgg import Flavour, VGG19Features
 from augment.engines.weighting import (
     DEFAULTS,
@@ -28,9 +28,11 @@ def _published_objective(
     options: GatysOptions,
     content_weight: float,
     style_weight: float,
+    tv_weight: float,
 ) -> float:
     """neural-style's / the PyTorch tutorial's objective, written out as they write it:
-    w_c·MSE(F, P) + Σ_l w_s·MSE(F·Fᵀ/(C·H·W), A/(C·H·W)), no TV."""
+    w_c·MSE(F, P) + Σ_l w_s·MSE(F·Fᵀ/(C·H·W), A/(C·H·W)) + w_tv·½·Σ(dx² + dy²) on 0..255
+    pixels (the function whose gradient the Lua neural-style's TV module returns)."""
     f, p, s = net(image), net(content), net(style)
 
     def normalised_gram(x: torch.Tensor) -> torch.Tensor:
@@ -43,12 +45,18 @@ def _published_objective(
         total = total + style_weight * torch.nn.functional.mse_loss(
             normalised_gram(f[layer]), normalised_gram(s[layer])
         )
-    return float(total)
+    pixels = 255.0 * image[0].double()
+    x_diff = pixels[:, :-1, :-1] - pixels[:, :-1, 1:]
+    y_diff = pixels[:, :-1, :-1] - pixels[:, 1:, :-1]
+    return float(total + tv_weight * 0.5 * (x_diff.pow(2) + y_diff.pow(2)).sum())
 
 
 @pytest.mark.parametrize(("flavour", "published"), [(Flavour.CAFFE, NEURAL_STYLE), (Flavour.TORCHVISION, TUTORIAL)])
 def test_the_default_objective_is_the_published_one_up_to_one_constant(flavour: Flavour, published: dict) -> None:
-    options = dataclasses.replace(GatysOptions(), tv_weight=0.0)  # the two TV terms differ in form
+    options = GatysOptions()  # the defaults, TV included (the tutorial has none: 0 for it)
+    tv_weight = published.get("tv", 0.0)
+    if "tv" not in published:
+        options = dataclasses.replace(options, tv_weight=0.0)
     net = VGG19Features(options.layers, flavour=flavour)
     net.init_random(0)
     g = torch.Generator().manual_seed(3)
@@ -57,7 +65,9 @@ def test_the_default_objective_is_the_published_one_up_to_one_constant(flavour: 
     ratios = []
     for image in (content * 0.5 + 0.25, style, torch.rand(1, 3, 48, 64, generator=g)):
         ours = objective(net, image, features, grams, options)["total"].item()
-        theirs = _published_objective(net, image, content, style, options, published["content"], published["style"])
+        theirs = _published_objective(
+            net, image, content, style, options, published["content"], published["style"], tv_weight
+        )
         ratios.append(theirs / ours)
     # One constant for every image: the same minimum. It is 4·w_c/α (both scaled to α = 10).
     assert ratios == pytest.approx([4 * published["content"] / 10.0] * 3, rel=1e-4)
@@ -74,6 +84,29 @@ def test_the_defaults_per_flavour() -> None:
     resolved = GatysOptions(style_weight=5.0).resolved(Flavour.CAFFE)
     assert resolved.style_weight == 5.0 and resolved.content_weight == 10.0  # given values win
     assert resolved.style_layer_weights == pytest.approx(inverse_square_channel_weights(resolved.style_layers))
+
+
+def test_the_tv_gradient_is_the_lua_neural_styles_backward_exactly() -> None:
+    # neural-style's TVLoss:updateGradInput, transcribed: on 0..255 pixels, x_diff = x[:, i, j]
+    # − x[:, i, j+1] and y_diff = x[:, i, j] − x[:, i+1, j] over rows and columns 1..H−1, 1..W−1;
+    # grad[i, j] += x_diff + y_diff, grad[i, j+1] −= x_diff, grad[i+1, j] −= y_diff; times w.
+    image = torch.rand(1, 3, 9, 11, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    pixels = 255.0 * image[0]
+    x_diff = pixels[:, :-1, :-1] - pixels[:, :-1, 1:]
+    y_diff = pixels[:, :-1, :-1] - pixels[:, 1:, :-1]
+    lua = torch.zeros_like(pixels)
+    lua[:, :-1, :-1] += x_diff + y_diff
+    lua[:, :-1, 1:] -= x_diff
+    lua[:, 1:, :-1] -= y_diff
+    lua *= NEURAL_STYLE["tv"]
+    # Ours, with the caffe default λ_TV: the same gradient times k = α/(4·w_c) (every default is
+    # the published objective times k) and 255 (our pixels are 0..1).
+    x = image.clone().requires_grad_(True)
+    options = GatysOptions().resolved(Flavour.CAFFE)
+    (options.tv_weight * total_variation(x, options.tv_beta)).sum().backward()
+    k = options.content_weight / (4 * NEURAL_STYLE["content"])
+    assert options.tv_beta == 1.0
+    torch.testing.assert_close(x.grad[0], k * 255.0 * lua, rtol=1e-12, atol=1e-9)
 
 
 def test_parse_layer_weights() -> None:

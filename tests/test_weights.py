@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.error import URLError
 
@@ -157,3 +161,81 @@ def test_only_the_feature_layers_are_kept_from_a_full_checkpoint(tmp_path: Path,
     assert set(resolved.state_dict) == {k for k in state if k.startswith("features.")}
     net = build_vgg19(resolved, ["conv1_1", "conv5_1"])
     assert torch.equal(net.features[0].weight, state["features.0.weight"])
+
+
+def test_an_unknown_vgg19_file_is_read_as_torchvision_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from augment.config import RunConfig
+    from augment.weights import NetWeights, check_networks
+
+    path = tmp_path / "finetuned.pth"
+    torch.save(random_state_dict(seed=6), path)
+    config = RunConfig(weights=str(path))
+    for flavour, warned in ((WeightsFlavour.AUTO, True), (WeightsFlavour.CAFFE, False)):  # said: no warning
+        caplog.clear()
+        resolved = resolve_vgg19(str(path), flavour=flavour)
+        assert resolved.flavour is (Flavour.TORCHVISION if warned else Flavour.CAFFE)
+        with caplog.at_level("WARNING", logger="augment.weights"):
+            check_networks(config, NetWeights(resolved, None))  # warned once it has loaded, not before
+        text = caplog.text
+        said = "finetuned.pth is not a VGG19 file augment knows" in text and "--weights-flavour caffe" in text
+        assert said is warned, caplog.text
+
+
+def test_caffe_flavour_without_a_path_names_the_caffe_file_and_its_download() -> None:
+    with pytest.raises(WeightsUnavailable) as err:
+        resolve_vgg19(None, flavour=WeightsFlavour.CAFFE)
+    message = str(err.value)
+    assert "no Caffe VGG19 weights" in message and "vgg19-d01eb7cb.pth" in message
+    assert weights_mod.CAFFE_VGG19_URL in message and "augment weights download --flavour caffe" in message
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:  # the test's output stays readable
+        pass
+
+
+@pytest.fixture
+def loopback_files(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder served over HTTP on 127.0.0.1 (a real server; nothing leaves the machine)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(_Files, directory=str(served))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield served, f"http://127.0.0.1:{server.server_address[1]}"
+        server.shutdown()
+
+
+def test_weights_download_caffe_fetches_the_caffe_file_hash_checked(
+    loopback_files: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from augment.cli import app
+    from augment.digests import file_sha256
+
+    served, base = loopback_files
+    made = served / "made.pth"
+    torch.save(random_state_dict(seed=7), made)
+    name = f"vgg19-{file_sha256(made)[:8]}.pth"  # a hub name: its content's sha256 prefix
+    made.rename(served / name)
+    (served / "vgg19-00000000.pth").write_bytes((served / name).read_bytes())  # the name lies
+    monkeypatch.delenv("AUGMENT_OFFLINE")
+    monkeypatch.setattr(weights_mod, "CAFFE_VGG19_URL", f"{base}/vgg19-00000000.pth")
+    result = CliRunner().invoke(app, ["weights", "download", "--flavour", "caffe"])
+    assert result.exit_code == 2 and "download failed" in result.output
+    assert not list(weights_mod.hub_checkpoint_dir().glob("*"))  # nothing half-written is left
+
+    monkeypatch.setattr(weights_mod, "CAFFE_VGG19_URL", f"{base}/{name}")
+    result = CliRunner().invoke(app, ["weights", "download", "--flavour", "caffe"])
+    assert result.exit_code == 0, result.output
+    cached = weights_mod.hub_checkpoint_dir() / name
+    assert cached.is_file() and not weights_mod.cached_vgg19().exists()  # torchvision's is not fetched
+    monkeypatch.setenv("AUGMENT_OFFLINE", "1")
+    resolved = resolve_vgg19(None, flavour=WeightsFlavour.CAFFE)  # found in the cache, no --weights
+    assert resolved.location == str(cached) and resolved.flavour is Flavour.CAFFE
+    with pytest.raises(WeightsUnavailable, match="no VGG19 weights"):  # auto still means torchvision's
+        resolve_vgg19(None)

@@ -58,7 +58,7 @@ class GatysOptions:
     content_weight: float | None = None  # α
     style_weight: float | None = None  # β
     tv_weight: float | None = None  # λ_TV
-    tv_beta: float = 1.25  # exponent inside the TV sum
+    tv_beta: float = 1.0  # exponent inside the TV sum (1: the Lua neural-style's smooth TV)
     content_layer: str = "conv4_2"
     style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
     # λ_l per style layer; None: ∝ 1/C_l² summing to 1 (equal with normalize_gradients).

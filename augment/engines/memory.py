@@ -3,21 +3,35 @@ back-off."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .vgg import VGG19Features
+from .losses import layer_positions
+from .vgg import LAYER_CHANNELS, VGG19Features
+from .weighting import DEFAULT_STYLE_LAYERS
 
 MAX_AUTO_BATCH = 64
 CPU_BATCH = 4  # measured: bf16 at 128 px, 4 per pass ran 1.36x faster per image than 1
 
 
-def bytes_per_image(net: VGG19Features, height: int, width: int, *, history_size: int, half: bool) -> int:
+def bytes_per_image(
+    net: VGG19Features,
+    height: int,
+    width: int,
+    *,
+    history_size: int,
+    half: bool,
+    style_layers: Sequence[str] = DEFAULT_STYLE_LAYERS,
+    content_layer: str = "conv4_2",
+) -> int:
     """Memory one image needs while it is optimised: every activation kept for the backward
-    pass (and its gradient), plus the optimiser's state (L-BFGS history of 2·m image-sized
-    vectors, previous image and gradient, the image itself and the best image so far)."""
+    pass (and its gradient), the optimiser's state (L-BFGS history of 2·m image-sized
+    vectors, previous image and gradient, the image itself and the best image so far), and
+    its Gram matrices in fp32 (target, generated and gradient: C² each, whatever the size,
+    so they dominate below about 64 px), and at the content layer the target and the loss's
+    four temporaries (difference, square, their gradients) in fp32."""
     element = 2 if half else 4
     h, w, channels, activations = height, width, 3, 0
     for module in net.features:
@@ -27,7 +41,9 @@ def bytes_per_image(net: VGG19Features, height: int, width: int, *, history_size
             h, w = h // 2, w // 2
         activations += channels * h * w
     pixels = 3 * height * width
-    return int(2 * activations * element + (2 * history_size + 7) * pixels * 4)
+    grams = 3 * sum(LAYER_CHANNELS[layer] ** 2 for layer in style_layers)
+    content = 5 * LAYER_CHANNELS[content_layer] * layer_positions(content_layer, height, width)
+    return int(2 * activations * element + ((2 * history_size + 7) * pixels + grams + content) * 4)
 
 
 def auto_batch_size(free_bytes: int, per_image: int, *, fraction: float = 0.7) -> int:

@@ -27,16 +27,18 @@ from .vgg import LAYER_CHANNELS, Flavour
 ALPHA = 10.0  # every default set is scaled to this content weight (the paper's α)
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 
-# Published settings. neural-style / neural-style-pt (Caffe VGG19, pixels 0..255 minus the
-# mean): content 5 at relu4_2, style 100 at each of relu1_1…relu5_1, TV 1e-3 (L1, on 0..255).
+# Published settings. jcjohnson/neural-style (Lua; Caffe VGG19, pixels 0..255 minus the mean):
+# content 5 at relu4_2, style 100 at each of relu1_1…relu5_1, TV 1e-3. neural-style-pt, its
+# PyTorch port, keeps the weights but changes the TV's form (below).
 NEURAL_STYLE = {"content": 5.0, "style": 100.0, "tv": 1e-3}
 # PyTorch's neural style tutorial (torchvision VGG19, ImageNet mean/std): content 1, style 1e6.
 TUTORIAL = {"content": 1.0, "style": 1e6}
-# Our TV is Σ(dx² + dy²)^1.25 on [0, 1] pixels (smooth, which L-BFGS without line search
-# needs: the L1 form spiked, docs/method.md); neural-style's is Σ|dx| + |dy| on 0..255. On
-# the repository's example photos at 512 px, L1 / TV^1.25 = 62 (geometric mean of 6 photos;
-# 14 at 128 px): the factor that gives our TV the magnitude of theirs at the default size.
-L1_TO_TV125 = 62.0
+# The Lua neural-style's TV module has no forward loss; its backward adds w·(x_diff + y_diff)
+# (and the matching negative terms): the gradient of w·½·Σ(dx² + dy²) on 0..255 pixels, over
+# the same (H−1)×(W−1) pixels as ours. That is our TV at exponent 1 on [0, 1] pixels times
+# ½·255², exactly. (neural-style-pt's TV is the L1 form w·Σ|dx| + |dy|, which L-BFGS without
+# line search spikes on: docs/method.md.)
+LUA_TV_TO_OURS = 0.5 * 255.0**2
 # Caffe-preprocessed input is about 255·0.226 = 58x larger than torchvision's (x − mean)/std;
 # a ReLU network's activations scale with it, the content term with its square. Used only to
 # carry neural-style's TV-to-content balance over to torchvision weights (the tutorial has no TV).
@@ -60,7 +62,7 @@ def inverse_square_channel_weights(layers: Sequence[str]) -> tuple[float, ...]:
 class LossDefaults:
     content_weight: float  # α
     style_weight: float  # β, with λ_l from inverse_square_channel_weights (equal if normalised)
-    tv_weight: float  # λ_TV for the TV exponent 1.25
+    tv_weight: float  # λ_TV for the TV exponent 1 (the default; the Lua neural-style's smooth TV)
 
 
 def _defaults(published: dict[str, float], tv_weight: float) -> LossDefaults:
@@ -69,9 +71,9 @@ def _defaults(published: dict[str, float], tv_weight: float) -> LossDefaults:
 
 
 def _neural_style_tv(k: float) -> float:
-    """neural-style's TV weight in our units: k per its unit, 255 from its 0..255 pixels, and
-    the L1-to-TV^1.25 magnitude factor."""
-    return k * NEURAL_STYLE["tv"] * 255.0 * L1_TO_TV125
+    """The Lua neural-style's TV weight in our units (exact at exponent 1): k per its unit,
+    times ½·255² from its ½·Σ(dx² + dy²) on 0..255 pixels."""
+    return k * NEURAL_STYLE["tv"] * LUA_TV_TO_OURS
 
 
 _TV_CAFFE = _neural_style_tv(ALPHA / (4.0 * NEURAL_STYLE["content"]))
