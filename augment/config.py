@@ -145,9 +145,9 @@ class RunConfig:
     init: Init = _opt(Init.CONTENT, "Start from the content image or from noise.")
     seed: int = _opt(0, "Random seed: style sampling and noise init.")
     scales: tuple[float, ...] = _opt(
-        (1.0,),
-        "Coarse-to-fine: fractions of --size to run in turn, ending at 1, e.g. 0.5,1. The full size gets a quarter "
-        "of --iterations, the lower scales share the rest.",
+        (0.5, 1.0),
+        "Coarse-to-fine: fractions of --size run in turn, ending at 1 (1: full size only). The full size gets a "
+        "quarter of --iterations.",
     )
     tol: float = _opt(
         0.0,

@@ -8,7 +8,8 @@ the number of distinct output shapes and the largest change of aspect ratio that
 
 The grid is --size/32 by default, so a run at --size 64 (step 2) puts every image in the same
 bucket as at --size 512 (step 16): round(64 r / 2) = round(512 r / 16). The network is random
-and runs 1 iteration: only the scheduling is measured.
+and runs 4 iterations over the default two scales (3 at half size, 1 at full): only the
+scheduling is measured.
 
 python benchmarks/batch_fill.py [--images 1000] [--per-image 3] [--batch-size 45] [--aspects photos]
 """
@@ -63,8 +64,9 @@ def measure(manifest: Path, out: Path, args: argparse.Namespace, step: str) -> d
     from PIL import Image
 
     command = [sys.executable, "-m", "augment", "run", str(manifest), "--styles", str(STYLES), "--out", str(out),
-               "--weights", "random", "--size", str(args.size), "--iterations", "1", "--per-image",
-               str(args.per_image), "--batch-size", str(args.batch_size), "--shape-step", step, "-q"]  # fmt: skip
+               "--weights", "random", "--size", str(args.size), "--iterations", str(args.iterations), "--per-image",
+               str(args.per_image), "--batch-size", str(args.batch_size), "--shape-step", step,
+               "--scales", args.scales, "-q"]  # fmt: skip
     subprocess.run(command, check=True, cwd=REPO)
     timings = json.loads((out / "run.json").read_text())["timings"]
     rows = pd.read_csv(out / "manifest.csv")
@@ -85,6 +87,8 @@ def main() -> None:
     parser.add_argument("--per-image", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=45)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--iterations", type=int, default=4, help="split over --scales as run splits them")
+    parser.add_argument("--scales", default="0.5,1", help="--scales (the default: two stages per image)")
     parser.add_argument("--aspects", choices=["photos", "uniform"], default="uniform")
     parser.add_argument("--steps", default="0,1", help="--shape-step values to run (0: the default grid)")
     args = parser.parse_args()

@@ -24,7 +24,7 @@ import torch
 from augment.engines.gatys import GatysOptions, loss_terms, loss_weights
 from augment.engines.losses import gram
 from augment.engines.optim import BatchLBFGS
-from augment.engines.precision import HALF_DTYPES, Precision, enable_fast_fp32, resolve_precision, use_channels_last
+from augment.engines.precision import HALF_DTYPES, Precision, resolve_precision, tf32, use_channels_last
 from augment.engines.vgg import Flavour, VGG19Features
 
 # Dense bf16 spec peaks (FLOP/s), for model FLOP utilisation; other cards: --peak-tflops.
@@ -85,8 +85,8 @@ def main() -> None:
     precision = resolve_precision(Precision(args.precision), device)
     dtype = HALF_DTYPES.get(precision, torch.float32)
     channels_last = use_channels_last(device, precision)
-    if precision is Precision.FP32:
-        enable_fast_fp32(device)
+    if precision is Precision.FP32:  # as GatysBatcher runs fp32: TF32 inside, for the whole script here
+        tf32(device).__enter__()
     options = GatysOptions().resolved(Flavour.CAFFE)
     net = VGG19Features(options.layers, flavour=Flavour.CAFFE)
     net.init_random(0)

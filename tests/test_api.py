@@ -42,7 +42,7 @@ def test_progress_moves_every_iteration_and_the_log_says_how_long(
     import augment.progress
 
     monkeypatch.setattr(augment.progress, "FIRST_ETA_AFTER_S", 0.0)
-    seen = _progress_of_a_run(dataset, tmp_path / "out", iterations=10, batch_size=3)
+    seen = _progress_of_a_run(dataset, tmp_path / "out", iterations=10, batch_size=3, scales="1")
     assert seen == sorted(seen) and seen[-1] == 3
     before_first_image = [done for done in seen if 0 < done < 1]
     assert len(before_first_image) >= 8  # 3 images x 10 iterations in one batch: ~0.1 per iteration
@@ -55,7 +55,7 @@ def test_progress_reaches_the_total_only_when_the_last_image_is_done(
 ) -> None:
     # One image at a time, 3 iterations each: progress moves by 1/3 of an image per step and
     # a finished image's steps are its own (its last evaluation takes no step).
-    seen = _progress_of_a_run(dataset, tmp_path / "out", iterations=3, batch_size=1)
+    seen = _progress_of_a_run(dataset, tmp_path / "out", iterations=3, batch_size=1, scales="1")
     # Per image: three steps, then its last evaluation and its recording report where it is.
     expected = [0.0] + [i + k / 3 for i in range(3) for k in (1, 2, 3, 3, 3)]
     assert seen == pytest.approx(expected)

@@ -100,15 +100,15 @@ def test_config_hashes_stay_the_same_across_refactors() -> None:
     # CLI and runner were restructured (issue 13), so a reorganised RunConfig that changes them
     # (and would redo every user's dataset) fails here. Changed on purpose since: output
     # shapes on the --shape-step grid; the TV default (the Lua neural-style's, exactly) and
-    # the engine's default loss weights hashed (docs/changelog.md).
+    # the engine's default loss weights hashed; --scales 0.5,1 by default (docs/changelog.md).
     plain = RunConfig()
     assert (plain.config_hash(), plain.plan_hash(), plain.copy_hash()) == (
-        "d4e336fddd666e16", "fa62afe450721771", "d80673080a79891c",
+        "47a6f4dd7c940ce4", "fa62afe450721771", "d80673080a79891c",
     )  # fmt: skip
     busy = RunConfig(size=64, style_weight="1e3:1e4", per_image=3, style_layer_weights="1,1,1,1,1",
                      normalize_gradients=True, engine="gatys+dream", format="jpg,webdataset")  # fmt: skip
     assert (busy.config_hash(), busy.plan_hash(), busy.copy_hash()) == (
-        "fd2bd3d308118da7", "25615a10ecf1de6c", "34e10419ae05ada8",
+        "2b7dc91875845c0e", "25615a10ecf1de6c", "34e10419ae05ada8",
     )  # fmt: skip
 
 

@@ -535,8 +535,8 @@ class _LiveTensorBytes(torch.utils._python_dispatch.TorchDispatchMode):
 def test_peak_memory_at_an_early_stop_stays_within_the_batch_size_estimate() -> None:
     # Two of four images stop at once (no style, no TV: nothing to change, under --tol), rows
     # 0 and 2, so the stepping rows are not a prefix; the other two go on. The budget is the
-    # estimate the batch size is chosen by. Measured: 10.58 MB at the peak with the early
-    # stops, 10.84 MB without, estimate 11.94 MB. (The estimate had left out the Gram
+    # estimate the batch size is chosen by. Measured: 10.58 or 10.84 MB at the peak with the
+    # early stops and without, estimate 11.94 MB. (The estimate had left out the Gram
     # matrices, C² each at any size, and the content layer's target and loss temporaries:
     # 6.7 MB here, and at the default layers 25.2 MB for a 35.9 MB peak at 32 px.)
     from augment.engines.memory import bytes_per_image
@@ -562,4 +562,6 @@ def test_peak_memory_at_an_early_stop_stays_within_the_batch_size_estimate() -> 
     estimate = 4 * bytes_per_image(net, 32, 32, history_size=20, half=False, style_layers=("conv1_1",),
                                    content_layer="conv1_1")  # fmt: skip
     print(f"peak {peaks[1]} B with early stops, {peaks[0]} B without, estimate {estimate} B")
-    assert peaks[1] <= peaks[0] * 1.01 and peaks[1] <= estimate
+    # The two peaks differ by one image's conv1_1 map either way from run to run (when the
+    # garbage collector frees a cycle), so only the budget is asserted.
+    assert max(peaks) <= estimate
