@@ -84,10 +84,10 @@ def model_url(model: str = "vgg19") -> str:
     return str(enum.IMAGENET1K_V1.url)
 
 
-def vgg19_model(flavour: WeightsFlavour) -> str:
-    """The hub file VGG19 comes from when no --weights PATH is given: the Caffe conversion
-    for --weights-flavour caffe, torchvision's otherwise."""
-    return "vgg19_caffe" if flavour is WeightsFlavour.CAFFE else "vgg19"
+def vgg19_model(flavour: WeightsFlavour, spec: str | None) -> str:
+    """Which VGG19 ``spec`` (--weights) means: a given file or "random" is "vgg19"; with none,
+    the hub file --weights-flavour names (the Caffe conversion for caffe)."""
+    return "vgg19_caffe" if flavour is WeightsFlavour.CAFFE and not spec else "vgg19"
 
 
 def vgg19_url() -> str:
@@ -120,21 +120,15 @@ def _hub_prefix(url: str) -> str:
     return os.path.basename(url).rsplit(".", 1)[0].rsplit("-", 1)[-1]
 
 
-def detect_flavour(path: Path, requested: WeightsFlavour, sha256: str = "") -> Flavour:
-    """The preprocessing a VGG19 file needs: as requested, else known by name or content,
-    else torchvision's (``guessed``, which check_networks warns about once the file has
-    loaded: its weights cannot tell, docs/method.md, so only --weights-flavour can)."""
+def detect_flavour(path: Path, requested: WeightsFlavour, sha256: str = "") -> tuple[Flavour, bool]:
+    """The preprocessing a VGG19 file needs, and whether it was guessed: as requested, else
+    known by name or content, else torchvision's, guessed (check_networks warns about it once
+    the file has loaded: its weights cannot tell, docs/method.md; only --weights-flavour can)."""
     if requested is not WeightsFlavour.AUTO:
-        return Flavour(requested.value)
+        return Flavour(requested.value), False
     if path.name in CAFFE_FILES or "caffe" in path.name.lower() or sha256.startswith(CAFFE_SHA256_PREFIXES):
-        return Flavour.CAFFE
-    return Flavour.TORCHVISION
-
-
-def flavour_guessed(path: Path, requested: WeightsFlavour, sha256: str) -> bool:
-    """Neither asked for nor known: a VGG19 file that is read as torchvision's by default."""
-    known = detect_flavour(path, WeightsFlavour.AUTO, sha256) is Flavour.CAFFE
-    return requested is WeightsFlavour.AUTO and not known and not sha256.startswith(_hub_prefix(model_url("vgg19")))
+        return Flavour.CAFFE, False
+    return Flavour.TORCHVISION, not sha256.startswith(_hub_prefix(model_url("vgg19")))
 
 
 def _random_tensors(model: str) -> dict[str, torch.Tensor]:
@@ -197,8 +191,8 @@ def _load_file(path: Path, flavour: WeightsFlavour) -> ResolvedWeights:
         raise WeightsUnavailable(f"{path}: not a state dict")
     state = {k: v for k, v in state.items() if not (isinstance(k, str) and k.startswith(UNUSED_PREFIXES))}
     sha256 = file_sha256(path)
-    return ResolvedWeights(state, detect_flavour(path, flavour, sha256), f"{path.name}@{sha256[:12]}", str(path),
-                           guessed=flavour_guessed(path, flavour, sha256))  # fmt: skip
+    detected, guessed = detect_flavour(path, flavour, sha256)
+    return ResolvedWeights(state, detected, f"{path.name}@{sha256[:12]}", str(path), guessed=guessed)
 
 
 def download_weights(model: str = "vgg19", *, progress: bool = True) -> Path:
@@ -256,8 +250,8 @@ def resolve_weights(
 ) -> ResolvedWeights:
     """Weights for ``model`` ("vgg19" or "googlenet"): a path, "random", or None for the hub
     cache then a download (for VGG19, the file ``flavour`` names)."""
-    if model == "vgg19" and not spec:
-        model = vgg19_model(flavour)
+    if model == "vgg19":
+        model = vgg19_model(flavour, spec)
     source = _source(model, spec, download=download)
     if source == RANDOM:
         return _random_weights(model)
@@ -298,7 +292,7 @@ def weights_needed(config: RunConfig) -> list[tuple[str, str | None]]:
 
     needed: list[tuple[str, str | None]] = []
     if config.engine is not Engine.DREAM or config.dream_net == "vgg19":
-        needed.append((vgg19_model(config.weights_flavour) if not config.weights else "vgg19", config.weights))
+        needed.append((vgg19_model(config.weights_flavour, config.weights), config.weights))
     if config.engine is not Engine.GATYS and config.dream_net == "googlenet":
         needed.append(("googlenet", _googlenet_spec(config)))
     return needed

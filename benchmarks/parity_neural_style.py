@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,13 +113,11 @@ def run_augment(
 
 def _fit_start_up(budgets: list[int], seconds: list[float]) -> float:
     """The peer's fixed cost per command (Python, torch, the model file), from a straight
-    line through (iterations, seconds): what its command time is beyond its iterations."""
-    n = len(budgets)
-    mean_x, mean_y = sum(budgets) / n, sum(seconds) / n
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(budgets, seconds)) / max(
-        1e-9, sum((x - mean_x) ** 2 for x in budgets)
-    )
-    return max(0.0, mean_y - slope * mean_x)
+    line through (iterations, seconds): what its command time is beyond its iterations
+    (0 with a single budget: nothing to fit)."""
+    if len(set(budgets)) < 2:
+        return 0.0
+    return max(0.0, statistics.linear_regression(budgets, seconds).intercept)
 
 
 def main() -> None:
