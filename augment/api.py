@@ -10,17 +10,17 @@ import torch
 from PIL import Image
 
 from .config import RunConfig, build_config
-from .drivers import resolve_device
 from .engines.precision import resolve_precision, use_channels_last
 from .engines.transfer import Finish
 from .engines.transfer import stylize as _stylize
 from .errors import ConfigError
-from .images import load_rgb, resize_long_side, resize_to, to_image, to_rgb, to_tensor
-from .parallel import run as _run
-from .progress import ProgressFn
-from .runner import RunSummary
-from .styles import load_style_bank, safe_name
-from .weights import build_vgg19, resolve_vgg19
+from .io.images import load_rgb, resize_long_side, resize_to, to_image, to_rgb, to_tensor
+from .io.styles import load_style_bank, safe_name
+from .io.weights import build_vgg19, resolve_vgg19
+from .pipeline.drivers import resolve_device
+from .pipeline.job import run as _run
+from .pipeline.part import RunSummary
+from .pipeline.progress import ProgressFn
 
 
 def run(

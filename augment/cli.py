@@ -35,14 +35,14 @@ from . import __version__
 from .config import FIELD_NAMES, HELP, PANEL_OF, RunConfig, _default_text, build_config, load_yaml
 from .engines.vgg import Flavour
 from .errors import EXIT_OK, EXIT_SIGINT, EXIT_SOFTWARE, EXIT_SOME_FAILED, AugmentError, Stopped
-from .lock import OutLock, lock_name
-from .merge import merge as merge_parts
-from .parallel import run as run_job
-from .prepare import human_bytes
-from .prepare import validate as validate_job
-from .report import write_report
-from .runner import RunSummary
-from .weights import MODELS, OFFLINE_ENV, cached_weights, download_weights, hub_checkpoint_dir
+from .io.lock import OutLock, lock_name
+from .io.weights import MODELS, OFFLINE_ENV, cached_weights, download_weights, hub_checkpoint_dir
+from .outputs.merge import merge as merge_parts
+from .outputs.report import write_report
+from .pipeline.job import run as run_job
+from .pipeline.part import RunSummary
+from .pipeline.prepare import human_bytes
+from .pipeline.prepare import validate as validate_job
 
 app = typer.Typer(
     help="Style-based data augmentation: repaint a labeled image dataset with neural style transfer.",

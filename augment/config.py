@@ -26,9 +26,9 @@ from .engines.precision import Precision
 from .engines.vgg import CONV_LAYERS, Flavour, Pooling
 from .engines.weighting import ALPHA, DEFAULT_STYLE_LAYERS, DEFAULTS, NORMALIZED_DEFAULTS, parse_layer_weights
 from .errors import ConfigError
-from .images import DEFAULT_MAX_PIXELS, FORMAT_EXT, MIN_SIDE, bucket_shape, fit_long_side, shape_step, snap_to_grid
-from .plan import Assignment, PlanOptions, Spread
-from .yamlfile import read_mapping
+from .io.images import DEFAULT_MAX_PIXELS, FORMAT_EXT, MIN_SIDE, bucket_shape, fit_long_side, shape_step, snap_to_grid
+from .io.yamlfile import read_mapping
+from .pipeline.plan import Assignment, PlanOptions, Spread
 
 
 class Engine(str, Enum):

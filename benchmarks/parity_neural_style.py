@@ -37,7 +37,7 @@ from augment.engines.gatys import GatysOptions
 from augment.engines.transfer import stylize
 from augment.engines.vgg import Flavour, VGG19Features, random_state_dict
 from augment.engines.weighting import DEFAULT_STYLE_LAYERS, DEFAULTS, NEURAL_STYLE, from_mean_squared
-from augment.images import load_rgb, resize_long_side, resize_to, to_image, to_tensor
+from augment.io.images import load_rgb, resize_long_side, resize_to, to_image, to_tensor
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "manifests" / "example"
 CONTENT = EXAMPLE / "images" / "ants" / "0013035.jpg"

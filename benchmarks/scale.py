@@ -162,8 +162,8 @@ def checkpoint_seconds(out: Path, part: str, rows: int) -> float:
     """One checkpoint of part ``part`` grown to ``rows`` rows (its real rows, copied)."""
     sys.path.insert(0, str(REPO))
     from augment.config import build_config
-    from augment.prepare import prepare
-    from augment.record import Recorder
+    from augment.outputs.parts import Recorder
+    from augment.pipeline.prepare import prepare
 
     run = json.loads((out / "parts" / f"{part}.json").read_text())
     config = build_config(None, **run["config"])
@@ -223,12 +223,12 @@ def finished_out(out: Path, part: str, target: Path) -> int:
     the number of images."""
     sys.path.insert(0, str(REPO))
     from augment.config import build_config
-    from augment.lock import mark_ours
-    from augment.manifest import write_csv
-    from augment.merge import merge
-    from augment.parallel import _keys
-    from augment.prepare import prepare
-    from augment.weights import resolve_for
+    from augment.io.lock import mark_ours
+    from augment.io.sources import write_csv
+    from augment.io.weights import resolve_for
+    from augment.outputs.merge import merge
+    from augment.pipeline.job import _keys
+    from augment.pipeline.prepare import prepare
 
     run = json.loads((out / "parts" / f"{part}.json").read_text())
     config = build_config(None, **{**run["config"], "shard": None, "out": str(target)})

@@ -39,9 +39,9 @@ def test_progress_moves_every_iteration_and_the_log_says_how_long(
 ) -> None:
     # At the defaults a CPU spends minutes on one batch: the bar and run.log must not wait for
     # the first finished image. A running image counts by its share of iterations done.
-    import augment.progress
+    import augment.pipeline.progress
 
-    monkeypatch.setattr(augment.progress, "FIRST_ETA_AFTER_S", 0.0)
+    monkeypatch.setattr(augment.pipeline.progress, "FIRST_ETA_AFTER_S", 0.0)
     seen = _progress_of_a_run(dataset, tmp_path / "out", iterations=10, batch_size=3, scales="1")
     assert seen == sorted(seen) and seen[-1] == 3
     before_first_image = [done for done in seen if 0 < done < 1]

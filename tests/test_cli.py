@@ -197,7 +197,7 @@ def test_validate_warns_when_the_output_will_not_fit(
     found = json.loads(stdout)
     assert code == 0 and found["warnings"] == [] and found["free_bytes"] > 0
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr("augment.prepare.shutil.disk_usage", lambda _: usage._replace(free=1_000_000))
+    monkeypatch.setattr("augment.pipeline.prepare.shutil.disk_usage", lambda _: usage._replace(free=1_000_000))
     found = json.loads(invoke("validate", manifest, *args, "--json")[1])
     assert found["free_bytes"] == 1_000_000
     assert found["warnings"] == [f"the output needs about {found['estimated_bytes'] / 1e6:.1f} MB "
@@ -310,7 +310,7 @@ def test_a_non_finite_loss_in_mixed_precision_is_redone_in_fp32(dataset: tuple[P
 
 
 def _mean_abs_difference(out: Path, rows: pd.DataFrame, data_root: Path, size: int) -> list[float]:
-    from augment.images import load_rgb, resize_long_side
+    from augment.io.images import load_rgb, resize_long_side
 
     diffs = []
     for row in rows.itertuples():

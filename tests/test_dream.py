@@ -7,13 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from augment.engines.dream import (
-    DreamOptions,
-    activation_objective,
-    dream,
-    guide_features,
-    octave_sizes,
-)
+from augment.engines.dream import DreamOptions, activation_objective, dream, guide_features, octave_sizes
 from augment.engines.googlenet import GoogLeNetFeatures
 from augment.engines.vgg import VGG19Features
 
@@ -101,10 +95,10 @@ def test_the_dream_stage_of_gatys_dream_runs_in_batches_and_matches_alone(monkey
     # to dream one image at a time); each image's dream is still its own (seed, normalisation).
     from types import SimpleNamespace
 
-    import augment.drivers as drivers
+    import augment.pipeline.drivers as drivers
     from augment.config import RunConfig
     from augment.engines.precision import Precision
-    from augment.weights import resolve_weights
+    from augment.io.weights import resolve_weights
 
     config = RunConfig(engine="gatys+dream", batch_size=2, octaves=2, dream_iterations=2, size=48)
     driver = drivers.DreamDriver(config, torch.device("cpu"), Precision.FP32, resolve_weights("googlenet", "random"))
@@ -159,13 +153,13 @@ def test_a_dream_that_is_not_finite_is_a_failed_row_not_black_pixels() -> None:
     # (as a diverged half-precision pass would leave) dreams to NaN; the other is unaffected.
     from pathlib import Path
 
-    import augment.drivers as drivers
+    import augment.pipeline.drivers as drivers
     from augment.config import RunConfig
     from augment.engines.precision import Precision
-    from augment.manifest import SourceRow
-    from augment.plan import plan_tasks
-    from augment.styles import Style
-    from augment.weights import resolve_weights
+    from augment.io.sources import SourceRow
+    from augment.io.styles import Style
+    from augment.io.weights import resolve_weights
+    from augment.pipeline.plan import plan_tasks
 
     config = RunConfig(engine="dream", size=32, octaves=1, dream_iterations=2)
     driver = drivers.DreamDriver(config, torch.device("cpu"), Precision.FP32, resolve_weights("googlenet", "random"))

@@ -16,9 +16,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from augment import export
 from augment.config import RunConfig
 from augment.errors import ConfigError
+from augment.outputs import export
 
 from .conftest import FAST, make_dataset, make_styles
 from .test_cli import invoke

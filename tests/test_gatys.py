@@ -9,15 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from augment.engines.gatys import (
-    GatysBatcher,
-    GatysOptions,
-    Job,
-    content_target,
-    objective,
-    style_targets,
-    stylize,
-)
+from augment.engines.gatys import GatysBatcher, GatysOptions, Job, content_target, objective, style_targets, stylize
 from augment.engines.precision import Precision, cpu_has_native_bf16
 from augment.engines.vgg import VGG19Features
 
@@ -492,7 +484,7 @@ def test_no_loss_increase_over_200_iterations_on_neural_styles_objective() -> No
     # spiked here (10x and more) and ended 2-6x above its minimum.
     from augment.engines.losses import rescale_grams
     from augment.engines.vgg import Flavour
-    from augment.images import load_rgb, resize_long_side, to_tensor
+    from augment.io.images import load_rgb, resize_long_side, to_tensor
 
     example = Path(__file__).resolve().parents[1] / "manifests" / "example"
     options = GatysOptions(iterations=200)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from augment.lock import MARKER
-from augment.manifest import SourceRow
-from augment.plan import output_stems, stable_hash
+from augment.io.lock import MARKER
+from augment.io.sources import SourceRow
+from augment.pipeline.plan import output_stems, stable_hash
 
 from .conftest import FAST, make_dataset, make_styles, noise_image
 from .test_cli import files_under, invoke
@@ -153,12 +153,12 @@ def test_a_hashed_name_never_equals_another_sources_own_name(tmp_path: Path) -> 
 def test_the_exit_code_follows_run_json_when_the_merge_is_incomplete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import augment.merge
+    import augment.outputs.merge
 
     manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
     # What merge finds missing (a part lost, rows cut short) is injected: the path from there
     # to the exit code is what is tested.
-    monkeypatch.setattr(augment.merge, "_missing_parts", lambda outs: ["worker-1-of-2 not run (simulated)"])
+    monkeypatch.setattr(augment.outputs.merge, "_missing_parts", lambda outs: ["worker-1-of-2 not run (simulated)"])
     code, _, err = _run(manifest, styles, tmp_path / "out")
     run_json = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run_json["status"] == "incomplete" and code == run_json["exit_code"] == 1, err
@@ -465,11 +465,11 @@ def test_a_path_argument_that_is_not_utf8_is_a_usage_error(tmp_path: Path, which
 
 
 def test_more_cpu_workers_than_cores_are_cut_to_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import augment.parallel
+    import augment.pipeline.job
 
     started: list[int] = []
-    monkeypatch.setattr(augment.parallel.os, "cpu_count", lambda: 1)
-    monkeypatch.setattr(augment.parallel, "_run_workers", lambda *args, **kwargs: started.append(args[3]))
+    monkeypatch.setattr(augment.pipeline.job.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(augment.pipeline.job, "_run_workers", lambda *args, **kwargs: started.append(args[3]))
     manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
     code, _, err = _run(manifest, styles, tmp_path / "out", "--workers", "12")
     assert "--workers 12 on 1 CPU cores: running 1" in err
@@ -500,7 +500,7 @@ def test_a_damaged_part_failures_csv_is_named_by_merge(tmp_path: Path) -> None:
 
 def test_yaml_merge_keys_without_aliases_still_work(tmp_path: Path) -> None:
     from augment.errors import ConfigError
-    from augment.yamlfile import read_mapping
+    from augment.io.yamlfile import read_mapping
 
     path = tmp_path / "run.yaml"
     path.write_text("size: 64\n<<: {iterations: 5}\n")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from augment.images import (
+from augment.io.images import (  # fmt: skip
     ImageProblem,
     load_rgb,
     probe,
@@ -18,7 +18,7 @@ from augment.images import (
     save_atomic,
     to_image,
     to_tensor,
-)  # fmt: skip
+)
 
 
 def _pixel(path: Path, xy: tuple[int, int] = (0, 0)) -> tuple[int, int, int]:

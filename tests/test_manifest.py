@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from augment.errors import ManifestError
-from augment.manifest import label_problem, load_input
+from augment.io.sources import label_problem, load_input
 
 from .conftest import make_dataset, noise_image
 

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 from augment.engines.vgg import random_state_dict
-from augment.manifest import SourceRow
-from augment.parallel import Shard
-from augment.plan import plan_tasks
-from augment.styles import Style
-from augment.weights import cached_vgg19
+from augment.io.sources import SourceRow
+from augment.io.styles import Style
+from augment.io.weights import cached_vgg19
+from augment.pipeline.job import Shard
+from augment.pipeline.plan import plan_tasks
 
 from .test_cli import invoke
 

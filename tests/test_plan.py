@@ -3,9 +3,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from augment.manifest import SourceRow
-from augment.plan import plan_tasks
-from augment.styles import Style
+from augment.io.sources import SourceRow
+from augment.io.styles import Style
+from augment.pipeline.plan import plan_tasks
 
 
 def _styles(*weights: float) -> list[Style]:

@@ -9,9 +9,9 @@ import pytest
 
 from augment.config import RunConfig
 from augment.errors import ConfigError
-from augment.manifest import SourceRow, load_input
-from augment.plan import Assignment, PlanOptions, plan
-from augment.styles import Style
+from augment.io.sources import SourceRow, load_input
+from augment.io.styles import Style
+from augment.pipeline.plan import Assignment, PlanOptions, plan
 
 
 def _styles(count: int) -> list[Style]:
@@ -165,7 +165,7 @@ def test_input_columns_named_like_output_columns_are_kept_apart(tmp_path: Path) 
 
 
 def test_task_keys_change_with_a_styles_yaml_override() -> None:
-    from augment.plan import task_keys
+    from augment.pipeline.plan import task_keys
 
     (row,) = _rows(cat=1)
     plain = Style("s0", Path("s0.png"), "s0")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from augment.report import _bar_chart, _duration, _timing
+from augment.outputs.report import _bar_chart, _duration, _timing
 
 from .conftest import FAST, make_dataset, make_styles
 from .test_cli import invoke

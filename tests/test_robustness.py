@@ -14,8 +14,8 @@ from PIL import Image
 
 from augment.config import RunConfig, build_config
 from augment.errors import ConfigError, StyleBankError
-from augment.images import probe
-from augment.styles import load_style_bank
+from augment.io.images import probe
+from augment.io.styles import load_style_bank
 
 from .conftest import FAST, make_dataset, make_styles, noise_image
 from .test_cli import files_under, invoke
@@ -155,7 +155,7 @@ def test_path_values_are_accepted_as_text() -> None:
 
 
 def test_json_is_printed_on_every_exit(tmp_path: Path) -> None:
-    from augment.lock import OutLock
+    from augment.io.lock import OutLock
 
     manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
     manifest.write_text(manifest.read_text() + "gone.png,ants\n")
@@ -321,7 +321,7 @@ def test_workers_on_a_gpu_that_is_not_there_exit_2(dataset: tuple[Path, Path], t
 
 
 def test_a_whole_job_and_a_shard_exclude_each_other_on_one_out(dataset: tuple[Path, Path], tmp_path: Path) -> None:
-    from augment.lock import OutLock, lock_name
+    from augment.io.lock import OutLock, lock_name
 
     manifest, styles = dataset
     out = tmp_path / "out"

@@ -17,13 +17,13 @@ from typer.testing import CliRunner
 
 from augment.cli import app
 from augment.config import RunConfig
-from augment.digests import DigestCache, file_sha256
-from augment.manifest import Failure
-from augment.merge import journal_failures
-from augment.parallel import Shard
-from augment.plan import plan_tasks
-from augment.prepare import prepare
-from augment.record import Recorder
+from augment.io.digests import DigestCache, file_sha256
+from augment.io.sources import Failure
+from augment.outputs.merge import journal_failures
+from augment.outputs.parts import Recorder
+from augment.pipeline.job import Shard
+from augment.pipeline.plan import plan_tasks
+from augment.pipeline.prepare import prepare
 
 from .conftest import FAST, make_dataset, make_styles, noise_image
 
@@ -126,8 +126,8 @@ def test_the_record_grows_by_journal_lines_and_keeps_failures_of_a_killed_part(t
 
 
 def test_a_shard_owns_every_variant_of_its_sources(tmp_path: Path) -> None:
-    from augment.manifest import SourceRow
-    from augment.styles import Style
+    from augment.io.sources import SourceRow
+    from augment.io.styles import Style
 
     rows = [SourceRow(row=i, source=f"{i}.png", path=Path(f"/x/{i}.png"), label="c") for i in range(40)]
     styles = [Style(f"s{i}", Path(f"s{i}.png"), f"s{i}", 1.0) for i in range(4)]
@@ -144,9 +144,9 @@ def test_a_worker_is_handed_its_tasks_and_never_plans_the_job(tmp_path: Path, mo
     import multiprocessing
     import queue
 
-    from augment import parallel
-    from augment.merge import part_rows
-    from augment.runner import order_by_shape
+    from augment.outputs.merge import part_rows
+    from augment.pipeline import job as parallel
+    from augment.pipeline.part import order_by_shape
 
     manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
     config = RunConfig(manifest=str(manifest), styles=str(styles), out=str(out), weights="random", size=32,
@@ -183,9 +183,9 @@ def test_a_worker_is_handed_its_tasks_and_never_plans_the_job(tmp_path: Path, mo
 def test_a_shard_plans_exactly_the_whole_plans_tasks_of_its_sources() -> None:
     # A shard reaches its own tasks without building the job's (1 M rows x 3 are 3 M tasks,
     # ~1 KB each), and they are the same tasks: names, balance targets, round robin.
-    from augment.manifest import SourceRow
-    from augment.plan import Assignment, PlanOptions, plan
-    from augment.styles import Style
+    from augment.io.sources import SourceRow
+    from augment.io.styles import Style
+    from augment.pipeline.plan import Assignment, PlanOptions, plan
 
     rows = [SourceRow(row=i, source=f"d{i % 3}/x{i % 7}.png", path=Path(f"/x/{i}.png"), label="ab"[i % 5 == 0],
                       split=("train", "val")[i % 9 == 0]) for i in range(90)]  # fmt: skip
@@ -226,9 +226,9 @@ def test_validates_counts_without_tasks_are_the_plans_counts() -> None:
     # numbers as the tasks run would make.
     from collections import Counter
 
-    from augment.manifest import SourceRow
-    from augment.plan import PlanOptions, plan
-    from augment.styles import Style
+    from augment.io.sources import SourceRow
+    from augment.io.styles import Style
+    from augment.pipeline.plan import PlanOptions, plan
 
     rows = [SourceRow(row=i, source=f"{i}.png", path=Path(f"/x/{i}.png"), label="ab"[i % 3 == 0],
                       split=("train", "test")[i % 4 == 0]) for i in range(50)]  # fmt: skip

@@ -10,7 +10,7 @@ import pandas as pd
 from PIL import Image
 
 from augment.config import RunConfig
-from augment.images import MIN_SIDE, bucket_shape, shape_step
+from augment.io.images import MIN_SIDE, bucket_shape, shape_step
 
 from .conftest import make_styles
 from .test_cli import invoke

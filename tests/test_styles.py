@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from augment.errors import StyleBankError
-from augment.styles import load_style_bank, safe_name
+from augment.io.styles import load_style_bank, safe_name
 
 from .conftest import noise_image
 

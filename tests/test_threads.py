@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from augment.threads import SAMPLE, in_threads
+from augment.io.threads import SAMPLE, in_threads
 
 
 def test_waiting_work_runs_in_threads_in_input_order() -> None:

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from augment.lock import OutLock
+from augment.io.lock import OutLock
 
 from .test_cli import files_under, invoke
 
@@ -52,7 +52,8 @@ def test_a_lock_left_by_a_killed_process_does_not_block(dataset: tuple[Path, Pat
         [
             sys.executable,
             "-c",
-            f"from augment.lock import OutLock; import time\nwith OutLock(__import__('pathlib').Path({str(out)!r})):\n"
+            "from augment.io.lock import OutLock; import time\n"
+            f"with OutLock(__import__('pathlib').Path({str(out)!r})):\n"
             "    print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
@@ -222,7 +223,7 @@ def test_kill_9_then_rerun_gives_exactly_one_image_per_task_identical_to_an_unbr
         (out / "images" / "ants").mkdir(exist_ok=True)
         (out / "images" / "ants" / ".a1__waves__0.png.dead.tmp").write_bytes(b"half")
     # ... and an image renamed into place whose journal line was never written.
-    from augment.merge import JOURNAL, PARTS, part_rows
+    from augment.outputs.merge import JOURNAL, PARTS, part_rows
 
     journal = out / PARTS / f"main{JOURNAL}"
     if journal.exists() and journal.read_text().strip():

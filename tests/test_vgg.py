@@ -4,14 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from augment.engines.vgg import (
-    CONV_LAYERS,
-    Flavour,
-    Normalize,
-    Pooling,
-    VGG19Features,
-    random_state_dict,
-)
+from augment.engines.vgg import CONV_LAYERS, Flavour, Normalize, Pooling, VGG19Features, random_state_dict
 
 
 def test_layer_names_cover_the_sixteen_convolutions() -> None:

@@ -12,11 +12,11 @@ from urllib.error import URLError
 import pytest
 import torch
 
-from augment import weights as weights_mod
 from augment.config import WeightsFlavour
 from augment.engines.vgg import Flavour, random_state_dict
 from augment.errors import WeightsUnavailable
-from augment.weights import build_vgg19, cached_vgg19, resolve_vgg19
+from augment.io import weights as weights_mod
+from augment.io.weights import build_vgg19, cached_vgg19, resolve_vgg19
 
 
 def test_random_is_explicit_and_identified() -> None:
@@ -43,7 +43,7 @@ def test_caffe_weights_are_known_by_their_content_under_any_name(
 ) -> None:
     # A renamed copy of the Caffe conversion ran with torchvision's preprocessing. The known
     # file's sha256 starts d01eb7cb; this test's file stands in for it by its own prefix.
-    from augment.digests import file_sha256
+    from augment.io.digests import file_sha256
 
     target = tmp_path / "renamed.pth"
     torch.save(random_state_dict(seed=5), target)
@@ -99,7 +99,7 @@ def test_bad_files(tmp_path: Path) -> None:
 
 
 def test_googlenet_offline_error_names_its_own_file_and_flag() -> None:
-    from augment.weights import cached_weights, resolve_weights
+    from augment.io.weights import cached_weights, resolve_weights
 
     with pytest.raises(WeightsUnavailable) as err:
         resolve_weights("googlenet", None)
@@ -110,7 +110,7 @@ def test_googlenet_offline_error_names_its_own_file_and_flag() -> None:
 def test_googlenet_from_the_hub_cache_loads_into_the_dream_network() -> None:
     from torchvision.models import googlenet
 
-    from augment.weights import build_dream_net, cached_weights, resolve_weights
+    from augment.io.weights import build_dream_net, cached_weights, resolve_weights
 
     target = cached_weights("googlenet")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ def test_validate_checks_a_download_by_asking_the_host(monkeypatch: pytest.Monke
     from urllib.error import HTTPError
 
     from augment.config import RunConfig
-    from augment.weights import check_weights
+    from augment.io.weights import check_weights
 
     monkeypatch.delenv("AUGMENT_OFFLINE")
     asked: list[str] = []
@@ -167,7 +167,7 @@ def test_an_unknown_vgg19_file_is_read_as_torchvision_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from augment.config import RunConfig
-    from augment.weights import NetWeights, check_networks
+    from augment.io.weights import NetWeights, check_networks
 
     path = tmp_path / "finetuned.pth"
     torch.save(random_state_dict(seed=6), path)
@@ -176,7 +176,7 @@ def test_an_unknown_vgg19_file_is_read_as_torchvision_with_a_warning(
         caplog.clear()
         resolved = resolve_vgg19(str(path), flavour=flavour)
         assert resolved.flavour is (Flavour.TORCHVISION if warned else Flavour.CAFFE)
-        with caplog.at_level("WARNING", logger="augment.weights"):
+        with caplog.at_level("WARNING", logger="augment.io.weights"):
             check_networks(config, NetWeights(resolved, None))  # warned once it has loaded, not before
         text = caplog.text
         said = "finetuned.pth is not a VGG19 file augment knows" in text and "--weights-flavour caffe" in text
@@ -215,7 +215,7 @@ def test_weights_download_caffe_fetches_the_caffe_file_hash_checked(
     from typer.testing import CliRunner
 
     from augment.cli import app
-    from augment.digests import file_sha256
+    from augment.io.digests import file_sha256
 
     served, base = loopback_files
     made = served / "made.pth"

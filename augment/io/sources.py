@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import ManifestError
 from .atomic import atomic_write
-from .errors import ManifestError
 from .images import image_extensions
 
 log = logging.getLogger(__name__)

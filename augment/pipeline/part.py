@@ -22,20 +22,20 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .config import Engine, RunConfig
+from .. import __version__
+from ..config import Engine, RunConfig
+from ..engines.precision import resolve_precision
+from ..engines.vgg import Flavour
+from ..errors import Interrupted, Stopped
+from ..io.images import ImageProblem, load_rgb, probe_all, resize_to, to_tensor
+from ..io.sources import Failure, SourceRow
+from ..io.weights import NetWeights
+from ..outputs.parts import Recorder
+from ..outputs.schema import engine_name, manifest_row
 from .drivers import CopyDriver, DreamDriver, Failed, GatysDriver, Made, describe_device, resolve_device
-from .engines.precision import resolve_precision
-from .engines.vgg import Flavour
-from .errors import Interrupted, Stopped
-from .images import ImageProblem, load_rgb, probe_all, resize_to, to_tensor
-from .manifest import Failure, SourceRow
 from .plan import Task
 from .prepare import Prepared
 from .progress import ProgressFn, ProgressTracker
-from .record import Recorder
-from .rows import engine_name, manifest_row
-from .weights import NetWeights
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,13 @@ from typing import IO, Any
 
 import torch
 
-from .atomic import write_text
-from .config import RunConfig
-from .errors import OutputError, TooManyFailures
-from .images import save_atomic, to_image
-from .manifest import BASE_COLUMNS, Failure, write_csv, write_failures
+from ..config import RunConfig
+from ..errors import OutputError, TooManyFailures
+from ..io.atomic import write_text
+from ..io.images import save_atomic, to_image
+from ..io.sources import BASE_COLUMNS, Failure, write_csv, write_failures
+from ..pipeline.prepare import Prepared
 from .merge import JOURNAL, PARTS
-from .prepare import Prepared
 
 
 def failure_limit(config: RunConfig, prepared: Prepared) -> int | None:

@@ -16,8 +16,8 @@ from types import TracebackType
 
 from filelock import FileLock, Timeout
 
+from ..errors import EXIT_LOCKED, AugmentError, ConfigError, OutputError
 from .atomic import OUT_FILES, OUT_FOLDERS, foreign_symlinks, write_text
-from .errors import EXIT_LOCKED, AugmentError, ConfigError, OutputError
 
 # Written into OUT by the first run: from then on the files augment writes there are its own to
 # replace. Outputs of earlier versions are known by their run.json or a part's .json.
@@ -33,7 +33,7 @@ def is_marked(out: Path) -> bool:
 def _made_by_an_earlier_version(out: Path) -> bool:
     """An output of a version before the mark: run.json, or a part's .json (shards before their
     merge), with augment's config hash in it."""
-    from .merge import part_names  # a part's name, not any .json a user left in parts/
+    from ..outputs.merge import part_names  # a part's name, not any .json a user left in parts/
 
     for path in (out / "run.json", *(out / "parts" / f"{name}.json" for name in part_names(out)[:1])):
         try:

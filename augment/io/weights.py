@@ -23,10 +23,10 @@ from urllib.request import Request, urlopen
 
 import torch
 
-from .config import RunConfig, WeightsFlavour
+from ..config import RunConfig, WeightsFlavour
+from ..engines.vgg import Flavour, Pooling, VGG19Features, random_state_dict
+from ..errors import WeightsUnavailable
 from .digests import file_sha256
-from .engines.vgg import Flavour, Pooling, VGG19Features, random_state_dict
-from .errors import WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def detect_flavour(path: Path, requested: WeightsFlavour, sha256: str = "") -> t
 
 def _random_tensors(model: str) -> dict[str, torch.Tensor]:
     if model == "googlenet":
-        from .engines.googlenet import random_state_dict as random_googlenet
+        from ..engines.googlenet import random_state_dict as random_googlenet
 
         return random_googlenet(RANDOM_SEED)
     return random_state_dict(RANDOM_SEED)
@@ -288,7 +288,7 @@ def _googlenet_spec(config: RunConfig) -> str | None:
 
 def weights_needed(config: RunConfig) -> list[tuple[str, str | None]]:
     """(model, spec) for every network ``config``'s engine loads, as ``resolve_for`` does."""
-    from .config import Engine
+    from ..config import Engine
 
     needed: list[tuple[str, str | None]] = []
     if config.engine is not Engine.DREAM or config.dream_net == "vgg19":
@@ -347,7 +347,7 @@ def build_dream_net(
     weights: ResolvedWeights | None, layers: tuple[str, ...], *, device: torch.device | str = "cpu"
 ) -> torch.nn.Module:
     """GoogLeNet for inception layers, VGG19 for convN_M layers (then ``weights`` are VGG19's)."""
-    from .engines.googlenet import GoogLeNetFeatures
+    from ..engines.googlenet import GoogLeNetFeatures
 
     if all(layer.startswith("inception") for layer in layers):
         net: torch.nn.Module = GoogLeNetFeatures(layers)
@@ -402,7 +402,7 @@ class NetWeights:
 
 def resolve_for(config: RunConfig) -> NetWeights:
     """Resolve every network ``config``'s engine uses, before any work starts."""
-    from .config import Engine
+    from ..config import Engine
 
     def vgg() -> ResolvedWeights:
         return resolve_vgg19(config.weights, flavour=config.weights_flavour, download=config.download)

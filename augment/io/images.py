@@ -186,7 +186,7 @@ def to_image(tensor: torch.Tensor) -> Image.Image:
 
 
 def save_atomic(img: Image.Image, path: str | Path, *, fmt: str = "png", quality: int = 95) -> None:
-    """Encode ``img`` as ``fmt`` and write it atomically (see augment.atomic)."""
+    """Encode ``img`` as ``fmt`` and write it atomically (see augment.io.atomic)."""
     options: dict[str, object] = {"quality": quality} if fmt in ("jpg", "webp") else {}
     with atomic_write(path) as handle:
         img.save(handle, format=_PIL_FORMAT[fmt], **options)

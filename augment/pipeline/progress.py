@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from .errors import BudgetExhausted
+from ..errors import BudgetExhausted
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .images import FORMAT_EXT
-from .manifest import SourceRow
-from .styles import Style
+from ..io.images import FORMAT_EXT
+from ..io.sources import SourceRow
+from ..io.styles import Style
 
 NAME_SEPARATOR = "__"
 MAX_PLANNED_TASKS = 10_000_000  # about 10 GB of plan in memory

@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engines.weighting import parse_layer_weights
-from .errors import StyleBankError
+from ..engines.weighting import parse_layer_weights
+from ..errors import StyleBankError
 from .images import ImageProblem, image_extensions, load_rgb
 from .yamlfile import read_mapping
 

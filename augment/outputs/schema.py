@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import Engine, RunConfig
-from .engines.vgg import Flavour
-from .plan import Task
+from ..config import Engine, RunConfig
+from ..engines.vgg import Flavour
+from ..pipeline.plan import Task
 
 
 def engine_name(config: RunConfig) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .errors import AugmentError
+from ..errors import AugmentError
 
 MAX_YAML_BYTES = 1 << 20
 

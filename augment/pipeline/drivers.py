@@ -26,18 +26,18 @@ from typing import TypeVar
 
 import torch
 
-from .config import RunConfig
-from .engines.dream import DreamBatcher, DreamJob, dream, guide_features, octave_sizes
-from .engines.gatys import GatysBatcher, Job, Result
-from .engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image, measured_bytes
-from .engines.precision import HALF_DTYPES, Precision, use_channels_last
-from .engines.transfer import Finish, GramCache, Grams, StyleGrams, make_job, stage_targets
-from .errors import ConfigError
-from .images import ImageProblem, fit_long_side, load_rgb, resize_long_side, to_tensor
-from .manifest import SourceRow
+from ..config import RunConfig
+from ..engines.dream import DreamBatcher, DreamJob, dream, guide_features, octave_sizes
+from ..engines.gatys import GatysBatcher, Job, Result
+from ..engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image, measured_bytes
+from ..engines.precision import HALF_DTYPES, Precision, use_channels_last
+from ..engines.transfer import Finish, GramCache, Grams, StyleGrams, make_job, stage_targets
+from ..errors import ConfigError
+from ..io.images import ImageProblem, fit_long_side, load_rgb, resize_long_side, to_tensor
+from ..io.sources import SourceRow
+from ..io.styles import Style
+from ..io.weights import ResolvedWeights, build_dream_net, build_vgg19
 from .plan import Task
-from .styles import Style
-from .weights import ResolvedWeights, build_dream_net, build_vgg19
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -27,9 +27,9 @@ from typing import Any
 
 import pandas as pd
 
-from .atomic import atomic_write, write_text
-from .errors import OutputError
-from .plan import stable_hash
+from ..errors import OutputError
+from ..io.atomic import atomic_write, write_text
+from ..pipeline.plan import stable_hash
 
 CLASSES = "classes.json"
 METADATA = "metadata.csv"

@@ -15,10 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from .atomic import atomic_write, write_text
-from .errors import EXIT_OK, EXIT_SOME_FAILED, AugmentError, OutputError, Stopped
+from ..errors import EXIT_OK, EXIT_SOME_FAILED, AugmentError, OutputError, Stopped
+from ..io.atomic import atomic_write, write_text
+from ..io.sources import FAILURE_COLUMNS, defuse_formula
 from .export import write_exports
-from .manifest import FAILURE_COLUMNS, defuse_formula
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import pandas as pd
 
-from .atomic import write_text
-from .config import RunConfig
-from .export import exports_current
-from .manifest import Failure, defuse_formula
-from .merge import JOURNAL, PARTS, part_names
+from ..config import RunConfig
+from ..io.atomic import write_text
+from ..io.sources import Failure, defuse_formula
+from ..outputs.export import exports_current
+from ..outputs.merge import JOURNAL, PARTS, part_names
 
 log = logging.getLogger(__name__)
 

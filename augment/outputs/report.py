@@ -21,12 +21,12 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from .atomic import write_text
-from .errors import AugmentError, OutputError, StyleBankError
+from ..errors import AugmentError, OutputError, StyleBankError
+from ..io.atomic import write_text
+from ..io.images import ImageProblem, load_rgb
+from ..io.lock import MARKER, is_marked
+from ..io.styles import Style, load_style_bank
 from .export import read_manifest
-from .images import ImageProblem, load_rgb
-from .lock import MARKER, is_marked
-from .styles import Style, load_style_bank
 
 REPORT = "report.html"
 THUMBS = "report"

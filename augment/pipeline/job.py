@@ -26,11 +26,8 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig
-from .digests import SUFFIX as DIGESTS
-from .digests import DigestCache
-from .drivers import describe_device, resolve_device
-from .errors import (
+from ..config import RunConfig
+from ..errors import (
     EXIT_OK,
     EXIT_SIGHUP,
     EXIT_SIGINT,
@@ -44,16 +41,19 @@ from .errors import (
     TooManyFailures,
     WorkerFailed,
 )
-from .lock import OutLock, lock_name, mark_ours
-from .manifest import Failure, InputRows
-from .merge import PART_NAME, PARTS, clear_parts, merge, recorded_rows, remove_stale, reusable_rows
+from ..io.digests import SUFFIX as DIGESTS
+from ..io.digests import DigestCache
+from ..io.lock import OutLock, lock_name, mark_ours
+from ..io.sources import Failure, InputRows
+from ..io.weights import NetWeights, check_networks, resolve_for
+from ..outputs.merge import PART_NAME, PARTS, clear_parts, merge, recorded_rows, remove_stale, reusable_rows
+from ..outputs.parts import failure_limit, too_many_failures
+from .drivers import describe_device, resolve_device
+from .part import PartRun, RunLog, RunSummary, order_by_shape
 from .plan import Shard, Task, task_keys
 from .prepare import Prepared, prepare
 from .progress import ProgressFn
-from .record import failure_limit, too_many_failures
-from .runner import PartRun, RunLog, RunSummary, order_by_shape
 from .uptodate import record_no_op, up_to_date
-from .weights import NetWeights, check_networks, resolve_for
 
 log = logging.getLogger(__name__)
 EXIT_BUDGET = 75  # a worker's exit code when --max-seconds stopped it (BudgetExhausted's)
@@ -588,7 +588,7 @@ def _worker_context() -> Any:
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["augment.parallel"])  # no effect once the server runs
+    ctx.set_forkserver_preload(["augment.pipeline.job"])  # no effect once the server runs
     return ctx
 
 

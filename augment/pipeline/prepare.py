@@ -13,14 +13,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import OUT_FOLDERS
-from .config import Engine, RunConfig
-from .errors import ConfigError, OutputError
-from .images import ImageProblem, probe_all
-from .lock import check_ours
-from .manifest import Failure, InputRows, SourceRow, load_input
+from ..config import Engine, RunConfig
+from ..errors import ConfigError, OutputError
+from ..io.atomic import OUT_FOLDERS
+from ..io.images import ImageProblem, probe_all
+from ..io.lock import check_ours
+from ..io.sources import Failure, InputRows, SourceRow, load_input
+from ..io.styles import Style, load_style_bank
 from .plan import Plan, PlanTooLarge, Shard, Task, class_key, plan
-from .styles import Style, load_style_bank
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def validate(config: RunConfig) -> Validation:
     """All of ``prepare`` plus what ``run`` would refuse before any work (OUT not writable or
     not augment's, weights missing and not downloadable, or a weights file that does not load
     into its networks) and a header read of every image; no pixels decoded, no image made."""
-    from .weights import check_weights  # torch: only for validate, not for every prepare
+    from ..io.weights import check_weights  # torch: only for validate, not for every prepare
 
     prepared = prepare(config, tasks=False)  # counts are enough: no million task objects
     out_folder = check_out_writable(config)
