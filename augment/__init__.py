@@ -12,6 +12,6 @@ __version__ = "0.1.0"
 
 from .api import Stylizer, run, stylize  # noqa: E402
 from .config import RunConfig, build_config  # noqa: E402
-from .pipeline.part import RunSummary  # noqa: E402
+from .pipeline.summary import RunSummary  # noqa: E402
 
 __all__ = ["RunConfig", "RunSummary", "Stylizer", "build_config", "run", "stylize", "__version__"]

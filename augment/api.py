@@ -11,16 +11,17 @@ from PIL import Image
 
 from .config import RunConfig, build_config
 from .engines.precision import resolve_precision, use_channels_last
-from .engines.transfer import Finish
-from .engines.transfer import stylize as _stylize
+from .engines.transfer import Finish, transfer
 from .errors import ConfigError
 from .io.images import load_rgb, resize_long_side, resize_to, to_image, to_rgb, to_tensor
 from .io.styles import load_style_bank, safe_name
-from .io.weights import build_vgg19, resolve_vgg19
-from .pipeline.drivers import resolve_device
+from .io.weights import resolve_vgg19
+from .pipeline.devices import resolve_device
 from .pipeline.job import run as _run
-from .pipeline.part import RunSummary
+from .pipeline.networks import build_vgg19
+from .pipeline.options import gatys_options, stage_iterations
 from .pipeline.progress import ProgressFn
+from .pipeline.summary import RunSummary
 
 
 def run(
@@ -75,7 +76,7 @@ class Stylizer:
         self.styles = _style_images(styles, self.config.max_pixels)
         self.device = resolve_device(self.config.device)
         self.precision = resolve_precision(self.config.precision, self.device)
-        self.options = self.config.gatys_options()
+        self.options = gatys_options(self.config)
         config = self.config
         resolved = resolve_vgg19(config.weights, flavour=config.weights_flavour, download=config.download)
         self.weights = resolved.identity
@@ -100,8 +101,8 @@ class Stylizer:
         sizes = [max(shape) for shape in shapes]
         style_image = self.styles[style]  # at --style-scale times the content's size, as in run
         styles = [[to_tensor(resize_long_side(style_image, config.style_size(size))).to(self.device)] for size in sizes]
-        result = _stylize(
-            self.net, contents, styles, self.options, config.stage_iterations, precision=self.precision,
+        result = transfer(
+            self.net, contents, styles, self.options, stage_iterations(config), precision=self.precision,
             channels_last=self.channels_last, seed=config.seed,
             finish=Finish(preserve_color=config.preserve_color, alpha=float(config.alpha)),
         )  # fmt: skip

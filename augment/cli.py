@@ -40,9 +40,9 @@ from .io.weights import MODELS, OFFLINE_ENV, cached_weights, download_weights, h
 from .outputs.merge import merge as merge_parts
 from .outputs.report import write_report
 from .pipeline.job import run as run_job
-from .pipeline.part import RunSummary
 from .pipeline.prepare import human_bytes
 from .pipeline.prepare import validate as validate_job
+from .pipeline.summary import RunSummary
 
 app = typer.Typer(
     help="Style-based data augmentation: repaint a labeled image dataset with neural style transfer.",

@@ -6,10 +6,7 @@ Precedence: defaults < ``--config run.yaml`` < command-line flags.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import hashlib
-import json
 import re
 import typing
 from collections.abc import Iterable
@@ -18,23 +15,29 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .engines.dream import DreamOptions
-from .engines.gatys import GatysOptions, Init, Optimizer, scale_iterations
 from .engines.googlenet import INCEPTION_LAYERS
-from .engines.googlenet import MIN_SIDE as GOOGLENET_MIN_SIDE
+from .engines.options import Init, Optimizer
 from .engines.precision import Precision
 from .engines.vgg import CONV_LAYERS, Flavour, Pooling
 from .engines.weighting import ALPHA, DEFAULT_STYLE_LAYERS, DEFAULTS, NORMALIZED_DEFAULTS, parse_layer_weights
 from .errors import ConfigError
-from .io.images import DEFAULT_MAX_PIXELS, FORMAT_EXT, MIN_SIDE, bucket_shape, fit_long_side, shape_step, snap_to_grid
+from .io.images import DEFAULT_MAX_PIXELS, FORMAT_EXT, bucket_shape, fit_long_side, shape_step, snap_to_grid
 from .io.yamlfile import read_mapping
-from .pipeline.plan import Assignment, PlanOptions, Spread
 
 
 class Engine(str, Enum):
     GATYS = "gatys"
     DREAM = "dream"
     GATYS_DREAM = "gatys+dream"
+
+
+class Assignment(str, Enum):
+    RANDOM = "random"
+    CYCLE = "cycle"
+    ALL = "all"
+
+
+Spread = float | tuple[float, float]  # a number, or a range a task's value is sampled from
 
 
 class WeightsFlavour(str, Enum):
@@ -229,40 +232,6 @@ class RunConfig:
             if not ok:
                 raise ConfigError(message)
 
-    def plan_options(self) -> PlanOptions:
-        sampled_weight = self.style_weight if isinstance(self.style_weight, tuple) else None
-        return PlanOptions(
-            per_image=self.per_image, seed=self.seed, fmt=self.format,
-            include_originals=self.include_originals, splits=self.splits,
-            assignment=self.style_assignment, balance=self.balance, target_per_class=self.target_per_class,
-            style_weight=sampled_weight, alpha=self.alpha, blend=self.blend,
-            blend_repeats=self.engine is not Engine.DREAM,  # dream variants differ by layer and seed
-        )  # fmt: skip
-
-    def gatys_options(self, **overrides: Any) -> GatysOptions:
-        """The engine's options, with per-image and per-style overrides applied. With
-        several scales, ``iterations`` is the full-size stage's share."""
-        return GatysOptions(
-            iterations=self.stage_iterations[-1],
-            content_weight=overrides.get("content_weight", self.content_weight),
-            style_weight=overrides.get("style_weight", _low(self.style_weight)),
-            tv_weight=overrides.get("tv_weight", self.tv_weight),
-            tv_beta=overrides.get("tv_beta", self.tv_beta),
-            content_layer=self.content_layer,
-            style_layers=self.style_layers,
-            style_layer_weights=overrides.get("style_layer_weights", self.style_layer_weights),
-            normalize_gradients=self.normalize_gradients,
-            optimizer=self.optimizer,
-            learning_rate=self.learning_rate,
-            init=self.init,
-            tol=self.tol,
-        )
-
-    @property
-    def stage_iterations(self) -> list[int]:
-        """Iterations of each scale, lowest first."""
-        return scale_iterations(self.iterations, len(self.scales))
-
     def style_size(self, size: int) -> int:
         """Long side of the style image for a content image whose long side is ``size``."""
         return max(16, round(size * self.style_scale))
@@ -292,24 +261,6 @@ class RunConfig:
         an output of ``long_side`` (default --size)."""
         return [max(16, round((long_side or self.size) * scale)) for scale in self.scales]
 
-    def dream_options(self) -> DreamOptions:
-        """The dream engine's options."""
-        inception = self.dream_layers[0].startswith("inception")
-        return DreamOptions(
-            layers=self.dream_layers,
-            octaves=self.octaves,
-            octave_scale=self.octave_scale,
-            iterations=self.dream_iterations,
-            step=self.dream_step,
-            jitter=self.jitter,
-            blend=self.dream_blend,
-            min_side=GOOGLENET_MIN_SIDE if inception else MIN_SIDE,
-        )
-
-    @property
-    def dream_net(self) -> str:
-        return "googlenet" if self.dream_layers[0].startswith("inception") else "vgg19"
-
     def to_dict(self) -> dict[str, Any]:
         """A new plain dict (enums as their values, tuples as lists): safe to dump as JSON/YAML."""
         out: dict[str, Any] = {}
@@ -317,68 +268,6 @@ class RunConfig:
             value = getattr(self, f.name)
             out[f.name] = value.value if isinstance(value, Enum) else list(value) if isinstance(value, tuple) else value
         return out
-
-    def config_hash(self) -> str:
-        """Hash of every option that can change output pixels (canonical JSON)."""
-        # What may differ between the parts of one job: where and how it runs, not what it makes.
-        ignored = {
-            "quiet",
-            "log_level",
-            "limit",
-            "out",
-            "manifest",
-            "styles",
-            "download",
-            "device",
-            "batch_size",
-            "workers",
-            "devices",
-            "shard",
-            "keep_stale",
-            "check_content",
-            "max_failures",
-            "max_seconds",
-        }
-        # What a variant's pixels do not depend on: which rows and how many variants (each
-        # task's key has its own sampled settings), and the copies of the originals.
-        ignored |= {
-            "include_originals",
-            "splits",
-            "balance",
-            "target_per_class",
-            "style_assignment",
-            "per_image",
-            "webdataset",
-            "shard_size",
-            "images",
-        }
-        # A weight left unset takes the engine's per-flavour default: a changed default must
-        # redo the images made with the old one, as a changed option does.
-        defaults = {flavour.value: dataclasses.astuple(DEFAULTS[flavour]) for flavour in Flavour}
-        defaults["normalized"] = dataclasses.astuple(NORMALIZED_DEFAULTS)
-        return self._hash((k for k in FIELD_NAMES if k not in ignored), loss_defaults=defaults)
-
-    def plan_hash(self) -> str:
-        """Hash of what decides which images a job makes (the parts of one job must agree)."""
-        return self._hash(
-            ("include_originals", "splits", "balance", "target_per_class", "style_assignment", "per_image", "limit")
-        )
-
-    def copy_hash(self) -> str:
-        """Hash of what changes a copied original: its size and encoding."""
-        return self._hash(("size", "upscale", "shape_step", "format", "quality", "max_pixels"))
-
-    def _hash(self, names: Iterable[str], **extra: object) -> str:
-        """Short hash of these options' values (canonical JSON) and ``extra``. Options added
-        after outputs existed count only when set away from their default, so those outputs
-        stay current."""
-        values = self.to_dict()
-        data = {name: values[name] for name in names if HASHED_WHEN_CHANGED.get(name, ...) != values[name]}
-        data.update(extra)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-HASHED_WHEN_CHANGED = {"upscale": True}
 
 
 def parse_names(value: str | Iterable[str], option: str) -> tuple[str, ...]:
@@ -511,12 +400,12 @@ def _checks(c: RunConfig) -> list[tuple[bool, str]]:
         ),
         (c.tol >= 0, "tol must be >= 0"),
         (
-            all(w is None or w >= 0 for w in (c.content_weight, _low(c.style_weight), c.tv_weight)),
+            all(w is None or w >= 0 for w in (c.content_weight, low(c.style_weight), c.tv_weight)),
             "loss weights must be >= 0",
         ),
         (c.learning_rate is None or c.learning_rate > 0, "learning_rate must be > 0"),
-        (0.0 <= _low(c.alpha) and _high(c.alpha) <= 1.0, "alpha must be between 0 and 1"),
-        (0.0 <= _low(c.blend) and _high(c.blend) < 1.0, "blend must be at least 0 and under 1"),
+        (0.0 <= low(c.alpha) and high(c.alpha) <= 1.0, "alpha must be between 0 and 1"),
+        (0.0 <= low(c.blend) and high(c.blend) < 1.0, "blend must be at least 0 and under 1"),
         (c.style_scale > 0, "style_scale must be > 0"),
         (c.shape_step >= 0, "shape_step must be >= 0 (0: automatic, 1: exact aspect ratios)"),
         (
@@ -576,11 +465,11 @@ def _spread(name: str, value: Any) -> Spread:
     return (parts[0], parts[1]) if parts[0] != parts[1] else parts[0]
 
 
-def _low(value: Spread) -> float:
+def low(value: Spread) -> float:
     return value[0] if isinstance(value, tuple) else value
 
 
-def _high(value: Spread) -> float:
+def high(value: Spread) -> float:
     return value[1] if isinstance(value, tuple) else value
 
 

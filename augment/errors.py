@@ -90,3 +90,8 @@ EXIT_ABORTED = 3
 EXIT_SOFTWARE = 70  # an unexpected exception: a bug, not bad input
 EXIT_LOCKED = 75  # EX_TEMPFAIL: OUT is in use by another run
 EXIT_SIGHUP, EXIT_SIGINT, EXIT_SIGTERM = 129, 130, 143
+
+
+def too_many_failures(failed: int, allowed: object) -> str:
+    """TooManyFailures' message: ``allowed`` is --max-failures as given (N or P%)."""
+    return f"{failed} rows failed, more than --max-failures {allowed} allows"

@@ -33,11 +33,12 @@ import torch
 from PIL import Image
 
 from augment.config import RunConfig
-from augment.engines.gatys import GatysOptions
-from augment.engines.transfer import stylize
+from augment.engines.options import GatysOptions
+from augment.engines.transfer import transfer
 from augment.engines.vgg import Flavour, VGG19Features, random_state_dict
 from augment.engines.weighting import DEFAULT_STYLE_LAYERS, DEFAULTS, NEURAL_STYLE, from_mean_squared
 from augment.io.images import load_rgb, resize_long_side, resize_to, to_image, to_tensor
+from augment.pipeline.options import stage_iterations
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "manifests" / "example"
 CONTENT = EXAMPLE / "images" / "ants" / "0013035.jpg"
@@ -95,7 +96,7 @@ def run_augment(
     alpha, per_layer = from_mean_squared(NEURAL_STYLE["content"], NEURAL_STYLE["style"], DEFAULT_STYLE_LAYERS)
     config = RunConfig(size=size, iterations=iterations, scales=scales, shape_step=1)  # the peer's exact shape
     options = GatysOptions(
-        iterations=config.stage_iterations[-1], content_weight=alpha, style_weight=1.0,
+        iterations=stage_iterations(config)[-1], content_weight=alpha, style_weight=1.0,
         style_layer_weights=tuple(per_layer), tv_weight=DEFAULTS[Flavour.CAFFE].tv_weight,
     )  # fmt: skip
     net = VGG19Features(options.layers, flavour=Flavour.CAFFE)
@@ -107,7 +108,7 @@ def run_augment(
     contents = [to_tensor(resize_to(content_img, shape)) for shape in shapes]
     styles = [[to_tensor(resize_long_side(style_img, config.style_size(max(shape))))] for shape in shapes]
     t0 = time.perf_counter()
-    result = stylize(net, contents, styles, options, config.stage_iterations)
+    result = transfer(net, contents, styles, options, stage_iterations(config))
     return result.image, result.trace, time.perf_counter() - t0
 
 

@@ -21,9 +21,10 @@ from collections.abc import Callable
 
 import torch
 
-from augment.engines.gatys import GatysOptions, loss_terms, loss_weights
 from augment.engines.losses import gram
+from augment.engines.objective import loss_terms, loss_weights
 from augment.engines.optim import BatchLBFGS
+from augment.engines.options import GatysOptions
 from augment.engines.precision import HALF_DTYPES, Precision, resolve_precision, tf32, use_channels_last
 from augment.engines.vgg import Flavour, VGG19Features
 

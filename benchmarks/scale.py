@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from augment.pipeline.keys import config_hash, plan_hash
+
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO / "tests" / "data" / "hymenoptera-mini"
 STYLES = REPO / "tests" / "data" / "styles"
@@ -224,10 +226,10 @@ def finished_out(out: Path, part: str, target: Path) -> int:
     sys.path.insert(0, str(REPO))
     from augment.config import build_config
     from augment.io.lock import mark_ours
-    from augment.io.sources import write_csv
-    from augment.io.weights import resolve_for
     from augment.outputs.merge import merge
-    from augment.pipeline.job import _keys
+    from augment.outputs.schema import write_csv
+    from augment.pipeline.keys import digest_keys
+    from augment.pipeline.networks import resolve_for
     from augment.pipeline.prepare import prepare
 
     run = json.loads((out / "parts" / f"{part}.json").read_text())
@@ -238,7 +240,7 @@ def finished_out(out: Path, part: str, target: Path) -> int:
     prepared = prepare(config)
     (target / "parts").mkdir(parents=True)
     mark_ours(target)
-    keys = _keys(config, prepared, resolve_for(config), target, "main")  # and the digest cache
+    keys = digest_keys(config, prepared, resolve_for(config), target, "main")  # and the digest cache
     folders = set()
     rows = []
     for i, task in enumerate(prepared.tasks):
@@ -257,7 +259,7 @@ def finished_out(out: Path, part: str, target: Path) -> int:
     counts = {"tasks": len(rows), "written": len(rows), "failed_rows": 0}
     info = {**run, "part": "main", "config": config.to_dict(), "counts": counts}
     (target / "parts" / "main.json").write_text(json.dumps(info))
-    merge([target], expected_hash=f"{config.config_hash()}/{config.plan_hash()}")
+    merge([target], expected_hash=f"{config_hash(config)}/{plan_hash(config)}")
     return len(rows)
 
 

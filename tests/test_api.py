@@ -146,7 +146,7 @@ def test_a_stylizer_draws_styles_with_torchs_generator(monkeypatch: pytest.Monke
         raise StopIteration
 
     stylizer = augment.Stylizer([noise_image(16, 16, 2), noise_image(24, 12, 3)], weights="random", size=32)
-    monkeypatch.setattr(augment.api, "_stylize", record)
+    monkeypatch.setattr(augment.api, "transfer", record)
 
     def draws(seed: int) -> list[tuple[int, ...]]:
         torch.manual_seed(seed)

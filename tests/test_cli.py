@@ -289,7 +289,7 @@ def test_coarse_to_fine_and_batch_options(dataset: tuple[Path, Path], tmp_path: 
 
 def test_a_non_finite_loss_in_mixed_precision_is_redone_in_fp32(dataset: tuple[Path, Path], tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    from augment.engines import gatys
+    from augment.engines import step as gatys
 
     real = gatys.loss_terms
 

@@ -9,6 +9,8 @@ from augment.config import HELP, RunConfig, build_config, load_yaml
 from augment.engines import weighting
 from augment.engines.vgg import Flavour
 from augment.errors import ConfigError
+from augment.pipeline.keys import config_hash, copy_hash, plan_hash
+from augment.pipeline.options import gatys_options
 
 
 def test_yaml_then_flags(tmp_path: Path) -> None:
@@ -44,8 +46,8 @@ def test_to_dict_is_a_copy_and_hash_tracks_pixel_options() -> None:
     data = config.to_dict()
     data["size"] = 1
     assert config.size == 512 and data["pooling"] == "max"
-    assert RunConfig(quiet=True).config_hash() == config.config_hash()
-    assert RunConfig(style_weight=1.0).config_hash() != config.config_hash()
+    assert config_hash(RunConfig(quiet=True)) == config_hash(config)
+    assert config_hash(RunConfig(style_weight=1.0)) != config_hash(config)
 
 
 def test_help_shows_defaults() -> None:
@@ -53,7 +55,7 @@ def test_help_shows_defaults() -> None:
 
 
 def test_gatys_options_apply_style_overrides() -> None:
-    options = RunConfig(style_weight=5.0).gatys_options(style_weight=100.0)
+    options = gatys_options(RunConfig(style_weight=5.0), style_weight=100.0)
     assert options.style_weight == 100.0 and options.content_weight is None  # the flavour decides
     assert options.resolved("torchvision").content_weight == 10.0
 
@@ -66,30 +68,30 @@ def test_docs_config_md_is_up_to_date() -> None:
 
 
 def test_learning_rate_zero_or_negative_is_refused_not_replaced() -> None:
-    from augment.engines.gatys import GatysOptions
+    from augment.engines.options import GatysOptions
 
     for bad in (0.0, -1.0):
         with pytest.raises(ConfigError, match="learning_rate must be > 0"):
             RunConfig(learning_rate=bad)
         with pytest.raises(ValueError, match="learning_rate must be > 0"):
             GatysOptions(learning_rate=bad)
-    assert RunConfig(learning_rate=0.5).gatys_options().step_size == 0.5
+    assert gatys_options(RunConfig(learning_rate=0.5)).step_size == 0.5
     assert GatysOptions(optimizer="adam").step_size == 0.02 and GatysOptions().step_size == 1.0
 
 
 def test_style_layer_weights_and_normalize_gradients_reach_the_engine() -> None:
     config = RunConfig(style_layers="conv1_1,conv2_1", style_layer_weights="0.75, 0.25", normalize_gradients=True)
-    options = config.gatys_options()
+    options = gatys_options(config)
     assert options.layer_weights == {"conv1_1": 0.75, "conv2_1": 0.25} and options.normalize_gradients
     # A style's own λ_l (styles.yaml) wins over the run's.
-    assert config.gatys_options(style_layer_weights=(0.0, 1.0)).layer_weights == {"conv1_1": 0.0, "conv2_1": 1.0}
+    assert gatys_options(config, style_layer_weights=(0.0, 1.0)).layer_weights == {"conv1_1": 0.0, "conv2_1": 1.0}
     with pytest.raises(ConfigError, match="style_layer_weights: 3 weights for 2 style layers"):
         RunConfig(style_layers="conv1_1,conv2_1", style_layer_weights="1,1,1")
     # Unset, λ_l follows 1/C² (equal when gradients are normalised).
-    assert RunConfig(style_layers="conv1_1,conv2_1").gatys_options().layer_weights == pytest.approx(
+    assert gatys_options(RunConfig(style_layers="conv1_1,conv2_1")).layer_weights == pytest.approx(
         {"conv1_1": 0.8, "conv2_1": 0.2}
     )
-    assert RunConfig(style_layers="conv1_1,conv2_1", normalize_gradients=True).gatys_options().layer_weights == {
+    assert gatys_options(RunConfig(style_layers="conv1_1,conv2_1", normalize_gradients=True)).layer_weights == {
         "conv1_1": 0.5,
         "conv2_1": 0.5,
     }
@@ -102,12 +104,12 @@ def test_config_hashes_stay_the_same_across_refactors() -> None:
     # shapes on the --shape-step grid; the TV default (the Lua neural-style's, exactly) and
     # the engine's default loss weights hashed; --scales 0.5,1 by default (docs/changelog.md).
     plain = RunConfig()
-    assert (plain.config_hash(), plain.plan_hash(), plain.copy_hash()) == (
+    assert (config_hash(plain), plan_hash(plain), copy_hash(plain)) == (
         "47a6f4dd7c940ce4", "fa62afe450721771", "d80673080a79891c",
     )  # fmt: skip
     busy = RunConfig(size=64, style_weight="1e3:1e4", per_image=3, style_layer_weights="1,1,1,1,1",
                      normalize_gradients=True, engine="gatys+dream", format="jpg,webdataset")  # fmt: skip
-    assert (busy.config_hash(), busy.plan_hash(), busy.copy_hash()) == (
+    assert (config_hash(busy), plan_hash(busy), copy_hash(busy)) == (
         "2b7dc91875845c0e", "25615a10ecf1de6c", "34e10419ae05ada8",
     )  # fmt: skip
 
@@ -115,8 +117,8 @@ def test_config_hashes_stay_the_same_across_refactors() -> None:
 def test_a_changed_default_loss_weight_changes_the_config_hash(monkeypatch: pytest.MonkeyPatch) -> None:
     # An unset --tv-weight takes the engine's default: images made with the old default are
     # not current once it changes.
-    before = RunConfig().config_hash()
+    before = config_hash(RunConfig())
     caffe = weighting.DEFAULTS[Flavour.CAFFE]
     monkeypatch.setitem(weighting.DEFAULTS, Flavour.CAFFE, dataclasses.replace(caffe, tv_weight=caffe.tv_weight * 2))
-    assert RunConfig().config_hash() != before
-    assert RunConfig(tv_weight=1.0).plan_hash() == RunConfig().plan_hash()
+    assert config_hash(RunConfig()) != before
+    assert plan_hash(RunConfig(tv_weight=1.0)) == plan_hash(RunConfig())

@@ -101,7 +101,10 @@ def test_the_dream_stage_of_gatys_dream_runs_in_batches_and_matches_alone(monkey
     from augment.io.weights import resolve_weights
 
     config = RunConfig(engine="gatys+dream", batch_size=2, octaves=2, dream_iterations=2, size=48)
-    driver = drivers.DreamDriver(config, torch.device("cpu"), Precision.FP32, resolve_weights("googlenet", "random"))
+    no_sources = lambda groups: iter(())  # noqa: E731  (the dream stage is handed stylized images)
+    driver = drivers.DreamDriver(
+        config, torch.device("cpu"), Precision.FP32, resolve_weights("googlenet", "random"), no_sources
+    )
     assert driver.options.iterations == 2  # --dream-iterations, whichever engine
     sizes: list[int] = []
     real_dream = drivers.DreamBatcher._dream
@@ -112,10 +115,11 @@ def test_the_dream_stage_of_gatys_dream_runs_in_batches_and_matches_alone(monkey
     stylized = [
         (SimpleNamespace(seed=10 + i), _images(h=h, w=w, seed=i), f"extra{i}") for i, (h, w) in enumerate(shapes)
     ]
-    out = list(driver.dream_on(iter(stylized)))
+    out = [r for task, image, extra in stylized for r in driver.batcher.add(driver.dream_job(task, image, extra))]
+    out += driver.batcher.flush()
     assert sizes == [2, 1, 1]
-    assert [extra for _, _, extra, _ in out] == ["extra0", "extra1", "extra2", "extra3"]
-    for (task, image, _), (_, dreamed, _, _) in zip(stylized, out):
+    assert [r.key[1] for r in out] == ["extra0", "extra1", "extra2", "extra3"]
+    for (task, image, _), dreamed in zip(stylized, [r.image for r in out]):
         alone, _ = dream(driver.net, image, driver.options, seeds=[task.seed])
         assert torch.allclose(dreamed, alone, atol=1e-4)  # as test_an_image_dreams_the_same_alone_or_batched
         assert (dreamed - image).abs().max() > 1e-3  # it did dream
@@ -162,7 +166,6 @@ def test_a_dream_that_is_not_finite_is_a_failed_row_not_black_pixels() -> None:
     from augment.pipeline.plan import plan_tasks
 
     config = RunConfig(engine="dream", size=32, octaves=1, dream_iterations=2)
-    driver = drivers.DreamDriver(config, torch.device("cpu"), Precision.FP32, resolve_weights("googlenet", "random"))
     rows = [SourceRow(row=i, source=f"{i}.png", path=Path(f"/x/{i}.png"), label="a") for i in range(2)]
     tasks = plan_tasks(rows, [Style("s", Path("s.png"), "s")], per_image=1, seed=0)
     contents = {rows[0]: torch.full((1, 3, 32, 32), float("nan")), rows[1]: _images(h=32, w=32, seed=1)}
@@ -171,8 +174,9 @@ def test_a_dream_that_is_not_finite_is_a_failed_row_not_black_pixels() -> None:
         for group in groups:
             yield group, [contents[group[0].source]]
 
-    outcomes: list[object] = []
-    driver.run([[t] for t in tasks], decode, outcomes.append)
+    weights = resolve_weights("googlenet", "random")
+    driver = drivers.DreamDriver(config, torch.device("cpu"), Precision.FP32, weights, decode)
+    outcomes = list(driver.run([[t] for t in tasks]))
     failed = [o for o in outcomes if isinstance(o, drivers.Failed)]
     made = [o for o in outcomes if isinstance(o, drivers.Made)]
     assert [(f.source.row, f.reason) for f in failed] == [(0, "non_finite")]

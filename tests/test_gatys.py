@@ -9,9 +9,28 @@ from typing import Any
 import pytest
 import torch
 
-from augment.engines.gatys import GatysBatcher, GatysOptions, Job, content_target, objective, style_targets, stylize
+from augment.engines.batcher import GatysBatcher, content_target, style_targets
+from augment.engines.jobs import Job, Result
+from augment.engines.objective import objective
+from augment.engines.options import GatysOptions
 from augment.engines.precision import Precision, cpu_has_native_bf16
+from augment.engines.step import BatchStep
 from augment.engines.vgg import VGG19Features
+
+
+def stylize(
+    net: VGG19Features,
+    content: torch.Tensor,
+    grams: dict[str, torch.Tensor],
+    options: GatysOptions,
+    *,
+    seed: int = 0,
+    precision: Precision = Precision.FP32,
+) -> Result:
+    """One image ``[1, 3, H, W]``: the batcher with a batch of one."""
+    batcher = GatysBatcher(net, options, batch_size=1, precision=precision)
+    (result,) = batcher.run([Job(key=None, content=content, grams=grams, options=options, seed=seed)])
+    return result
 
 
 def _setup(
@@ -150,13 +169,13 @@ def test_early_finishers_free_their_slots_for_waiting_jobs_mid_round() -> None:
     jobs = [Job(key=i, content=torch.rand(1, 3, 16, 16, generator=g), grams=grams, options=o)
             for i, o in enumerate([idle, idle, options, options])]  # fmt: skip
     batcher = GatysBatcher(net, options, batch_size=3)
-    real_iterate, together = batcher._iterate, []
+    real_iterate, together = batcher.step.iterate, []
 
     def iterate(slots, active):  # type: ignore[no-untyped-def]
         together.append({slots[i].work.job.key for i in active})
         return real_iterate(slots, active)
 
-    batcher._iterate = iterate  # type: ignore[method-assign]
+    batcher.step.iterate = iterate  # type: ignore[method-assign]
     results = {r.key: r for r in batcher.run(jobs)}
     assert results[0].iterations == results[1].iterations < 8 == results[2].iterations == results[3].iterations
     assert any({2, 3} <= keys for keys in together)  # 3 ran beside 2: admitted mid-round
@@ -173,9 +192,9 @@ def test_the_last_images_of_a_shape_split_into_equal_batches(monkeypatch: pytest
     net, _, style = _setup(options, size=16)
     grams = style_targets(net, style, options)
     seen: list[int] = []
-    iterate = GatysBatcher._iterate
+    iterate = BatchStep.iterate
     monkeypatch.setattr(
-        GatysBatcher, "_iterate", lambda self, slots, active: seen.append(len(active)) or iterate(self, slots, active)
+        BatchStep, "iterate", lambda self, slots, active: seen.append(len(active)) or iterate(self, slots, active)
     )
     for count, batches in ((9, [4, 3, 2]), (6, [3, 3]), (4, [4]), (12, [4, 4, 4])):
         seen.clear()
@@ -255,14 +274,14 @@ def test_out_of_memory_halves_the_batch_and_loses_no_image(monkeypatch: pytest.M
     jobs = [Job(key=i, content=torch.rand(1, 3, 16, 16, generator=g), grams=grams, options=options) for i in range(4)]
     expected = {r.key: r.image for r in GatysBatcher(net, options, batch_size=1).run(jobs)}
     batcher = GatysBatcher(net, options, batch_size=4)
-    real_iterate = batcher._iterate
+    real_iterate = batcher.step.iterate
 
     def iterate_with_a_small_device(slots, active):  # type: ignore[no-untyped-def]
         if len(active) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_iterate(slots, active)
 
-    monkeypatch.setattr(batcher, "_iterate", iterate_with_a_small_device)
+    monkeypatch.setattr(batcher.step, "iterate", iterate_with_a_small_device)
     results = {r.key: r.image for r in batcher.run(jobs)}
     assert batcher.oom_events == 1
     assert sorted(results) == [0, 1, 2, 3]
@@ -315,7 +334,7 @@ def test_a_shape_change_releases_the_last_shapes_buffers_before_making_the_new_o
     jobs = [Job(key=i, content=torch.rand(1, 3, *hw), grams=grams, options=options)
             for i, hw in enumerate([(16, 16), (16, 16), (16, 24), (16, 24)])]  # fmt: skip
     batcher = GatysBatcher(net, options, batch_size=2)
-    real_zeros, real_allocate = torch.zeros, batcher._allocate
+    real_zeros, real_allocate = torch.zeros, batcher.step.allocate
     live: list[tuple[weakref.ref[torch.Tensor], int]] = []
     totals: list[int] = []
     peak = 0
@@ -336,7 +355,7 @@ def test_a_shape_change_releases_the_last_shapes_buffers_before_making_the_new_o
         finally:
             monkeypatch.setattr(torch, "zeros", real_zeros)
 
-    monkeypatch.setattr(batcher, "_allocate", allocate)
+    monkeypatch.setattr(batcher.step, "allocate", allocate)
     assert len(list(batcher.run(jobs))) == 4
     assert len(totals) == 2 and totals[1] > totals[0] > 0
     assert peak == totals[1]  # the second shape's buffers alone, not both
@@ -361,12 +380,12 @@ def test_fp16_scales_its_loss_so_that_small_gradients_do_not_vanish(monkeypatch:
     def first_gradient(precision: Precision, scale: float | None = None) -> torch.Tensor:
         batcher = GatysBatcher(net, options, batch_size=1, precision=precision)
         if scale is not None:
-            batcher.loss_scale = scale
+            batcher.step.loss_scale = scale
         list(batcher.run([job]))
         return seen.pop().flatten()
 
     reference = first_gradient(Precision.FP32)
-    assert GatysBatcher(net, options, batch_size=1, precision=Precision.FP16).loss_scale == 2.0**16
+    assert GatysBatcher(net, options, batch_size=1, precision=Precision.FP16).step.loss_scale == 2.0**16
     scaled = first_gradient(Precision.FP16)
     unscaled = first_gradient(Precision.FP16, scale=1.0)  # as before loss scaling
     assert bool((unscaled == 0).all())  # the failure this guards against
@@ -379,9 +398,9 @@ def test_fp16_halves_its_loss_scale_on_an_overflow_and_retries_the_step() -> Non
     net, content, style = _setup(options, size=16)
     grams = style_targets(net, style, options)
     batcher = GatysBatcher(net, options, batch_size=1, precision=Precision.FP16)
-    batcher.loss_scale = 2.0**60  # fp16 gradients overflow at any realistic loss
+    batcher.step.loss_scale = 2.0**60  # fp16 gradients overflow at any realistic loss
     (result,) = batcher.run([Job(key=0, content=content, grams=grams, options=options)])
-    assert batcher.loss_scale < 2.0**60 and result.iterations == 3
+    assert batcher.step.loss_scale < 2.0**60 and result.iterations == 3
     assert all(math.isfinite(v) for v in result.trace) and result.trace[-1] < result.trace[0]
 
 
@@ -418,7 +437,7 @@ def test_next_batch_size_and_auto_batch_size() -> None:
 
 
 def test_scale_iterations_put_most_work_at_low_resolution() -> None:
-    from augment.engines.gatys import scale_iterations
+    from augment.engines.options import scale_iterations
 
     assert scale_iterations(300, 1) == [300]
     assert scale_iterations(300, 2) == [225, 75]
@@ -427,7 +446,7 @@ def test_scale_iterations_put_most_work_at_low_resolution() -> None:
 
 
 def test_coarse_to_fine_runs_every_stage_and_ends_full_size() -> None:
-    from augment.engines.gatys import Stage
+    from augment.engines.jobs import Stage
 
     options = GatysOptions(iterations=2, style_weight=1e5)
     net, content, style = _setup(options, size=32)

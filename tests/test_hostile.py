@@ -469,7 +469,7 @@ def test_more_cpu_workers_than_cores_are_cut_to_the_cores(tmp_path: Path, monkey
 
     started: list[int] = []
     monkeypatch.setattr(augment.pipeline.job.os, "cpu_count", lambda: 1)
-    monkeypatch.setattr(augment.pipeline.job, "_run_workers", lambda *args, **kwargs: started.append(args[3]))
+    monkeypatch.setattr(augment.pipeline.job, "run_workers", lambda *args, **kwargs: started.append(args[3]))
     manifest, styles = make_dataset(tmp_path), make_styles(tmp_path)
     code, _, err = _run(manifest, styles, tmp_path / "out", "--workers", "12")
     assert "--workers 12 on 1 CPU cores: running 1" in err

@@ -10,15 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from augment.io.images import (  # fmt: skip
-    ImageProblem,
-    load_rgb,
-    probe,
-    resize_long_side,
-    save_atomic,
-    to_image,
-    to_tensor,
-)
+from augment.io.images import ImageProblem, load_rgb, probe, resize_long_side, save_atomic, to_image, to_tensor
 
 
 def _pixel(path: Path, xy: tuple[int, int] = (0, 0)) -> tuple[int, int, int]:

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from augment.config import RunConfig
+from augment.config import Assignment, RunConfig
 from augment.errors import ConfigError
 from augment.io.sources import SourceRow, load_input
 from augment.io.styles import Style
-from augment.pipeline.plan import Assignment, PlanOptions, plan
+from augment.pipeline.options import plan_options
+from augment.pipeline.plan import PlanOptions, plan
 
 
 def _styles(count: int) -> list[Style]:
@@ -149,7 +150,7 @@ def test_a_one_style_bank_counts_its_repeated_variants_and_dream_never_blends() 
     (row,) = _rows(cat=1)
     made = plan([row], _styles(1), PlanOptions(per_image=3))
     assert made.copies == 2 and all(t.style2 is None for t in made.tasks)
-    dream = plan([row], _styles(2), RunConfig(engine="dream", guide=True, per_image=4).plan_options())
+    dream = plan([row], _styles(2), plan_options(RunConfig(engine="dream", guide=True, per_image=4)))
     assert all(t.style2 is None for t in dream.tasks) and dream.copies == 0
     with pytest.raises(ConfigError, match="blend"):
         RunConfig(engine="dream", blend=0.5)
@@ -165,7 +166,7 @@ def test_input_columns_named_like_output_columns_are_kept_apart(tmp_path: Path) 
 
 
 def test_task_keys_change_with_a_styles_yaml_override() -> None:
-    from augment.pipeline.plan import task_keys
+    from augment.pipeline.keys import task_keys
 
     (row,) = _rows(cat=1)
     plain = Style("s0", Path("s0.png"), "s0")

@@ -18,9 +18,8 @@ from typer.testing import CliRunner
 from augment.cli import app
 from augment.config import RunConfig
 from augment.io.digests import DigestCache, file_sha256
-from augment.io.sources import Failure
-from augment.outputs.merge import journal_failures
-from augment.outputs.parts import Recorder
+from augment.outputs.parts import Recorder, journal_failures
+from augment.outputs.schema import Failure
 from augment.pipeline.job import Shard
 from augment.pipeline.plan import plan_tasks
 from augment.pipeline.prepare import prepare
@@ -105,8 +104,8 @@ def test_a_damaged_digest_cache_costs_a_read_never_a_wrong_digest(tmp_path: Path
 def test_the_record_grows_by_journal_lines_and_keeps_failures_of_a_killed_part(tmp_path: Path) -> None:
     manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
     config = RunConfig(manifest=str(manifest), styles=str(styles), out=str(out), weights="random")
-    recorder = Recorder(config, prepare(config), out, "main")
-    recorder.rows = [{"path": f"images/ants/kept{i}.png", "label": "ants"} for i in range(5)]
+    kept = [{"path": f"images/ants/kept{i}.png", "label": "ants"} for i in range(5)]
+    recorder = Recorder(config, out, "main", identity={}, rows=kept, failures=prepare(config).failures)
     recorder.begin()  # the rows kept from earlier runs: the part's manifest, once
     csv = out / "parts" / "main.manifest.csv"
     base = csv.read_bytes()
@@ -144,9 +143,9 @@ def test_a_worker_is_handed_its_tasks_and_never_plans_the_job(tmp_path: Path, mo
     import multiprocessing
     import queue
 
-    from augment.outputs.merge import part_rows
-    from augment.pipeline import job as parallel
-    from augment.pipeline.part import order_by_shape
+    from augment.outputs.parts import part_rows
+    from augment.pipeline import workers as parallel
+    from augment.pipeline.decode import order_by_shape
 
     manifest, styles, out = make_dataset(tmp_path), make_styles(tmp_path), tmp_path / "out"
     config = RunConfig(manifest=str(manifest), styles=str(styles), out=str(out), weights="random", size=32,
@@ -157,7 +156,8 @@ def test_a_worker_is_handed_its_tasks_and_never_plans_the_job(tmp_path: Path, mo
     def no_second_plan(*args: object) -> None:
         raise AssertionError("a worker prepared the job again")
 
-    monkeypatch.setattr(parallel, "prepare", no_second_plan)
+    monkeypatch.setattr("augment.pipeline.prepare.prepare", no_second_plan)
+    monkeypatch.setattr("augment.pipeline.job.prepare", no_second_plan)
     monkeypatch.setattr(parallel, "_die_with_parent", lambda: None)  # this is the test process
     share = parallel.WorkerShare(config=config, inputs=parallel._no_rows(prepared.inputs), needs_weights=True,
                                  total=len(prepared.tasks), deadline=None, environ=dict(os.environ))  # fmt: skip
@@ -183,9 +183,10 @@ def test_a_worker_is_handed_its_tasks_and_never_plans_the_job(tmp_path: Path, mo
 def test_a_shard_plans_exactly_the_whole_plans_tasks_of_its_sources() -> None:
     # A shard reaches its own tasks without building the job's (1 M rows x 3 are 3 M tasks,
     # ~1 KB each), and they are the same tasks: names, balance targets, round robin.
+    from augment.config import Assignment
     from augment.io.sources import SourceRow
     from augment.io.styles import Style
-    from augment.pipeline.plan import Assignment, PlanOptions, plan
+    from augment.pipeline.plan import PlanOptions, plan
 
     rows = [SourceRow(row=i, source=f"d{i % 3}/x{i % 7}.png", path=Path(f"/x/{i}.png"), label="ab"[i % 5 == 0],
                       split=("train", "val")[i % 9 == 0]) for i in range(90)]  # fmt: skip

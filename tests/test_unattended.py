@@ -223,7 +223,7 @@ def test_kill_9_then_rerun_gives_exactly_one_image_per_task_identical_to_an_unbr
         (out / "images" / "ants").mkdir(exist_ok=True)
         (out / "images" / "ants" / ".a1__waves__0.png.dead.tmp").write_bytes(b"half")
     # ... and an image renamed into place whose journal line was never written.
-    from augment.outputs.merge import JOURNAL, PARTS, part_rows
+    from augment.outputs.parts import JOURNAL, PARTS, part_rows
 
     journal = out / PARTS / f"main{JOURNAL}"
     if journal.exists() and journal.read_text().strip():

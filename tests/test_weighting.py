@@ -7,8 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from augment.engines.gatys import GatysOptions, content_target, loss_terms, loss_weights, objective, style_targets
+from augment.engines.batcher import content_target, style_targets
 from augment.engines.losses import total_variation, unit_l1_gradient
+from augment.engines.objective import loss_terms, loss_weights, objective
+from augment.engines.options import GatysOptions
 from augment.engines.vgg import Flavour, VGG19Features
 from augment.engines.weighting import (
     DEFAULTS,

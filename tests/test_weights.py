@@ -16,7 +16,8 @@ from augment.config import WeightsFlavour
 from augment.engines.vgg import Flavour, random_state_dict
 from augment.errors import WeightsUnavailable
 from augment.io import weights as weights_mod
-from augment.io.weights import build_vgg19, cached_vgg19, resolve_vgg19
+from augment.io.weights import cached_vgg19, resolve_vgg19
+from augment.pipeline.networks import build_vgg19
 
 
 def test_random_is_explicit_and_identified() -> None:
@@ -110,7 +111,8 @@ def test_googlenet_offline_error_names_its_own_file_and_flag() -> None:
 def test_googlenet_from_the_hub_cache_loads_into_the_dream_network() -> None:
     from torchvision.models import googlenet
 
-    from augment.io.weights import build_dream_net, cached_weights, resolve_weights
+    from augment.io.weights import cached_weights, resolve_weights
+    from augment.pipeline.networks import build_dream_net
 
     target = cached_weights("googlenet")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +128,7 @@ def test_validate_checks_a_download_by_asking_the_host(monkeypatch: pytest.Monke
     from urllib.error import HTTPError
 
     from augment.config import RunConfig
-    from augment.io.weights import check_weights
+    from augment.pipeline.networks import check_weights
 
     monkeypatch.delenv("AUGMENT_OFFLINE")
     asked: list[str] = []
@@ -167,7 +169,7 @@ def test_an_unknown_vgg19_file_is_read_as_torchvision_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from augment.config import RunConfig
-    from augment.io.weights import NetWeights, check_networks
+    from augment.pipeline.networks import NetWeights, check_networks
 
     path = tmp_path / "finetuned.pth"
     torch.save(random_state_dict(seed=6), path)

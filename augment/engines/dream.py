@@ -152,15 +152,26 @@ class DreamBatcher:
         self.net, self.options, self.batch_size = net, options, batch_size
         self.device, self.dtype = torch.device(device), dtype
         self.oom_events = 0
+        self._batch: list[DreamJob] = []
 
     def run(self, jobs: Iterable[DreamJob]) -> Iterator[DreamResult]:
-        batch: list[DreamJob] = []
         for job in jobs:
-            if batch and (batch[0].image.shape != job.image.shape or len(batch) >= self.batch_size):
-                yield from self._dream(batch)
-                batch = []
-            batch.append(job)
-        yield from self._dream(batch)
+            yield from self.add(job)
+        yield from self.flush()
+
+    def add(self, job: DreamJob) -> list[DreamResult]:
+        """Queue ``job``; returns the results of the batch it closes (a full one, or one of
+        another size), if any."""
+        done = []
+        if self._batch and (self._batch[0].image.shape != job.image.shape or len(self._batch) >= self.batch_size):
+            done = self.flush()
+        self._batch.append(job)
+        return done
+
+    def flush(self) -> list[DreamResult]:
+        """The results of the images queued so far."""
+        batch, self._batch = self._batch, []
+        return list(self._dream(batch))
 
     def steps(self, height: int, width: int) -> int:
         return len(octave_sizes(height, width, self.options)) * self.options.iterations

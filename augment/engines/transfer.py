@@ -4,7 +4,7 @@
 A task's inputs are its content image at every coarse-to-fine scale, the Gram targets of its
 style (or of two, mixed) at each scale, its options and its finishing (colour preservation,
 blend with the source). ``make_job`` turns them into a ``Job`` for ``GatysBatcher``;
-``finish`` applies the finishing to the batcher's result; ``stylize`` does all of it for one
+``finish`` applies the finishing to the batcher's result; ``transfer`` does all of it for one
 image, retrying in fp32 if half precision overflows.
 """
 
@@ -18,9 +18,11 @@ from typing import Any
 
 import torch
 
+from .batcher import GatysBatcher
 from .color import blend, preserve_color
-from .gatys import GatysBatcher, GatysOptions, Job, Result, Stage
+from .jobs import Job, Result, Stage
 from .losses import mix_grams, rescale_grams
+from .options import GatysOptions
 from .precision import Precision
 from .vgg import VGG19Features
 
@@ -112,7 +114,7 @@ def make_job(
                content_features=features[-1], coarse=coarse)  # fmt: skip
 
 
-def stylize(
+def transfer(
     net: VGG19Features,
     contents: Sequence[torch.Tensor],
     styles: Sequence[Sequence[torch.Tensor]],

@@ -33,7 +33,7 @@ def is_marked(out: Path) -> bool:
 def _made_by_an_earlier_version(out: Path) -> bool:
     """An output of a version before the mark: run.json, or a part's .json (shards before their
     merge), with augment's config hash in it."""
-    from ..outputs.merge import part_names  # a part's name, not any .json a user left in parts/
+    from ..outputs.parts import part_names  # a part's name, not any .json a user left in parts/
 
     for path in (out / "run.json", *(out / "parts" / f"{name}.json" for name in part_names(out)[:1])):
         try:

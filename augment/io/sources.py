@@ -16,20 +16,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import ManifestError
-from .atomic import atomic_write
+from ..outputs.schema import BASE_COLUMNS, Failure
 from .images import image_extensions
 
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("path", "label")
-FAILURE_COLUMNS = ("row", "path", "label", "reason", "message")
-# The output manifest's columns (the input's own extra columns follow them).
-BASE_COLUMNS = [
-    "path", "label", "split", "source", "style", "k", "engine", "seed", "weights",
-    "style_mix", "style_weight", "alpha",
-    "size", "width", "height", "iterations", "precision",
-    "content_loss", "style_loss", "tv_loss", "total_loss", "dream_objective", "params", "key", "seconds",
-]  # fmt: skip
 # File names Hugging Face's imagefolder loader reads as metadata: a class so named would break it.
 RESERVED_LABELS = frozenset({"metadata.csv", "metadata.jsonl", "metadata.parquet"})
 # Output columns an input column may not overwrite (and metadata.csv's file_name).
@@ -57,21 +49,6 @@ class SourceRow:
     def __post_init__(self) -> None:
         if not isinstance(self.path, str):
             object.__setattr__(self, "path", os.fspath(self.path))
-
-
-@dataclass(frozen=True)
-class Failure:
-    """One input row (or one task) that produced no output, and why."""
-
-    row: int | None
-    path: str
-    label: str
-    reason: str  # short class: missing, undecodable, too_large, bad_label, outside_root, ...
-    message: str
-
-    def as_dict(self) -> dict[str, object]:
-        return {"row": "" if self.row is None else self.row, "path": self.path,
-                "label": self.label, "reason": self.reason, "message": self.message}  # fmt: skip
 
 
 @dataclass
@@ -293,23 +270,3 @@ def _is_utf8(text: str) -> bool:
 
 def _shown(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def write_csv(path: str | Path, records: list[dict[str, object]], columns: list[str]) -> None:
-    """Write rows atomically with a fixed column order (an empty file still has its header)."""
-    frame = pd.DataFrame.from_records(records, columns=columns)
-    with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
-        frame.to_csv(handle, index=False)
-
-
-def write_failures(path: str | Path, failures: list[Failure]) -> None:
-    """failures.csv is read by people, often in a spreadsheet: text from the input that would
-    start a formula (= + - @) gets a leading apostrophe (OWASP's CSV-injection advice).
-    manifest.csv keeps every value verbatim: it is data, and its paths and labels must match
-    the files."""
-    rows = [{k: defuse_formula(v) if isinstance(v, str) else v for k, v in f.as_dict().items()} for f in failures]
-    write_csv(path, rows, list(FAILURE_COLUMNS))
-
-
-def defuse_formula(text: str) -> str:
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

@@ -23,8 +23,8 @@ from urllib.request import Request, urlopen
 
 import torch
 
-from ..config import RunConfig, WeightsFlavour
-from ..engines.vgg import Flavour, Pooling, VGG19Features, random_state_dict
+from ..config import WeightsFlavour
+from ..engines.vgg import Flavour, random_state_dict
 from ..errors import WeightsUnavailable
 from .digests import file_sha256
 
@@ -252,7 +252,7 @@ def resolve_weights(
     cache then a download (for VGG19, the file ``flavour`` names)."""
     if model == "vgg19":
         model = vgg19_model(flavour, spec)
-    source = _source(model, spec, download=download)
+    source = weights_source(model, spec, download=download)
     if source == RANDOM:
         return _random_weights(model)
     # A hub file's flavour is known; so is GoogLeNet's (it has one); a given VGG19 file's is
@@ -263,7 +263,7 @@ def resolve_weights(
     return _load_file(download_weights(model, progress=False), known)
 
 
-def _source(model: str, spec: str | None, *, download: bool) -> Path | str:
+def weights_source(model: str, spec: str | None, *, download: bool) -> Path | str:
     """Where ``model``'s weights come from: RANDOM, a file (given, or in the hub cache), or
     the URL to download; WeightsUnavailable where none will do."""
     if spec == RANDOM:
@@ -281,137 +281,15 @@ def _source(model: str, spec: str | None, *, download: bool) -> Path | str:
     return model_url(model)
 
 
-def _googlenet_spec(config: RunConfig) -> str | None:
-    """--dream-weights; with none given, random when --weights is (a smoke test of both)."""
-    return config.dream_weights or (RANDOM if config.weights == RANDOM else None)
-
-
-def weights_needed(config: RunConfig) -> list[tuple[str, str | None]]:
-    """(model, spec) for every network ``config``'s engine loads, as ``resolve_for`` does."""
-    from ..config import Engine
-
-    needed: list[tuple[str, str | None]] = []
-    if config.engine is not Engine.DREAM or config.dream_net == "vgg19":
-        needed.append((vgg19_model(config.weights_flavour, config.weights), config.weights))
-    if config.engine is not Engine.GATYS and config.dream_net == "googlenet":
-        needed.append(("googlenet", _googlenet_spec(config)))
-    return needed
-
-
-def check_weights(config: RunConfig, *, probe_timeout_s: float = 5.0) -> list[str]:
-    """What ``augment run`` would load, checked as run checks it (for ``augment validate``):
-    one line per network, or WeightsUnavailable with run's message where run would stop. A
-    file is loaded (weights only) and its networks built; a download that would be needed is
-    checked by reaching the file's host."""
-    found, downloads = [], False
-    for model, spec in weights_needed(config):
-        name, source = MODELS[model][0], _source(model, spec, download=config.download)
-        if source == RANDOM:
-            found.append(f"{name}: random (smoke tests only: no real features)")
-        elif isinstance(source, Path):
-            found.append(f"{name}: {source}")
-        else:
-            _refuse_if_offline(model)
-            # A HEAD request through urllib, as the download goes (so an https_proxy counts);
-            # any HTTP answer means the host is there.
-            try:
-                urlopen(Request(source, method="HEAD"), timeout=probe_timeout_s).close()
-            except HTTPError:
-                pass
-            except (URLError, OSError) as err:
-                why = f"{urlparse(source).hostname} cannot be reached ({err})"
-                raise WeightsUnavailable(_missing_message(model, why)) from None
-            found.append(f"{name}: to be downloaded from {source}")
-            downloads = True
-    if not downloads:  # what is here: load it as run will, and build its networks
-        check_networks(config, resolve_for(config))
-    return found
-
-
-def build_vgg19(
-    weights: ResolvedWeights,
-    layers: tuple[str, ...],
-    *,
-    pooling: Pooling = Pooling.MAX,
-    device: torch.device | str = "cpu",
-) -> VGG19Features:
-    net = VGG19Features(layers, flavour=weights.flavour, pooling=pooling)
+def probe_download(model: str, url: str, *, timeout_s: float = 5.0) -> None:
+    """WeightsUnavailable, with run's message, where the download of ``model`` could not start:
+    downloads are off, or its host cannot be reached. A HEAD request through urllib, as the
+    download goes (so an https_proxy counts); any HTTP answer means the host is there."""
+    _refuse_if_offline(model)
     try:
-        net.load_features(weights.state_dict)
-    except ValueError as err:
-        raise WeightsUnavailable(f"{weights.location}: {err}") from err
-    return net.to(device)
-
-
-def build_dream_net(
-    weights: ResolvedWeights | None, layers: tuple[str, ...], *, device: torch.device | str = "cpu"
-) -> torch.nn.Module:
-    """GoogLeNet for inception layers, VGG19 for convN_M layers (then ``weights`` are VGG19's)."""
-    from ..engines.googlenet import GoogLeNetFeatures
-
-    if all(layer.startswith("inception") for layer in layers):
-        net: torch.nn.Module = GoogLeNetFeatures(layers)
-    else:
-        net = VGG19Features(layers, flavour=weights.flavour if weights else Flavour.TORCHVISION)
-    assert weights is not None
-    try:
-        net.load_features(weights.state_dict)  # type: ignore[operator]
-    except ValueError as err:
-        raise WeightsUnavailable(f"{weights.location}: {err}") from err
-    return net.to(device)
-
-
-def check_networks(config: RunConfig, weights: NetWeights) -> None:
-    """Build every network the run will build, once on the CPU (0.2 s for VGG19), so that a
-    file with missing layers, wrong shapes or NaN values is refused (exit 2) before OUT is
-    touched, by run and by validate alike. Each file and set of layers once per process (the
-    identity names the file's content)."""
-    needed: list[tuple[ResolvedWeights, tuple[str, ...], Callable[..., torch.nn.Module]]] = []
-    if weights.gatys is not None:
-        needed.append((weights.gatys, config.gatys_options().layers, build_vgg19))
-    if weights.dream is not None:
-        needed.append((weights.dream, config.dream_options().layers, build_dream_net))
-    for resolved, layers, build in needed:
-        key = (resolved.identity, tuple(layers))
-        if key not in _CHECKED:
-            build(resolved, layers)
-            _CHECKED.add(key)  # only once it built: a bad file is refused every time
-            if resolved.guessed and build is build_vgg19:
-                log.warning(
-                    "%s is not a VGG19 file augment knows: it is read with torchvision's preprocessing "
-                    "(RGB, ImageNet mean and std); pass --weights-flavour caffe if it is a Caffe conversion "
-                    "(BGR, 0..255 minus the mean)",
-                    resolved.location,
-                )
-
-
-_CHECKED: set[tuple[str, tuple[str, ...]]] = set()
-
-
-@dataclass(frozen=True)
-class NetWeights:
-    """What a run needs: VGG19 for style transfer, the dream network's for Deep Dream."""
-
-    gatys: ResolvedWeights | None
-    dream: ResolvedWeights | None
-
-    @property
-    def identity(self) -> str:
-        return "+".join(w.identity for w in (self.gatys, self.dream) if w is not None)
-
-
-def resolve_for(config: RunConfig) -> NetWeights:
-    """Resolve every network ``config``'s engine uses, before any work starts."""
-    from ..config import Engine
-
-    def vgg() -> ResolvedWeights:
-        return resolve_vgg19(config.weights, flavour=config.weights_flavour, download=config.download)
-
-    gatys = vgg() if config.engine is not Engine.DREAM else None
-    dream = None
-    if config.engine is not Engine.GATYS:
-        if config.dream_net == "vgg19":
-            dream = gatys or vgg()
-        else:
-            dream = resolve_weights("googlenet", _googlenet_spec(config), download=config.download)
-    return NetWeights(gatys, dream)
+        urlopen(Request(url, method="HEAD"), timeout=timeout_s).close()
+    except HTTPError:
+        pass
+    except (URLError, OSError) as err:
+        why = f"{urlparse(url).hostname} cannot be reached ({err})"
+        raise WeightsUnavailable(_missing_message(model, why)) from None

@@ -17,124 +17,15 @@ import pandas as pd
 
 from ..errors import EXIT_OK, EXIT_SOME_FAILED, AugmentError, OutputError, Stopped
 from ..io.atomic import atomic_write, write_text
-from ..io.sources import FAILURE_COLUMNS, defuse_formula
 from .export import write_exports
+from .parts import PARTS, journal_failures, part_frame, part_names
+from .schema import FAILURE_COLUMNS
 
 log = logging.getLogger(__name__)
-
-PARTS = "parts"
-JOURNAL = ".journal.jsonl"
 
 
 class MergeError(AugmentError):
     """Parts missing, unfinished, or made with different settings."""
-
-
-# The parts augment writes: one process, the header part of workers, each worker, shard and rank.
-PART_NAME = re.compile(r"main|header|(worker|shard|rank)-\d+-of-\d+")
-
-
-def part_names(out: Path) -> list[str]:
-    """The parts in OUT/parts; a file of another name there is not augment's and is ignored."""
-    names = (p.name[: -len(".json")] for p in (out / PARTS).glob("*.json"))
-    return sorted(name for name in names if PART_NAME.fullmatch(name))
-
-
-def clear_parts(out: Path, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-    """Forget earlier parts (a whole-job run redoes every task); only part files are removed."""
-    for name in part_names(out):
-        if name not in keep:
-            for suffix in (".json", ".manifest.csv", ".failures.csv", JOURNAL):
-                (out / PARTS / f"{name}{suffix}").unlink(missing_ok=True)
-
-
-def recorded_rows(out: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
-    """Every row the parts of OUT (or the named ones) recorded."""
-    rows: list[dict[str, Any]] = []
-    for name in part_names(out) if names is None else names:
-        try:
-            rows += part_rows(out, name)
-        except ValueError as err:  # its images are made again; nothing of it is deleted
-            log.warning("%s: unreadable part files, their images will be made again (%s)", out / PARTS / name, err)
-    return rows
-
-
-def part_rows(out: Path, name: str) -> list[dict[str, Any]]:
-    """``part_frame`` as one dict per row."""
-    return part_frame(out, name).to_dict("records")
-
-
-def part_frame(out: Path, name: str) -> pd.DataFrame:
-    """A part's rows: its manifest CSV (written when the part starts work and when it ends)
-    plus its journal (a line appended as each image is written, so even a kill -9 loses
-    none). Later entries win. Raises ValueError for a manifest that is not augment's CSV."""
-    manifest, journal = out / PARTS / f"{name}.manifest.csv", out / PARTS / f"{name}{JOURNAL}"
-    frame = pd.DataFrame({"path": pd.Series(dtype=str)})
-    if manifest.is_file():
-        try:
-            frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-            raise ValueError(f"{manifest.name}: {err}") from err  # UnicodeDecodeError is one already
-        if "path" not in frame.columns:
-            raise ValueError(f"{manifest.name}: no path column")
-    journaled = []
-    if journal.is_file():
-        for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:  # the last line of a killed run may be cut short
-                continue
-            if isinstance(row, dict) and isinstance(row.get("path"), str):  # anything else is not a row
-                journaled.append({str(k): "" if v is None else str(v) for k, v in row.items()})
-    if journaled:
-        frame = pd.concat([frame, pd.DataFrame(journaled, dtype=str)], ignore_index=True)
-        frame = frame.drop_duplicates("path", keep="last").fillna("")
-    return frame
-
-
-def journal_failures(out: Path, name: str) -> pd.DataFrame:
-    """The failures a part journaled since its failures CSV was written (a part killed before
-    its end wrote them nowhere else), defused for a spreadsheet as the CSV's are."""
-    journal, found = out / PARTS / f"{name}{JOURNAL}", []
-    if journal.is_file():
-        for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            failure = entry.get("failure") if isinstance(entry, dict) else None
-            if isinstance(failure, dict) and isinstance(failure.get("path"), str):
-                found.append({k: defuse_formula(str(failure.get(k) or "")) for k in FAILURE_COLUMNS})
-    return pd.DataFrame(found, columns=list(FAILURE_COLUMNS), dtype=str)
-
-
-def reusable_rows(out: Path, keys: dict[str, str], names: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Rows an earlier run already made for these exact tasks: same output path, same task key
-    (source and style content, every pixel-changing option, weights, seed), image on disk
-    (images are renamed into place whole, so one that exists is complete)."""
-    return {
-        row["path"]: row
-        for row in recorded_rows(out, names)
-        if keys.get(row["path"]) == row.get("key") and (out / row["path"]).is_file()
-    }
-
-
-def remove_stale(out: Path, keep: set[str]) -> int:
-    """Delete images that earlier runs recorded and the plan no longer has. Only files named
-    in augment's own part manifests are ever deleted."""
-    removed = 0
-    images = (out / "images").resolve()
-    for row in recorded_rows(out):
-        path = out / row["path"]
-        if row["path"] not in keep and path.is_file() and path.resolve().is_relative_to(images):
-            path.unlink()
-            removed += 1
-            # A class folder left empty would make ImageFolder fail ("no valid file for the classes").
-            folder = path.parent.resolve()
-            while folder != images and folder.is_relative_to(images) and not any(folder.iterdir()):
-                folder.rmdir()
-                folder = folder.parent
-    return removed
 
 
 def merge(

@@ -1,15 +1,13 @@
-"""One driver per engine: each takes a part's task groups, decoded, and hands every task's
-outcome, a finished image (``Made``) or a failed one (``Failed``), to ``emit`` the moment it is
-known (a copied original at once, not when the next stylized image finishes). The runner's
-``emit`` records them; a driver writes nothing and knows no file but the style images it reads
-its targets from.
+"""One driver per engine: each takes a part's task groups and yields every task's outcome, a
+finished image (``Made``) or a failed one (``Failed``), with the engine's ``Steps`` between
+them; the part (part.py) records and counts what comes out. A driver writes nothing and reads
+no file but the style images it makes its targets from.
 
 - ``CopyDriver``: originals only, re-encoded at the output size; no network.
 - ``GatysDriver``: style transfer through ``GatysBatcher`` (continuous batching), with the
   fp32 redo of images whose loss overflowed in half precision, and Deep Dream on top for
   ``--engine gatys+dream``.
-- ``DreamDriver``: Deep Dream through ``DreamBatcher``, and the dream stage of ``gatys+dream``
-  (``dream_on``).
+- ``DreamDriver``: Deep Dream through ``DreamBatcher``, and the dream stage of ``gatys+dream``.
 """
 
 from __future__ import annotations
@@ -18,29 +16,31 @@ import dataclasses
 import logging
 import math
 import os
-import platform
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import torch
 
 from ..config import RunConfig
-from ..engines.dream import DreamBatcher, DreamJob, dream, guide_features, octave_sizes
-from ..engines.gatys import GatysBatcher, Job, Result
+from ..engines.batcher import GatysBatcher
+from ..engines.dream import DreamBatcher, DreamJob, DreamResult, dream, guide_features, octave_sizes
+from ..engines.jobs import Job, Result, Steps
 from ..engines.memory import CPU_BATCH, auto_batch_size, bytes_per_image, measured_bytes
 from ..engines.precision import HALF_DTYPES, Precision, use_channels_last
 from ..engines.transfer import Finish, GramCache, Grams, StyleGrams, make_job, stage_targets
-from ..errors import ConfigError
 from ..io.images import ImageProblem, fit_long_side, load_rgb, resize_long_side, to_tensor
 from ..io.sources import SourceRow
 from ..io.styles import Style
-from ..io.weights import ResolvedWeights, build_dream_net, build_vgg19
+from ..io.weights import ResolvedWeights
+from .decode import Decoded, Decoder
+from .devices import describe_device
+from .networks import build_dream_net, build_vgg19
+from .options import dream_options, gatys_options, stage_iterations
 from .plan import Task
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass
@@ -55,47 +55,25 @@ class Made:
     seconds: float = 0.0
     dream_objective: float | None = None
 
+    @property
+    def tasks(self) -> int:  # tasks this outcome finishes
+        return 1
+
+    @property
+    def steps(self) -> int:  # the steps it made, now counted in a finished image
+        return self.iterations
+
 
 @dataclass
 class Failed:
     source: SourceRow
     reason: str  # failures.csv's reason column
     message: str
+    tasks: int = 1  # tasks this outcome ends (an undecodable source: all of its group)
+    steps: int = 0
 
 
-Outcome = Made | Failed
-Decoded = Iterator[tuple[list[Task], list[torch.Tensor]]]  # a group and its source, one tensor per scale
-DecodeFn = Callable[[Iterable[list[Task]]], Decoded]
-EmitFn = Callable[[Outcome], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto, cpu, cuda or cuda:N; a GPU that this machine does not have is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (device.index or 0) >= count:
-            have = f"{count} GPU(s)" if count else "no GPU"
-            raise ConfigError(f"device {name}: this machine has {have} (use --device cpu or auto)")
-    return device
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def group_by_source(tasks: Iterable[Task]) -> list[list[Task]]:
-    groups: dict[SourceRow, list[Task]] = {}
-    for task in tasks:
-        groups.setdefault(task.source, []).append(task)
-    return list(groups.values())
+Outcome = Made | Failed | Steps
 
 
 def dream_failure(task: Task, image: torch.Tensor, objective: float) -> Failed | None:
@@ -111,6 +89,17 @@ def copy_of(task: Task, content: torch.Tensor) -> Made:
     return Made(task, content.cpu(), Precision.FP32)
 
 
+def undecodable(group: list[Task], problem: ImageProblem) -> Failed:
+    return Failed(group[0].source, problem.reason, str(problem), tasks=len(group))
+
+
+def group_by_source(tasks: Iterable[Task]) -> list[list[Task]]:
+    groups: dict[SourceRow, list[Task]] = {}
+    for task in tasks:
+        groups.setdefault(task.source, []).append(task)
+    return list(groups.values())
+
+
 def _finish(config: RunConfig, task: Task) -> Finish:
     return Finish(preserve_color=config.preserve_color, alpha=task.alpha)
 
@@ -124,30 +113,79 @@ def _largest_image(config: RunConfig) -> tuple[int, int]:
 class CopyDriver:
     """A part with only originals to copy (rows of splits that are not stylized)."""
 
-    def __init__(self) -> None:
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
         self.timings: dict[str, float] = {}
 
-    def run(self, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn) -> None:
+    def run(self, groups: Iterable[list[Task]]) -> Iterator[Outcome]:
         t0 = time.perf_counter()
-        for group, decoded in decode(groups):
+        for group, decoded in self.decoder(groups):
+            if isinstance(decoded, ImageProblem):
+                yield undecodable(group, decoded)
+                continue
             for task in group:
-                emit(copy_of(task, decoded[-1]))
+                yield copy_of(task, decoded[-1])
         self.timings["compute_s"] = time.perf_counter() - t0
 
 
 class DreamDriver:
-    """Deep Dream variants; also the dream stage of --engine gatys+dream (``dream_on``)."""
+    """Deep Dream variants; also the dream stage of --engine gatys+dream (``add``, ``flush``)."""
 
-    def __init__(self, config: RunConfig, device: torch.device, precision: Precision, weights: ResolvedWeights) -> None:
-        self.config, self.device, self.precision = config, device, precision
-        self.options = config.dream_options()
+    def __init__(
+        self, config: RunConfig, device: torch.device, precision: Precision, weights: ResolvedWeights, decoder: Decoder
+    ) -> None:
+        self.config, self.device, self.precision, self.decoder = config, device, precision, decoder
+        self.options = dream_options(config)
         self.dtype = HALF_DTYPES.get(precision, torch.float32)
         self.net = build_dream_net(weights, self.options.layers, device=device).to(self.dtype)
         self.batch_size = config.batch_size or self._auto_batch_size()
         self.timings: dict[str, float] = {}
         self._guides: dict[str, dict[str, torch.Tensor] | ImageProblem] = {}
         self._octave_note: set[tuple[int, int]] = set()
+        self.batcher = DreamBatcher(
+            self.net, self.options, batch_size=self.batch_size, device=self.device, dtype=self.dtype
+        )
         log.info("dream network %s on %s, %s", weights.identity, describe_device(device), precision.value)
+
+    def run(self, groups: Iterable[list[Task]]) -> Iterator[Outcome]:
+        """Batches of equal-size images, every image the same steps (no continuous batching)."""
+        t0 = time.perf_counter()
+        contents: dict[Task, torch.Tensor] = {}
+        for group, decoded in self.decoder(groups):
+            if isinstance(decoded, ImageProblem):
+                yield undecodable(group, decoded)
+                continue
+            for task in group:
+                guides = self.guide(task.style) if self.config.guide and not task.original else None
+                if task.original:
+                    yield copy_of(task, decoded[-1])
+                elif isinstance(guides, ImageProblem):
+                    yield Failed(task.source, "bad_style", f"style {task.style.name}: {guides}")
+                else:
+                    contents[task] = decoded[-1]
+                    yield from self._finished(
+                        self.batcher.add(DreamJob(task, decoded[-1], task.seed, guides)), contents
+                    )
+        yield from self._finished(self.batcher.flush(), contents)
+        self.timings.update(compute_s=time.perf_counter() - t0, batch_size=self.batch_size)
+
+    def _finished(self, results: list[DreamResult], contents: dict[Task, torch.Tensor]) -> Iterator[Outcome]:
+        for result in results:
+            task: Task = result.key  # type: ignore[assignment]
+            self.note_octaves(*result.image.shape[-2:])
+            content = contents.pop(task)
+            failure = dream_failure(task, result.image, result.objective)
+            if failure is not None:
+                yield failure
+                continue
+            image = _finish(self.config, task).apply(result.image, content)
+            yield Made(task, image, self.precision, iterations=result.steps, seconds=result.seconds,
+                       dream_objective=result.objective)  # fmt: skip
+
+    def dream_job(self, task: Task, image: torch.Tensor, stylized: object) -> DreamJob:
+        """The dream stage of a stylized image (--engine gatys+dream); ``stylized`` comes back
+        with the dream's result (in its key)."""
+        return DreamJob((task, stylized), image, task.seed, self._guides_of(task))
 
     def guide(self, style: Style) -> dict[str, torch.Tensor] | ImageProblem:
         """A guide image's activations (guided dream), once per style."""
@@ -181,21 +219,6 @@ class DreamDriver:
         log.info("dream batch size %d (%.0f MB free, %.0f MB per image measured)", size, free / 1e6, per_image / 1e6)
         return size
 
-    def dream_on(
-        self, stylized: Iterable[tuple[Task, torch.Tensor, T]]
-    ) -> Iterator[tuple[Task, torch.Tensor, T, float]]:
-        """Dream on top of stylized images (--engine gatys+dream), batched like --engine dream:
-        ``(task, image, extra)`` in, ``(task, dreamed image, extra, objective)`` out."""
-        batcher = self._batcher()
-        jobs = (DreamJob((task, extra), image, task.seed, self._guides_of(task)) for task, image, extra in stylized)
-        for result in batcher.run(jobs):
-            task, extra = result.key  # type: ignore[misc]
-            self.note_octaves(*result.image.shape[-2:])
-            yield task, result.image, extra, result.objective
-
-    def _batcher(self) -> DreamBatcher:
-        return DreamBatcher(self.net, self.options, batch_size=self.batch_size, device=self.device, dtype=self.dtype)
-
     def _guides_of(self, task: Task) -> dict[str, torch.Tensor] | None:
         if not self.config.guide:
             return None
@@ -204,43 +227,20 @@ class DreamDriver:
             raise guide
         return guide
 
-    def run(self, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn) -> None:
-        """Batches of equal-size images, every image the same steps (no continuous batching)."""
-        t0 = time.perf_counter()
-        batcher = self._batcher()
-        contents: dict[Task, torch.Tensor] = {}
-        for result in batcher.run(self._jobs(groups, decode, emit, contents)):
-            task: Task = result.key  # type: ignore[assignment]
-            self.note_octaves(*result.image.shape[-2:])
-            content = contents.pop(task)
-            failure = dream_failure(task, result.image, result.objective)
-            if failure is not None:
-                emit(failure)
-                continue
-            image = _finish(self.config, task).apply(result.image, content)
-            emit(Made(task, image, self.precision, iterations=result.steps, seconds=result.seconds,
-                      dream_objective=result.objective))  # fmt: skip
-        self.timings.update(compute_s=time.perf_counter() - t0, batch_size=self.batch_size)
-
-    def _jobs(
-        self, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn, contents: dict[Task, torch.Tensor]
-    ) -> Iterator[DreamJob]:
-        for group, decoded in decode(groups):
-            content = decoded[-1]
-            for task in group:
-                if task.original:
-                    emit(copy_of(task, content))
-                    continue
-                guides = self.guide(task.style) if self.config.guide else None
-                if isinstance(guides, ImageProblem):
-                    emit(Failed(task.source, "bad_style", f"style {task.style.name}: {guides}"))
-                    continue
-                contents[task] = content
-                yield DreamJob(task, content, task.seed, guides)
-
 
 GRAM_BUDGET_GPU = 1 << 30  # ~430 (style, size) Gram targets; --no-upscale makes one per size
 GRAM_BUDGET_CPU = 256 << 20
+
+
+@dataclass
+class _Pass:
+    """One pass of a part's tasks through one batcher (one precision)."""
+
+    batcher: GatysBatcher
+    grams: GramCache  # this precision's style targets
+    contents: dict[Task, torch.Tensor] = field(default_factory=dict)  # for --preserve-color / --alpha
+    ready: deque[Outcome] = field(default_factory=deque)  # copies and failures found while making jobs
+    retry: list[Task] = field(default_factory=list)  # non-finite in half precision: redo in fp32
 
 
 class GatysDriver:
@@ -252,14 +252,14 @@ class GatysDriver:
         device: torch.device,
         precision: Precision,
         weights: ResolvedWeights,
+        decoder: Decoder,
         *,
         dreamer: DreamDriver | None = None,
-        after_iteration: Callable[[int], None] = lambda images: None,
     ) -> None:
         t0 = time.perf_counter()
-        self.after_iteration = after_iteration
         self.config, self.device, self.precision, self.dreamer = config, device, precision, dreamer
-        self.options = config.gatys_options()
+        self.decoder = decoder
+        self.options = gatys_options(config)
         self.channels_last = use_channels_last(device, precision)
         self.net = build_vgg19(weights, self.options.layers, pooling=config.pooling, device=device)
         if self.channels_last:
@@ -304,14 +304,16 @@ class GatysDriver:
         return bytes_per_image(self.net, h, w, history_size=o.history_size, half=half,
                                style_layers=o.style_layers, content_layer=o.content_layer)  # fmt: skip
 
-    def run(self, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn) -> None:
+    def run(self, groups: Iterable[list[Task]]) -> Iterator[Outcome]:
         t0 = time.perf_counter()
-        batchers = [self._batcher(self.precision)]
-        retry = self._pass(batchers[0], groups, decode, emit)
-        if retry:  # mixed precision overflowed for these: redo them in fp32
+        passes = [_Pass(self._batcher(self.precision), GramCache(self.gram_budget))]
+        yield from self._pass(passes[0], self.decoder(groups))
+        if passes[0].retry:  # mixed precision overflowed for these: redo them in fp32
+            retry = passes[0].retry
             log.warning("%d images had a non-finite loss in %s; redoing them in fp32", len(retry), self.precision.value)
-            batchers.append(self._batcher(Precision.FP32, allow_tf32=False))  # full fp32, Grams too
-            self._pass(batchers[-1], group_by_source(retry), decode, emit)
+            passes.append(_Pass(self._batcher(Precision.FP32, allow_tf32=False), GramCache(self.gram_budget)))
+            yield from self._pass(passes[-1], self.decoder(group_by_source(retry)))  # full fp32, Grams too
+        batchers = [p.batcher for p in passes]
         self.timings.update(
             compute_s=time.perf_counter() - t0, batch_size=self.batch_size,
             oom_backoffs=sum(b.oom_events for b in batchers),
@@ -322,87 +324,85 @@ class GatysDriver:
             self.timings["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 1e6
 
     def _batcher(self, precision: Precision, *, allow_tf32: bool = True) -> GatysBatcher:
-        return GatysBatcher(
-            self.net, self.options, batch_size=self.batch_size, precision=precision, channels_last=self.channels_last,
-            after_iteration=self.after_iteration, allow_tf32=allow_tf32,
-        )  # fmt: skip
+        return GatysBatcher(self.net, self.options, batch_size=self.batch_size, precision=precision,
+                            channels_last=self.channels_last, allow_tf32=allow_tf32)  # fmt: skip
 
-    def _pass(self, batcher: GatysBatcher, groups: Iterable[list[Task]], decode: DecodeFn, emit: EmitFn) -> list[Task]:
-        """Every task through ``batcher``; returns those whose loss went non-finite in half
-        precision (in fp32 they fail)."""
-        contents: dict[Task, torch.Tensor] = {}  # sources kept for --preserve-color / --alpha
-        grams = GramCache(self.gram_budget)  # per pass: this precision's
-        retry: list[Task] = []
-
-        def stylized() -> Iterator[tuple[Task, torch.Tensor, Result]]:
-            for result in batcher.run(self._jobs(batcher, groups, decode, emit, contents, grams)):
-                task: Task = result.key
-                if math.isfinite(result.losses["total"]):
-                    yield task, result.image, result
-                    continue
-                self.after_iteration(-result.iterations)  # its steps made no image: out of the progress
-                if batcher.precision is not Precision.FP32:
-                    retry.append(task)
+    def _pass(self, run: _Pass, decoded: Decoded) -> Iterator[Outcome]:
+        """Every task through ``run.batcher``: what it yields, with the copies and failures
+        found while its jobs were made handed out at the next event."""
+        for event in run.batcher.events(self._jobs(run, decoded)):
+            while run.ready:
+                yield run.ready.popleft()
+            if isinstance(event, Steps):
+                yield event
+            elif not math.isfinite(event.losses["total"]):
+                yield Steps(-event.iterations)  # its steps made no image: out of the progress
+                task: Task = event.key
+                if run.batcher.precision is not Precision.FP32:
+                    run.retry.append(task)
                 else:
-                    emit(Failed(task.source, "non_finite", f"{task.output}: the loss became {result.losses['total']}"))
+                    yield Failed(task.source, "non_finite", f"{task.output}: the loss became {event.losses['total']}")
+            elif self.dreamer is None:
+                yield self._made(run, event.key, event.image, event, None)
+            else:
+                yield from self._dreamed(
+                    run, self.dreamer.batcher.add(self.dreamer.dream_job(event.key, event.image, event))
+                )
+        while run.ready:
+            yield run.ready.popleft()
+        if self.dreamer is not None:
+            yield from self._dreamed(run, self.dreamer.batcher.flush())
 
-        made: Iterable[tuple[Task, torch.Tensor, Result, float | None]]
-        if self.dreamer is None:
-            made = ((task, image, result, None) for task, image, result in stylized())
-        else:
-            made = self.dreamer.dream_on(stylized())
-        for task, image, result, objective in made:
-            failure = None if objective is None else dream_failure(task, image, objective)
+    def _dreamed(self, run: _Pass, results: list[DreamResult]) -> Iterator[Outcome]:
+        assert self.dreamer is not None
+        for result in results:
+            task, stylized = result.key  # type: ignore[misc]
+            self.dreamer.note_octaves(*result.image.shape[-2:])
+            failure = dream_failure(task, result.image, result.objective)
             if failure is not None:
-                contents.pop(task, None)
-                emit(failure)
-                continue
-            if task in contents:
-                image = _finish(self.config, task).apply(image, contents.pop(task))
-            emit(Made(task, image, batcher.precision, result.losses, result.iterations, result.seconds, objective))
-        return retry
+                run.contents.pop(task, None)
+                yield failure
+            else:
+                yield self._made(run, task, result.image, stylized, result.objective)
 
-    def _jobs(
-        self,
-        batcher: GatysBatcher,
-        groups: Iterable[list[Task]],
-        decode: DecodeFn,
-        emit: EmitFn,
-        contents: dict[Task, torch.Tensor],
-        grams: GramCache,
-    ) -> Iterator[Job]:
-        """Jobs in group order; the source is decoded ahead while the device computes."""
-        iterations = self.config.stage_iterations
-        for group, decoded in decode(groups):
-            scales = [c.to(self.device) for c in decoded]  # one per scale, full size last
+    def _made(self, run: _Pass, task: Task, image: torch.Tensor, result: Result, objective: float | None) -> Made:
+        if task in run.contents:
+            image = _finish(self.config, task).apply(image, run.contents.pop(task))
+        return Made(task, image, run.batcher.precision, result.losses, result.iterations, result.seconds, objective)
+
+    def _jobs(self, run: _Pass, decoded: Decoded) -> Iterator[Job | None]:
+        """Jobs in group order, the sources decoded ahead while the device computes. Copies and
+        failures go to ``run.ready``, and a None hands control back so they go out now."""
+        iterations = stage_iterations(self.config)
+        for group, found in decoded:
+            if isinstance(found, ImageProblem):
+                run.ready.append(undecodable(group, found))
+                yield None
+                continue
+            scales = [c.to(self.device) for c in found]  # one per scale, full size last
             sizes = [max(c.shape[-2:]) for c in scales]  # --size, or less with --no-upscale
-            features = [batcher.content_features(c) for c in scales]  # once per image, shared by its styles
+            features = [run.batcher.content_features(c) for c in scales]  # once per image, shared by its styles
             for task in group:
                 if task.original:
-                    emit(copy_of(task, scales[-1]))
+                    run.ready.append(copy_of(task, scales[-1]))
+                    yield None
                     continue
-                targets = [self._targets(batcher, grams, task, size, c) for size, c in zip(sizes, scales)]
+                targets = [self._targets(run, task, size, c) for size, c in zip(sizes, scales)]
                 problem = next((t for t in targets if isinstance(t, ImageProblem)), None)
                 if problem is not None:
-                    emit(Failed(task.source, "bad_style", f"style {task.style_name}: {problem}"))
+                    run.ready.append(Failed(task.source, "bad_style", f"style {task.style_name}: {problem}"))
+                    yield None
                     continue
                 if _finish(self.config, task).needs_content:
-                    contents[task] = scales[-1]
-                options = self.config.gatys_options(**task.loss_overrides)
+                    run.contents[task] = scales[-1]
+                options = gatys_options(self.config, **task.loss_overrides)
                 yield make_job(task, scales, targets, features, iterations, options, task.seed)  # type: ignore[arg-type]
 
-    def _targets(
-        self,
-        batcher: GatysBatcher,
-        grams: GramCache,
-        task: Task,
-        size: int,
-        content: torch.Tensor,
-    ) -> Grams | ImageProblem:
+    def _targets(self, run: _Pass, task: Task, size: int, content: torch.Tensor) -> Grams | ImageProblem:
         """Gram targets of the task's style (or blend of two) for a content image of this size;
         each style's once per size and pass. The style image is --style-scale times the
         content's long side."""
-        found = []
+        found, grams = [], run.grams
         for style in (task.style, task.style2):
             if style is None:
                 continue
@@ -411,10 +411,13 @@ class GatysDriver:
                     image = load_rgb(style.path, max_pixels=self.config.max_pixels)
                     image = resize_long_side(image, self.config.style_size(size))
                     grams[style.name, size] = StyleGrams(
-                        batcher.style_targets(to_tensor(image)), (image.height, image.width)
+                        run.batcher.style_targets(to_tensor(image)), (image.height, image.width)
                     )
                 except ImageProblem as err:
                     grams[style.name, size] = err
             found.append(grams[style.name, size])  # kept to the end of this task, even if evicted next
         problem = next((s for s in found if isinstance(s, ImageProblem)), None)
         return problem or stage_targets(found, content, task.mix)  # type: ignore[arg-type]
+
+
+Driver = CopyDriver | DreamDriver | GatysDriver

@@ -1,22 +1,19 @@
-"""Runs one part of a job: orders its tasks, decodes ahead, has the engine's driver make
-them and records the outcome.
+"""Runs one part of a job: has the engine's driver make its tasks and records what the
+driver yields.
 
 A part is the whole job (one process), one worker, one shard or one torchrun rank; each writes
 ``OUT/parts/<name>.manifest.csv``, ``.failures.csv`` and ``.json``, which ``merge`` joins into
-the final manifest.csv, failures.csv and run.json. The runner knows nothing of losses: the
-drivers (drivers.py) hand tensors to the engines and give finished images back.
+the final manifest.csv, failures.csv and run.json. A part knows nothing of losses: the
+drivers (drivers.py) hand tensors to the engines and yield finished images back.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import platform
 import sys
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,31 +21,25 @@ import torch
 
 from .. import __version__
 from ..config import Engine, RunConfig
+from ..engines.jobs import Steps
 from ..engines.precision import resolve_precision
 from ..engines.vgg import Flavour
 from ..errors import Interrupted, Stopped
-from ..io.images import ImageProblem, load_rgb, probe_all, resize_to, to_tensor
-from ..io.sources import Failure, SourceRow
-from ..io.weights import NetWeights
 from ..outputs.parts import Recorder
-from ..outputs.schema import engine_name, manifest_row
-from .drivers import CopyDriver, DreamDriver, Failed, GatysDriver, Made, describe_device, resolve_device
+from ..outputs.schema import Failure, engine_name, manifest_row
+from .decode import Decoder, order_by_shape
+from .devices import describe_device, resolve_device
+from .drivers import CopyDriver, DreamDriver, Driver, Failed, GatysDriver, Made
+from .keys import config_hash, plan_hash
+from .networks import NetWeights
+from .options import row_params, row_style_weight, stage_iterations
 from .plan import Task
-from .prepare import Prepared
+from .prepare import Prepared, failure_limit
+from .process import return_freed_memory
 from .progress import ProgressFn, ProgressTracker
+from .reuse import held_rows
 
 log = logging.getLogger(__name__)
-
-
-def _return_freed_memory() -> None:
-    """glibc keeps memory that was freed (the weights file's or random weights' tensors, once
-    copied into the network) for later allocations, ~110 MB a process: hand it back to the
-    system, which matters with a worker per GPU. A no-op where glibc is not the allocator."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @dataclass
@@ -57,63 +48,6 @@ class PartSummary:
     written: int
     failed_rows: int
     device: torch.device
-
-
-@dataclass
-class RunSummary:
-    """What a run did. ``written``: images this run made; ``skipped``: up to date from an
-    earlier run, not redone; ``removed``: stale images of rows that left the job;
-    ``failed_rows``: rows that gave no image; ``images``: what the dataset now holds;
-    ``incomplete``: what is missing when the merge found the job not done (run.json's reason)."""
-
-    out: str
-    exit_code: int
-    tasks: int
-    written: int
-    failed_rows: int
-    seconds: float
-    weights: str
-    device: str
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    skipped: int = 0
-    removed: int = 0
-    images: int = 0
-    incomplete: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _prefetch(items: Iterable[Any], work: Callable[[Any], Any], *, depth: int) -> Iterator[tuple[Any, Any]]:
-    """(item, work(item)) in order, computed up to ``depth`` items ahead in a thread."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="augment-decode") as pool:
-        queue: deque[tuple[Any, Future[Any]]] = deque()
-        for item in items:
-            queue.append((item, pool.submit(work, item)))
-            if len(queue) > depth:
-                head, future = queue.popleft()
-                yield head, future.result()
-        while queue:
-            head, future = queue.popleft()
-            yield head, future.result()
-
-
-def order_by_shape(tasks: list[Task], config: RunConfig) -> tuple[list[list[Task]], list[Failure]]:
-    """Header-read every source (cheap) and group its tasks, groups ordered by output shape so
-    batches fill with images of one size. Unreadable sources become failures here."""
-    shapes: dict[SourceRow, tuple[int, int]] = {}
-    failures = []
-    groups: dict[SourceRow, list[Task]] = {}
-    for task in tasks:
-        groups.setdefault(task.source, []).append(task)
-    for s, found in zip(groups, probe_all([s.path for s in groups], max_pixels=config.max_pixels)):
-        if isinstance(found, ImageProblem):
-            failures.append(Failure(s.row, s.source, s.label, found.reason, f"row {s.row}: {found}"))
-            continue
-        out_w, out_h = config.output_shape(*found)
-        shapes[s] = (out_h, out_w)
-    ordered = sorted((s for s in groups if s in shapes), key=lambda s: shapes[s])  # stable: task order within a shape
-    return [groups[s] for s in ordered], failures
 
 
 def versions() -> dict[str, str]:
@@ -129,36 +63,15 @@ def versions() -> dict[str, str]:
     return found
 
 
-class RunLog:
-    """OUT/run.log: timestamped lines for cron users who never see a progress bar."""
-
-    def __init__(self, path: Path) -> None:
-        self.logger = logging.getLogger("augment")
-        self.handler = logging.FileHandler(path, encoding="utf-8")
-        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        self.handler.setLevel(logging.INFO)
-        self.previous_level = self.logger.level
-
-    def __enter__(self) -> RunLog:
-        self.logger.addHandler(self.handler)
-        if self.logger.getEffectiveLevel() > logging.INFO:
-            self.logger.setLevel(logging.INFO)
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc is not None:  # cron users read run.log: how the run ended goes there (the console has it already)
-            message = f"run stopped: {type(exc).__name__}: {exc}"
-            self.handler.handle(self.logger.makeRecord(self.logger.name, logging.ERROR, __file__, 0, message, (), None))
-        self.logger.removeHandler(self.handler)
-        self.logger.setLevel(self.previous_level)
-        self.handler.close()
-
-
 class PartRun:
     """One part of a job. ``run`` takes the part's tasks as groups (one per source image, in
-    processing order), has the engine's driver make them, and records each outcome: images in
-    ``Recorder`` (written in threads, journaled, ``OUT/parts/<name>.*``), counts in
-    ``ProgressTracker``."""
+    processing order), has the engine's driver make them, and consumes what the driver yields:
+    images and failures recorded in ``Recorder`` (written in threads, journaled,
+    ``OUT/parts/<name>.*``), progress counted in ``ProgressTracker``, in one loop.
+
+    ``kept_rows``: rows kept from earlier runs; ``keys``: output path -> task key, recorded in
+    each row (a worker fills its dict as tasks arrive); ``prefetch``: sources decoded ahead of
+    the device (workers sharing one queue take 1, so that one worker does not hoard work)."""
 
     def __init__(
         self,
@@ -170,31 +83,29 @@ class PartRun:
         device: str | None = None,
         progress: ProgressFn | None = None,
         keys: dict[str, str] | None = None,
+        kept_rows: Iterable[dict[str, Any]] = (),
         deadline: float | None = None,
         shared_failures: Any = None,
         about: dict[str, Any] | None = None,
+        timings: dict[str, float] | None = None,
+        prefetch: int = 4,
     ) -> None:
-        self.config, self.prepared, self.out, self.name = config, prepared, out, name
+        self.config, self.out, self.name, self.prefetch = config, out, name, prefetch
         self.about = about or {}  # more for the part's status file
-        self.keys = keys or {}  # output path -> task key, recorded in each row
+        self.keys = keys if keys is not None else {}
         self.device = resolve_device(device or config.device)
         self.precision = resolve_precision(config.precision, self.device)
-        self.record = Recorder(config, prepared, out, name, shared_failures=shared_failures)
+        identity = {"config": config.to_dict(), "config_hash": config_hash(config), "plan_hash": plan_hash(config),
+                    "inputs_root": str(prepared.inputs.root)}  # relative sources are relative to it  # fmt: skip
+        self.record = Recorder(
+            config, out, name, identity=identity, extra_columns=prepared.inputs.extra_columns, rows=kept_rows,
+            failures=prepared.failures, max_failures=failure_limit(config, prepared), shared_failures=shared_failures,
+        )  # fmt: skip
         self.tracker = ProgressTracker(progress, deadline=deadline, max_seconds=config.max_seconds)
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = dict(timings or {})
         self.weights_id = ""
         self.flavour = Flavour.TORCHVISION  # of the VGG19 weights: decides the default loss weights
-        # Sources decoded ahead of the device. Workers sharing one queue take 1, so that one
-        # worker does not pull (and hoard) work the others are waiting for.
-        self.prefetch = 4
-
-    @property
-    def rows(self) -> list[dict[str, Any]]:
-        return self.record.rows
-
-    @rows.setter
-    def rows(self, rows: list[dict[str, Any]]) -> None:  # rows kept from an earlier run
-        self.record.rows = rows
+        self._params: str | None = None  # the manifest's params column, the same for every image
 
     def run(
         self, weights: NetWeights, groups: Iterable[list[Task]], *, total: int, failures: Iterable[Failure] = ()
@@ -204,7 +115,7 @@ class PartRun:
         if weights.gatys is not None:
             self.flavour = weights.gatys.flavour
         self._write_status("running")
-        kept = len(self.rows)  # rows kept from an earlier run: done, not made now
+        kept = len(self.record.rows)  # rows kept from an earlier run: done, not made now
         self.tracker.start(kept, total)
         try:
             self.record.check_failures()
@@ -213,7 +124,7 @@ class PartRun:
             else:
                 self.record.begin()
                 driver = self._driver(weights)
-                _return_freed_memory()
+                return_freed_memory()
                 self._make(driver, groups)
         except (KeyboardInterrupt, Stopped) as err:
             # Keep what is finished: images already written are recorded, then re-raise.
@@ -224,9 +135,9 @@ class PartRun:
         self.record.write_outputs()
         self._write_status("finished")
         self.record.close()
-        log.info("%s done: %d images made, %d kept from earlier runs, %d rows failed",
-                 self.name, len(self.rows) - kept, kept, len(self.record.failures))  # fmt: skip
-        return PartSummary(self.name, len(self.rows), len(self.record.failures), self.device)
+        made, failed = len(self.record.rows) - kept, len(self.record.failures)
+        log.info("%s done: %d images made, %d kept from earlier runs, %d rows failed", self.name, made, kept, failed)
+        return PartSummary(self.name, len(self.record.rows), len(self.record.failures), self.device)
 
     def record_failures(self, failures: Iterable[Failure]) -> None:
         """A part with failures only (no model, no images): rows that failed before any work."""
@@ -235,61 +146,46 @@ class PartRun:
         self._write_status("finished")
         self.record.close()
 
-    def _driver(self, weights: NetWeights) -> CopyDriver | DreamDriver | GatysDriver:
-        engine = self.config.engine
+    def _driver(self, weights: NetWeights) -> Driver:
+        decoder = Decoder(self.config, self.prefetch)
         if weights.gatys is None and weights.dream is None:
-            return CopyDriver()  # only originals to copy
-        if engine is Engine.DREAM:
-            assert weights.dream is not None
-            return DreamDriver(self.config, self.device, self.precision, weights.dream)
-        assert weights.gatys is not None
+            return CopyDriver(decoder)  # only originals to copy
         dreamer = None
-        if engine is Engine.GATYS_DREAM:
+        if self.config.engine is not Engine.GATYS:
             assert weights.dream is not None
-            dreamer = DreamDriver(self.config, self.device, self.precision, weights.dream)
-        return GatysDriver(self.config, self.device, self.precision, weights.gatys, dreamer=dreamer,
-                           after_iteration=self.tracker.iteration)  # fmt: skip
+            dreamer = DreamDriver(self.config, self.device, self.precision, weights.dream, decoder)
+        if self.config.engine is Engine.DREAM:
+            assert dreamer is not None
+            return dreamer
+        assert weights.gatys is not None
+        return GatysDriver(self.config, self.device, self.precision, weights.gatys, decoder, dreamer=dreamer)
 
-    def _make(self, driver: CopyDriver | DreamDriver | GatysDriver, groups: Iterable[list[Task]]) -> None:
-        """Has the engine's driver make the groups; each outcome goes through ``_emit``."""
-        iterations = sum(self.config.stage_iterations) if isinstance(driver, GatysDriver) else 1
+    def _make(self, driver: Driver, groups: Iterable[list[Task]]) -> None:
+        """The driver's outcomes, each recorded and counted here: the one loop of a part."""
+        iterations = sum(stage_iterations(self.config)) if isinstance(driver, GatysDriver) else 1
         self.tracker.begin(iterations)
         with self.record.saving():
-            driver.run(groups, self._decoded, self._emit)
+            for outcome in driver.run(groups):
+                if isinstance(outcome, Steps):
+                    self.tracker.iteration(outcome.count)
+                    continue
+                if isinstance(outcome, Made):
+                    self.record.submit(outcome.image, self._row(outcome))
+                else:
+                    self._fail(outcome)
+                self.tracker.advance(outcome.tasks, outcome.steps)
+                self.record.collect(wait=False)
         self.timings.update(driver.timings)
 
-    def _emit(self, outcome: Made | Failed) -> None:
-        """The one place every engine's outcomes go: recorded, then counted."""
-        if isinstance(outcome, Made):
-            self.record.submit(outcome.image, self._row(outcome))
-        else:
-            self._fail(outcome)
-        self.tracker.advance(1, outcome.iterations if isinstance(outcome, Made) and outcome.iterations else 0)
-        self.record.collect(wait=False)
-
-    def _decoded(self, groups: Iterable[list[Task]]) -> Iterator[tuple[list[Task], list[torch.Tensor]]]:
-        """Each group with its source decoded (one tensor per scale, full size last), decoding
-        a few ahead in a thread; an undecodable source becomes a failure and is skipped."""
-        for group, decoded in _prefetch(groups, lambda g: self._decode(g[0].source), depth=self.prefetch):
-            if isinstance(decoded, ImageProblem):
-                self._fail(Failed(group[0].source, decoded.reason, str(decoded)))
-                self.tracker.advance(len(group))
-                continue
-            yield group, decoded
-
-    def _decode(self, source: SourceRow) -> list[torch.Tensor] | ImageProblem:
-        try:
-            image = load_rgb(source.path, max_pixels=self.config.max_pixels)
-        except ImageProblem as err:
-            return err
-        return [to_tensor(resize_to(image, shape)) for shape in self.config.stage_shapes(*image.size)]
-
     def _row(self, made: Made) -> dict[str, Any]:
+        task = made.task
+        if self._params is None and not task.original:
+            self._params = row_params(self.config, self.flavour)
         return manifest_row(
-            made.task, size=tuple(made.image.shape[-2:]), losses=made.losses, iterations=made.iterations,
+            task, size=tuple(made.image.shape[-2:]), losses=made.losses, iterations=made.iterations,
             seconds=made.seconds, precision=made.precision.value, dream_objective=made.dream_objective,
-            config=self.config, weights_id=self.weights_id, flavour=self.flavour,
-            key=self.keys.get(made.task.output, ""),
+            config=self.config, weights_id=self.weights_id, key=self.keys.get(task.output, ""),
+            style_weight=row_style_weight(self.config, task, self.flavour), params=self._params or "",
         )  # fmt: skip
 
     def _fail(self, failed: Failed) -> None:
@@ -304,3 +200,36 @@ class PartRun:
             status, tasks=self.tracker.total, timings=self.timings, engine=engine_name(self.config),
             weights=self.weights_id or None, device=describe_device(self.device), versions=versions(), **self.about,
         )  # fmt: skip
+
+
+def run_part(
+    config: RunConfig,
+    prepared: Prepared,
+    out: Path,
+    name: str,
+    weights: Any,
+    tasks: list[Task],
+    *,
+    keys: dict[str, str],
+    done: dict[str, dict[str, Any]],
+    kept: dict[str, dict[str, Any]] | None = None,
+    previous: dict[str, dict[str, Any]] | None = None,
+    deadline: float | None = None,
+    device: str | None = None,
+    progress: ProgressFn | None = None,
+    timings: dict[str, float] | None = None,
+    run_token: str | None = None,
+    ordered: tuple[list[list[Task]], list[Failure]] | None = None,
+) -> Any:
+    """Run ``tasks`` as part ``name``; rows in ``done`` are kept, not redone. ``run_token``
+    goes into the part's status file (torchrun ranks: which run made it). ``ordered``: the
+    tasks to do as ``order_by_shape`` gave them, when the caller has read the headers."""
+    todo = [t for t in tasks if t.output not in done]
+    if done:
+        log.info("%s: %d of %d tasks already done, %d to go", name, len(tasks) - len(todo), len(tasks), len(todo))
+    groups, failures = ordered or order_by_shape(todo, config)
+    held = held_rows(out, previous, failures)
+    kept_rows = [done[t.output] for t in tasks if t.output in done] + list((kept or {}).values()) + held
+    part = PartRun(config, prepared, out, name=name, device=device, progress=progress, keys=keys, deadline=deadline,
+                   about={"run": run_token} if run_token else None, kept_rows=kept_rows, timings=timings)  # fmt: skip
+    return part.run(weights, groups, total=len(tasks) + len(kept or {}), failures=failures)

@@ -26,10 +26,10 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from ..config import Assignment, Spread
 from ..io.images import FORMAT_EXT
 from ..io.sources import SourceRow
 from ..io.styles import Style
@@ -66,15 +66,8 @@ def blend_name(style: Style, style2: Style | None) -> str:
 
 
 # A number, or a (low, high) range sampled per task.
-Spread = float | tuple[float, float]
 # Mix of the second style in the blends that stand in for repeated styles.
 REPEAT_MIX = (0.25, 0.75)
-
-
-class Assignment(str, Enum):
-    RANDOM = "random"
-    CYCLE = "cycle"
-    ALL = "all"
 
 
 @dataclass(frozen=True)
@@ -406,39 +399,3 @@ def _cycle_offsets(counts: dict[SourceRow, int], seed: int) -> dict[SourceRow, i
         offsets[row] = at
         at += counts[row]
     return offsets
-
-
-def task_keys(
-    tasks: list[Task], *, config_hash: str, copy_hash: str, weights: str, digest: Callable[[Path], str]
-) -> dict[str, str]:
-    """Output path -> a key that changes whenever the image would: the source's and the
-    style's content, every pixel-changing option (config hash, seed included), the weights,
-    the task's own sampled settings. An original's key depends only on the source and the
-    options that change a copy (size, format, quality)."""
-    keys = {}
-    # Per style pair, once: the styles' contents and their styles.yaml loss settings (which
-    # change pixels too), as the strings the hash reads.
-    pairs: dict[tuple[str, str | None], tuple[tuple[str, ...], tuple[str, ...]]] = {}
-
-    def of_pair(task: Task) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        pair = (task.style.name, task.style2.name if task.style2 else None)
-        if pair not in pairs:
-            styles = [s for s in (task.style, task.style2) if s is not None]
-            contents = tuple(
-                str(digest(s.path)) if s.path.is_file() else s.name for s in styles
-            )  # a dream layer: no file
-            pairs[pair] = (contents, tuple(str(sorted(s.overrides.items())) for s in styles))
-        return pairs[pair]
-
-    path, content = None, ""
-    for task in tasks:
-        if task.source.path != path:  # a source's tasks come together
-            path, content = task.source.path, digest(task.source.path)
-        if task.original:
-            keys[task.output] = f"{stable_hash(content, 'original', copy_hash):016x}"
-            continue
-        styles, overrides = of_pair(task)
-        key = stable_hash(content, *styles, task.mix, task.style_weight, task.alpha, *overrides, config_hash, weights,
-                          task.seed)  # fmt: skip
-        keys[task.output] = f"{key:016x}"
-    return keys

@@ -6,6 +6,7 @@ also reads each image's header so ``augment validate`` catches unreadable files 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -18,8 +19,10 @@ from ..errors import ConfigError, OutputError
 from ..io.atomic import OUT_FOLDERS
 from ..io.images import ImageProblem, probe_all
 from ..io.lock import check_ours
-from ..io.sources import Failure, InputRows, SourceRow, load_input
+from ..io.sources import InputRows, SourceRow, load_input
 from ..io.styles import Style, load_style_bank
+from ..outputs.schema import Failure
+from .options import plan_options
 from .plan import Plan, PlanTooLarge, Shard, Task, class_key, plan
 
 log = logging.getLogger(__name__)
@@ -129,7 +132,7 @@ def prepare(config: RunConfig, owner: Shard | None = None, *, tasks: bool = True
         rows = [r for r in rows if r.row <= config.limit]
         failures = [f for f in failures if f.row is None or f.row <= config.limit]
     try:
-        made = plan(rows, styles, config.plan_options(), owner, tasks=tasks)
+        made = plan(rows, styles, plan_options(config), owner, tasks=tasks)
     except PlanTooLarge as err:
         raise ConfigError(str(err)) from None
     if made.left_out:
@@ -155,21 +158,23 @@ def validate(config: RunConfig) -> Validation:
     """All of ``prepare`` plus what ``run`` would refuse before any work (OUT not writable or
     not augment's, weights missing and not downloadable, or a weights file that does not load
     into its networks) and a header read of every image; no pixels decoded, no image made."""
-    from ..io.weights import check_weights  # torch: only for validate, not for every prepare
+    from .networks import check_weights  # torch: only for validate, not for every prepare
 
     prepared = prepare(config, tasks=False)  # counts are enough: no million task objects
     out_folder = check_out_writable(config)
     weights = check_weights(config) if prepared.needs_weights else []
     good: list[SourceRow] = []
+    unreadable: list[Failure] = []
     pixels_per_source: dict[SourceRow, int] = {}
     for row, found in zip(prepared.rows, probe_all([r.path for r in prepared.rows], max_pixels=config.max_pixels)):
         if isinstance(found, ImageProblem):
-            prepared.failures.append(Failure(row.row, row.source, row.label, found.reason, f"row {row.row}: {found}"))
+            unreadable.append(Failure(row.row, row.source, row.label, found.reason, f"row {row.row}: {found}"))
             continue
         good.append(row)
         out_w, out_h = config.output_shape(*found)
         pixels_per_source[row] = out_w * out_h
-    prepared.rows = good
+    # What the header reads found, as a new Prepared: the caller's is left as it was.
+    prepared = dataclasses.replace(prepared, rows=good, failures=[*prepared.failures, *unreadable])
     per_source = prepared.plan.per_source if prepared.plan else {}
     pixels = sum(pixels_per_source[row] * per_source.get(row, 0) for row in good)
     counts: Counter[str] = Counter()
@@ -184,3 +189,13 @@ def validate(config: RunConfig) -> Validation:
         free_bytes=shutil.disk_usage(out_folder).free,
         weights=weights,
     )
+
+
+def failure_limit(config: RunConfig, prepared: Prepared) -> int | None:
+    """--max-failures as a number of rows (N, or P% of the manifest's rows); None: no limit."""
+    if config.max_failures is None:
+        return None
+    text = str(config.max_failures).strip()
+    if text.endswith("%"):
+        return int(float(text[:-1]) / 100.0 * (len(prepared.rows) + len(prepared.failures)))
+    return int(text)

@@ -19,9 +19,9 @@ import pandas as pd
 
 from ..config import RunConfig
 from ..io.atomic import write_text
-from ..io.sources import Failure, defuse_formula
 from ..outputs.export import exports_current
-from ..outputs.merge import JOURNAL, PARTS, part_names
+from ..outputs.parts import JOURNAL, PARTS, part_names
+from ..outputs.schema import Failure, defuse_formula
 
 log = logging.getLogger(__name__)
 
