@@ -265,18 +265,17 @@ ManifestArg = Annotated[Path, typer.Argument(help=HELP["manifest"], metavar="MAN
 ConfigOpt = Annotated[
     Path | None, Opt("--config", "-c", metavar="PATH", help="YAML file with any of these options; flags override it.")
 ]
+RunJsonOpt = Annotated[bool, Opt("--json", metavar="", help="Also print the run summary as JSON on stdout.")]
+ValidateJsonOpt = Annotated[bool, Opt("--json", metavar="", help="Print the findings as one line of JSON.")]
 
 
-@app.command()
-@_exit_codes
-@_with_config_options(JOB_OPTIONS)
-def run(
-    manifest: ManifestArg,
-    config: ConfigOpt = None,
-    *,
-    as_json: Annotated[bool, Opt("--json", metavar="", help="Also print the run summary as JSON on stdout.")] = False,
-    **flags: Any,
-) -> None:
+def _job_command(func: F) -> F:
+    """A command over a whole job (run, validate): MANIFEST, --config and every job option."""
+    return app.command()(_exit_codes(_with_config_options(JOB_OPTIONS)(func)))  # type: ignore[return-value]
+
+
+@_job_command
+def run(manifest: ManifestArg, config: ConfigOpt = None, *, as_json: RunJsonOpt = False, **flags: Any) -> None:
     """Stylize every image of MANIFEST (a CSV or an ImageFolder directory) with styles from --styles."""
     flags["manifest"] = str(manifest)
     out, shard = flags.get("out"), flags.get("shard")
@@ -312,15 +311,9 @@ def _summary_line(summary: RunSummary) -> str:
     return f"{', '.join(parts)}: {summary.images} images in {summary.out} ({summary.seconds:.1f} s)"
 
 
-@app.command()
-@_exit_codes
-@_with_config_options(JOB_OPTIONS)
+@_job_command
 def validate(
-    manifest: ManifestArg,
-    config: ConfigOpt = None,
-    *,
-    as_json: Annotated[bool, Opt("--json", metavar="", help="Print the findings as one line of JSON.")] = False,
-    **flags: Any,
+    manifest: ManifestArg, config: ConfigOpt = None, *, as_json: ValidateJsonOpt = False, **flags: Any
 ) -> None:
     """Check a job without running it: what run would refuse (options, OUT, weights), rows,
     styles, tasks per class and the disk it will need."""

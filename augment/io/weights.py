@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -199,17 +199,26 @@ def download_weights(model: str = "vgg19", *, progress: bool = True) -> Path:
     """Fetch torchvision's ImageNet weights for ``model`` into the hub cache (hash checked)."""
     url, target = model_url(model), cached_weights(model)
     _refuse_if_offline(model)
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a blocked network should fail, not hang
     try:
         log.info("downloading %s to %s", url, target)
-        torch.hub.load_state_dict_from_url(url, progress=progress, check_hash=True, map_location="cpu")
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):  # a blocked network should fail, not hang
+            torch.hub.load_state_dict_from_url(url, progress=progress, check_hash=True, map_location="cpu")
     except (URLError, OSError, RuntimeError, ValueError) as err:
         # from None: the message says what failed; urllib's chained traceback only buries it
         raise WeightsUnavailable(_missing_message(model, f"the download failed ({err})")) from None
+    return target
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """The process's default socket timeout (torch.hub's download takes none of its own),
+    put back afterwards."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
     finally:
         socket.setdefaulttimeout(previous)
-    return target
 
 
 def download_vgg19(*, progress: bool = True) -> Path:

@@ -321,45 +321,57 @@ def plan(
             )
         if row not in counts:
             continue
-        count = counts[row]
         if options.assignment is Assignment.RANDOM:
-            firsts = choose_styles(pool, count, options.seed, row.source)
+            firsts = choose_styles(pool, counts[row], options.seed, row.source)
         else:
-            start = cycle_at.get(row, 0)
-            firsts = [pool[(start + k) % len(pool)] for k in range(count)]
-        used: set[str] = set()
-        seen: set[tuple[object, ...]] = set()
-        uses: Counter[str] = Counter()
-        for style in firsts:
-            k, uses[style.name] = uses[style.name], uses[style.name] + 1
-            repeat = style.name in used and options.blend_repeats
-            # The task's own generator, made only when something is drawn from it (a million
-            # sources x 3 with fixed settings draw nothing).
-            task_rng = random.Random(stable_hash(options.seed, row.source, "variant", style.name, k)) if (
-                drawn or repeat) else None  # fmt: skip
-            style2, mix = None, sample(options.blend, task_rng)  # type: ignore[arg-type]
-            if mix > 0 or repeat:
-                assert task_rng is not None
-                if mix <= 0:  # a repeat: blend in another style instead of making a copy
-                    mix = task_rng.uniform(*REPEAT_MIX)
-                style2 = _partner(pool, style, used, task_rng)
-            style_weight = None if options.style_weight is None else sample(options.style_weight, task_rng, log=True)  # type: ignore[arg-type]
-            name = blend_name(style, style2)
-            task = Task(
-                source=row, style=style, k=k, seed=stable_hash(options.seed, row.source, style.name, k),
-                output=output(name, k),  # the name says which styles
-                style2=style2, mix=round(mix, 4) if style2 else 0.0, style_weight=style_weight,
-                alpha=round(sample(options.alpha, task_rng), 4),  # type: ignore[arg-type]
-            )  # fmt: skip
-            used.add(name)
-            # With too few styles to blend (a one-style bank), a repeat is the same image again.
-            settings = (task.style_name, task.mix, task.style_weight, task.alpha)
-            copies += settings in seen and options.blend_repeats
-            seen.add(settings)
-            made.append(task)
+            firsts = [pool[(cycle_at.get(row, 0) + k) % len(pool)] for k in range(counts[row])]
+        variants, repeated = _variants(row, firsts, pool, options, drawn, output)
+        made += variants
+        copies += repeated
     short = _short(rows, counts, targets, options)
     return Plan(tasks=made, left_out=left_out, targets=targets, short=short, copies=copies, job_tasks=job_tasks,
                 per_source=per_source, variants=planned)  # fmt: skip
+
+
+def _variants(
+    row: SourceRow, firsts: list[Style], pool: list[Style], options: PlanOptions, drawn: bool,
+    output: Callable[[str, int], str],
+) -> tuple[list[Task], int]:  # fmt: skip
+    """A source's variants, one per style in ``firsts``, with their sampled settings; and how
+    many of them repeat an earlier one (too few styles to blend)."""
+    made: list[Task] = []
+    used: set[str] = set()
+    seen: set[tuple[object, ...]] = set()
+    uses: Counter[str] = Counter()
+    copies = 0
+    for style in firsts:
+        k, uses[style.name] = uses[style.name], uses[style.name] + 1
+        repeat = style.name in used and options.blend_repeats
+        # The task's own generator, made only when something is drawn from it (a million
+        # sources x 3 with fixed settings draw nothing).
+        task_rng = random.Random(stable_hash(options.seed, row.source, "variant", style.name, k)) if (
+            drawn or repeat) else None  # fmt: skip
+        style2, mix = None, sample(options.blend, task_rng)  # type: ignore[arg-type]
+        if mix > 0 or repeat:
+            assert task_rng is not None
+            if mix <= 0:  # a repeat: blend in another style instead of making a copy
+                mix = task_rng.uniform(*REPEAT_MIX)
+            style2 = _partner(pool, style, used, task_rng)
+        style_weight = None if options.style_weight is None else sample(options.style_weight, task_rng, log=True)  # type: ignore[arg-type]
+        name = blend_name(style, style2)
+        task = Task(
+            source=row, style=style, k=k, seed=stable_hash(options.seed, row.source, style.name, k),
+            output=output(name, k),  # the name says which styles
+            style2=style2, mix=round(mix, 4) if style2 else 0.0, style_weight=style_weight,
+            alpha=round(sample(options.alpha, task_rng), 4),  # type: ignore[arg-type]
+        )  # fmt: skip
+        used.add(name)
+        # With too few styles to blend (a one-style bank), a repeat is the same image again.
+        settings = (task.style_name, task.mix, task.style_weight, task.alpha)
+        copies += settings in seen and options.blend_repeats
+        seen.add(settings)
+        made.append(task)
+    return made, copies
 
 
 def _short(

@@ -31,6 +31,7 @@ from .networks import NetWeights, resolve_for
 from .part import PartRun, run_part
 from .plan import Shard, Task
 from .prepare import Prepared, failure_limit
+from .process import torch_threads
 from .progress import ProgressFn
 from .reuse import held_rows, previous_rows
 from .summary import RunSummary, summarize
@@ -53,17 +54,25 @@ def run_rank(
     merges once every rank's part says it finished this run, however far apart they finish
     (a barrier would time out after the process group's 30 minutes). A restarted rank
     redoes only its own part."""
-    import datetime
-
-    import torch.distributed as dist
-
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     cuda = resolve_device(config.device).type == "cuda"
     backend = "nccl" if cuda else "gloo"
     device = f"cuda:{local_rank}" if cuda else "cpu"
-    if not cuda:  # ranks on one machine share its cores
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    # Ranks on one machine share its cores.
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    threads = torch.get_num_threads() if cuda else max(1, (os.cpu_count() or 1) // local_world)
+    with torch_threads(threads):
+        return _rank(config, prepared, out, weights, rank, world, progress, started, deadline, backend, device)
+
+
+def _rank(
+    config: RunConfig, prepared: Prepared, out: Path, weights: Any, rank: int, world: int,
+    progress: ProgressFn | None, started: float, deadline: float | None, backend: str, device: str,
+) -> RunSummary:  # fmt: skip
+    import datetime
+
+    import torch.distributed as dist
+
     timeout = float(os.environ.get(DIST_TIMEOUT_ENV, DIST_TIMEOUT_S))
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
     try:
@@ -77,21 +86,8 @@ def run_rank(
         keys = digest_keys(config, prepared, weights, out, name, tasks)
         done = reusable_rows(out, keys, names=[name])
         previous = previous_rows(out, keys, done, names=[name])
-        part = run_part(
-            config,
-            prepared,
-            out,
-            name,
-            weights,
-            tasks,
-            device=device,
-            progress=progress,
-            keys=keys,
-            done=done,
-            deadline=deadline,
-            previous=previous,
-            run_token=token[0],
-        )
+        part = run_part(config, prepared, out, name, weights, tasks, device=device, progress=progress, keys=keys,
+                        done=done, deadline=deadline, previous=previous, run_token=token[0])  # fmt: skip
         if rank == 0:
             _wait_for_ranks(out, world, token[0], deadline, config.max_seconds)
             result = merge([out], expected_hash=f"{config_hash(config)}/{plan_hash(config)}")
@@ -184,17 +180,7 @@ def run_workers(
         needs_weights=prepared.needs_weights, total=len(prepared.tasks), deadline=deadline,
         environ=dict(os.environ),
     )  # fmt: skip
-    procs = [
-        ctx.Process(
-            target=_worker_main,
-            args=(share, out, f"worker-{i}-of-{workers}", devices[i], threads, queue, counter, failed),
-            name=f"{WORKER_PREFIX}worker-{i}-of-{workers}",
-            daemon=True,
-        )
-        for i in range(workers)
-    ]
-    for proc in procs:
-        proc.start()
+    procs = _start_workers(ctx, share, out, devices, threads, queue, counter, failed)
     total = len(prepared.tasks)
     failed_up_front = total - sum(len(g) for g in groups)  # and kept: nothing left to do for them
     try:
@@ -220,6 +206,24 @@ def run_workers(
     if limit is not None and failed.value > limit:
         raise TooManyFailures(too_many_failures(failed.value, config.max_failures))
     _check_workers(procs, out, config)
+
+
+def _start_workers(
+    ctx: Any, share: WorkerShare, out: Path, devices: list[str], threads: int, queue: Any, counter: Any, failed: Any
+) -> list[Any]:
+    workers = len(devices)
+    procs = [
+        ctx.Process(
+            target=_worker_main,
+            args=(share, out, f"worker-{i}-of-{workers}", devices[i], threads, queue, counter, failed),
+            name=f"{WORKER_PREFIX}worker-{i}-of-{workers}",
+            daemon=True,
+        )
+        for i in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    return procs
 
 
 def _check_workers(procs: list[Any], out: Path, config: RunConfig) -> None:
@@ -305,7 +309,6 @@ def _worker_main(
     gc.freeze()
     os.environ.clear()
     os.environ.update(share.environ)
-    torch.set_num_threads(threads)
     logging.getLogger("augment").setLevel(logging.INFO)
     config, deadline = share.config, share.deadline
     prepared = Prepared(inputs=share.inputs, rows=[], failures=[], styles=[], tasks=[])
@@ -327,7 +330,7 @@ def _worker_main(
             done.value += finished - reported
         reported = finished
 
-    with RunLog(out / f"run.{name}.log"):
+    with torch_threads(threads), RunLog(out / f"run.{name}.log"):
         part = PartRun(config, prepared, out, name=name, device=device, progress=count, keys=keys, deadline=deadline,
                        shared_failures=failed, prefetch=1)  # fmt: skip
         try:
