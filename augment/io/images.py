@@ -1,7 +1,7 @@
 """Safe image decoding, resizing, tensor conversion and atomic saving (Pillow).
 
 Decoding problems are returned as ``ImageProblem`` exceptions carrying a short reason class
-(``missing``, ``undecodable``, ``too_large``) that the runner turns into failures.csv rows.
+(``missing``, ``undecodable``, ``too_large``) that the pipeline turns into failures.csv rows.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Input manifests (CSV or ImageFolder tree) in, output manifest and failures.csv out.
+"""Input manifests (a CSV or an ImageFolder tree) in, as checked rows (the output's columns are
+in outputs/schema.py).
 
 Reading checks every row without decoding images: a bad row becomes a ``Failure`` and the
 others go on. Only problems with the manifest as a whole raise ``ManifestError``.

@@ -1,6 +1,8 @@
-"""A part's record: images encoded and written in background threads, each journaled as soon
-as it is in place; the rows and failures so far; the part files (manifest, failures, status);
-the --max-failures limit. Nothing here knows how an image was made.
+"""The part files, one owner: written (``Recorder``: images encoded and written in background
+threads, each journaled as soon as it is in place; the rows and failures so far; the part's
+manifest, failures and status; the --max-failures limit), read (``part_frame``,
+``recorded_rows``), listed (``part_names``) and cleared (``clear_parts``, stale images, dead
+temp files). Nothing here knows how an image was made.
 
 The record's cost grows with what is new, never with what is done: the part's manifest and
 failures CSVs are written once when the part starts work (with the rows it keeps from earlier

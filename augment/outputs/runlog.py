@@ -1,4 +1,4 @@
-"""TODO docstring"""
+"""OUT/run.log: the run's log lines in a file, for cron users who never see a progress bar."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""Running a job: in this process, on N local workers, as one shard, or as a torchrun rank.
+"""Running a job: in this process, on N local workers, as one shard, or as a torchrun rank
+(the last two in workers.py); then the merge.
 
-Every way writes part files (see runner.py) and the same final files after ``merge``; an
+Every way writes part files (see part.py) and the same final files after ``merge``; an
 image does not depend on the split beyond the convolutions' rounding (per-task seeds, per-image
 Gram products; see docs/scaling.md).
 """

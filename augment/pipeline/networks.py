@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""The networks a run needs, from its config: which weights each engine loads (``resolve_for``),
+building VGG19 and the dream network from them, and checking every file loads into its
+networks before OUT is touched (``check_networks``; ``check_weights`` for validate)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A part's progress: images done out of the total, the progress callback, the --max-seconds
 deadline and an ETA line in the log for cron users. (No periodic checkpoint: the part's
-journal records each image as it is written, see record.py.)"""
+journal records each image as it is written, see outputs/parts.py.)"""
 
 from __future__ import annotations
 

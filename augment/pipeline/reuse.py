@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""What a re-run keeps: rows whose image is there with the same key are not redone, images of
+tasks that left the plan are removed (only ones augment recorded), and rows of sources that
+fail to read this time keep their images until the row leaves the manifest."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring"""
+"""``RunSummary``: what a run did, as ``augment.run`` returns it and the CLI prints it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""The run modes that span processes: N local workers pulling source images from one queue
+(forked from a server that imported torch once), and a torchrun rank (its share of the sources
+by hash; rank 0 merges once every rank's part says it finished this run)."""
 
 from __future__ import annotations
 
