@@ -9,6 +9,7 @@ drivers (drivers.py) hand tensors to the engines and yield finished images back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import sys
@@ -164,8 +165,10 @@ class PartRun:
         """The driver's outcomes, each recorded and counted here: the one loop of a part."""
         iterations = sum(stage_iterations(self.config)) if isinstance(driver, GatysDriver) else 1
         self.tracker.begin(iterations)
-        with self.record.saving():
-            for outcome in driver.run(groups):
+        # closing: a deadline or a signal raised here ends the driver and the engine at once
+        # (their buffers freed), not when the traceback that holds them goes.
+        with self.record.saving(), contextlib.closing(driver.run(groups)) as outcomes:
+            for outcome in outcomes:
                 if isinstance(outcome, Steps):
                     self.tracker.iteration(outcome.count)
                     continue
