@@ -129,7 +129,7 @@ def _setup_logging(level: str, quiet: bool) -> None:
     logger.propagate = False
 
 
-def _lock_target(config_file: Path | None, out: str | None, shard: str | None) -> tuple[Path, str]:
+def _lock_target(config_file: Path | None, out: str | None, shard: str | None, ray: str | None) -> tuple[Path, str]:
     """OUT and the lock's name from the flags, or from the YAML file if it names them."""
     values: dict[str, Any] = {}
     if config_file:
@@ -138,8 +138,8 @@ def _lock_target(config_file: Path | None, out: str | None, shard: str | None) -
         except AugmentError:
             values = {}  # reported properly once the config is built
     out = out or values.get("out") or RunConfig.out
-    shard = shard or values.get("shard")
-    return Path(out), lock_name(shard, int(os.environ.get("RANK", 0)))
+    shard, ray = shard or values.get("shard"), ray or values.get("ray")
+    return Path(out), lock_name(shard, int(os.environ.get("RANK", 0)), ray=bool(ray))
 
 
 def _print_json(data: dict[str, Any]) -> None:
@@ -211,7 +211,7 @@ METAVARS = {
     "alpha": "X|LO:HI", "blend": "X|LO:HI", "style_weight": "X|LO:HI",
     "style_layers": "LAYERS", "dream_layers": "LAYERS", "content_layer": "LAYER", "splits": "NAMES",
     "scales": "X,Y,..", "style_layer_weights": "X,Y,..", "format": "FORMAT", "device": "DEVICE",
-    "devices": "DEVICES", "shard": "I/N", "max_failures": "N|FRAC", "log_level": "LEVEL",
+    "devices": "DEVICES", "shard": "I/N", "ray": "ADDRESS", "max_failures": "N|FRAC", "log_level": "LEVEL",
 }  # fmt: skip
 TYPE_METAVARS = {int: "N", float: "X", str: "TEXT"}
 
@@ -279,7 +279,7 @@ def run(manifest: ManifestArg, config: ConfigOpt = None, *, as_json: RunJsonOpt 
     """Stylize every image of MANIFEST (a CSV or an ImageFolder directory) with styles from --styles."""
     flags["manifest"] = str(manifest)
     out, shard = flags.get("out"), flags.get("shard")
-    target = _lock_target(config, out, shard)
+    target = _lock_target(config, out, shard, flags.get("ray"))
     try:
         # The lock comes first, before the other options are checked: a second run on a busy
         # OUT exits 75 at once, whatever else it says.

@@ -207,6 +207,14 @@ class RunConfig:
         None, "Devices for the workers, comma-separated (cuda:0,cuda:1); default: every visible GPU."
     )
     shard: str | None = _opt(None, "K/N: run only shard K of N (tasks split by hash); then `augment merge OUT`.")
+    ray: str | None = _opt(
+        None, "Run on Ray, a task per shard: auto (the cluster `ray start` made), local, or its address."
+    )
+    shards: int | None = _opt(None, "With --ray: shards of the job. Default: 4 per GPU, else 2 per CPU.")
+    shard_retries: int = _opt(2, "With --ray: reruns of a shard that failed or was lost.")
+    shard_timeout: float | None = _opt(
+        None, "With --ray: seconds a shard may run (once started) before it is stopped and rerun."
+    )
     max_seconds: float | None = _opt(
         None, "Stop cleanly after this many seconds (exit 75: the next run resumes), for cron windows."
     )
@@ -388,6 +396,7 @@ def _checks(c: RunConfig) -> list[tuple[bool, str]]:
         (c.images or c.webdataset, "--no-images (images: false) needs --webdataset, or no image would be kept"),
         (c.batch_size is None or c.batch_size >= 1, "batch_size must be at least 1"),
         (c.workers is None or c.workers >= 1, "workers must be at least 1"),
+        *_ray_checks(c),
         (c.max_seconds is None or c.max_seconds > 0, "max_seconds must be > 0"),
         (
             c.max_failures is None or re.fullmatch(r"\d+(\.\d+)?%|\d+", str(c.max_failures).strip()) is not None,
@@ -433,6 +442,17 @@ def _checks(c: RunConfig) -> list[tuple[bool, str]]:
             )
             for name in PATH_FIELDS
         ),
+    ]
+
+
+def _ray_checks(c: RunConfig) -> list[tuple[bool, str]]:
+    return [
+        (c.shards is None or c.shards >= 1, "shards must be at least 1"),
+        (c.shard_retries >= 0, "shard_retries must be >= 0"),
+        (c.shard_timeout is None or c.shard_timeout > 0, "shard_timeout must be > 0"),
+        (c.ray is None or not (c.shard or c.workers), "--ray runs every shard itself: leave out --shard and --workers"),
+        (c.ray is not None or c.shards is None and c.shard_timeout is None, "--shards and --shard-timeout need --ray"),
+        (c.ray is None or c.max_seconds is None, "--max-seconds does not apply with --ray: use --shard-timeout"),
     ]
 
 
@@ -489,7 +509,8 @@ PANELS: dict[str, tuple[str, ...]] = {
     "Deep Dream": ("dream_layers", "octaves", "octave_scale", "dream_iterations", "dream_step", "jitter",
                    "dream_blend", "guide", "dream_weights"),
     "Weights and devices": ("weights", "weights_flavour", "download", "device", "precision", "batch_size",
-                            "workers", "devices", "shard"),
+                            "workers", "devices"),
+    "Past one machine": ("shard", "ray", "shards", "shard_retries", "shard_timeout"),
     "Operations": ("max_seconds", "max_failures", "check_content", "quiet", "log_level"),
 }  # fmt: skip
 PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}

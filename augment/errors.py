@@ -73,6 +73,16 @@ class WorkerFailed(Stopped):
         super().__init__(3, message)
 
 
+class ShardsFailed(Stopped):
+    """--ray: shards still failed after their retries; the others are merged, run.json says
+    incomplete, exit 1, and the same command runs only those shards again."""
+
+    status = "incomplete"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(1, message)
+
+
 class TooManyFailures(Stopped):
     """More failed rows than --max-failures allows: exit 3."""
 

@@ -69,9 +69,15 @@ class RunLocked(AugmentError):
     exit_code = EXIT_LOCKED
 
 
-def lock_name(shard: str | None = None, rank: int = 0) -> str:
+RAY_LOCK = ".augment-ray.lock"
+
+
+def lock_name(shard: str | None = None, rank: int = 0, *, ray: bool = False) -> str:
     """Whole job and torchrun rank 0: ``.augment.lock``; shard K/N and rank R each their own,
-    so shards run side by side and the ranks of one job do not lock each other out."""
+    so shards run side by side and the ranks of one job do not lock each other out; the
+    driver of a --ray job its own, beside the shards its tasks run."""
+    if ray:
+        return RAY_LOCK
     if shard:
         return f".augment-shard-{shard.replace('/', '-of-')}.lock"
     return f".augment-rank-{rank}.lock" if rank else ".augment.lock"
@@ -131,8 +137,9 @@ class OutLock:
         the parts a live shard is writing): the holder of the other kind's lock, if any."""
         whole = self.path.parent / lock_name()
         if self.path == whole:
-            others = sorted(self.path.parent.glob(".augment-shard-*.lock"))
-        elif self.path.name.startswith(".augment-shard-"):
+            others = sorted(self.path.parent.glob(".augment-shard-*.lock")) + [self.path.parent / RAY_LOCK]
+            others = [other for other in others if other.exists()]
+        elif self.path.name.startswith(".augment-shard-") or self.path.name == RAY_LOCK:
             others = [whole] if whole.exists() else []
         else:
             return None

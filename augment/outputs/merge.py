@@ -107,7 +107,7 @@ def _read_parts(
                 journaled = journal_failures(out, name)
                 if not journaled.empty:
                     part_failures = pd.concat([part_failures, journaled], ignore_index=True)
-            except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:  # bad JSON or UTF-8, no CSV
+            except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:  # bad JSON, no CSV
                 missing.append(f"{out / PARTS / name}: unreadable ({err}); run that part again")
                 continue
             if info.get("status") != "finished" and interrupted is None:

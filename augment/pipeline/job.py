@@ -25,6 +25,7 @@ from ..io.lock import OutLock, lock_name, mark_ours
 from ..outputs.merge import merge
 from ..outputs.parts import remove_temp_files, reusable_rows
 from ..outputs.runlog import RunLog
+from .cluster import run_on_ray
 from .decode import order_by_shape
 from .devices import resolve_device
 from .keys import config_hash, digest_keys, plan_hash
@@ -61,7 +62,8 @@ def run(config: RunConfig, *, progress: ProgressFn | None = None, lock: bool = T
     already holds OUT's lock (the CLI takes it before reading the other options)."""
     rank = int(os.environ.get("RANK", 0))
     deadline = None if config.max_seconds is None else time.time() + config.max_seconds
-    held = OutLock(Path(config.out), lock_name(config.shard, rank)) if lock else contextlib.nullcontext()
+    name = lock_name(config.shard, rank, ray=config.ray is not None)
+    held = OutLock(Path(config.out), name) if lock else contextlib.nullcontext()
     with held, _signals_raise():
         return _run(config, progress, deadline)
 
@@ -113,6 +115,8 @@ def _run(config: RunConfig, progress: ProgressFn | None, deadline: float | None)
             "augment writing to %s: %d rows usable, %d failed up front, %d styles, %d tasks",
             out.resolve(), len(prepared.rows), len(prepared.failures), len(prepared.styles), len(prepared.tasks),
         )  # fmt: skip
+        if config.ray is not None:
+            return run_on_ray(config, prepared, out, weights, progress, started)
         if world > 1:
             return run_rank(config, prepared, out, weights, rank, world, progress, started, deadline)
         if config.shard:

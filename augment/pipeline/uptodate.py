@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 # Options about how a run goes, not what it leaves in OUT: a cron line with another -q,
 # --workers or --max-seconds still finds OUT up to date.
 RUN_ONLY = frozenset(
-    {"quiet", "log_level", "download", "device", "batch_size", "workers", "devices", "check_content", "max_seconds"}
-)
+    {"quiet", "log_level", "download", "device", "batch_size", "workers", "devices", "check_content", "max_seconds",
+     "ray", "shards", "shard_retries", "shard_timeout"}
+)  # fmt: skip
 
 
 def _same_job(before: dict[str, Any], config: RunConfig) -> bool:
