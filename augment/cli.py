@@ -21,6 +21,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -95,10 +96,11 @@ def _exit_codes(func: F) -> F:
         except (typer.Exit, typer.Abort):  # both are RuntimeErrors: never swallow them below
             raise
         except AugmentError as err:
-            err_console.print(f"[bold red]augment: error:[/] {err}", highlight=False, soft_wrap=True)
+            # The message is text, not markup: a path like a[1].png or "augment[ray]" stays whole.
+            err_console.print(f"[bold red]augment: error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(err.exit_code) from None
         except Stopped as err:
-            err_console.print(f"augment: {err}; finished images kept")
+            err_console.print(f"augment: {err}; finished images kept", highlight=False, markup=False)
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("augment: interrupted")
@@ -296,7 +298,7 @@ def run(manifest: ManifestArg, config: ConfigOpt = None, *, as_json: RunJsonOpt 
     if not cfg.quiet:
         err_console.print(_summary_line(summary), highlight=False, soft_wrap=True)
     if summary.incomplete:  # said even with -q: the exit code alone does not say what is missing
-        err_console.print(f"augment: not done: {summary.incomplete}", highlight=False, soft_wrap=True)
+        err_console.print(f"augment: not done: {summary.incomplete}", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
 
 
@@ -382,7 +384,8 @@ def merge(
     counts = run_json["counts"]
     err_console.print(f"{counts['written']} images, {counts['failed_rows']} failed rows in {outs[0]}", highlight=False)
     if run_json["status"] == "incomplete":
-        err_console.print(f"augment: not done: {run_json['exit_reason']}", highlight=False, soft_wrap=True)
+        reason = run_json["exit_reason"]
+        err_console.print(f"augment: not done: {reason}", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(run_json["exit_code"])
 
 

@@ -144,11 +144,12 @@ def _finished_shards(out: Path) -> int:
     return statuses.count("finished")
 
 
-def test_without_ray_installed_the_ray_mode_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_ray_installed_the_ray_mode_says_how_to_install_it_and_writes_nothing(
+    dataset: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import builtins
 
-    from augment.errors import ConfigError
-    from augment.pipeline import cluster
+    from .test_cli import invoke
 
     real_import = builtins.__import__
 
@@ -158,6 +159,8 @@ def test_without_ray_installed_the_ray_mode_says_how_to_install_it(monkeypatch: 
         return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
-    with pytest.raises(ConfigError, match=r"pip install 'augment\[ray\]'") as err:
-        cluster._ray()
-    assert err.value.exit_code == 2
+    manifest, styles = dataset
+    code, _, err = invoke("run", manifest, "--styles", styles, "--weights", "random", "--out", tmp_path / "out",
+                          "--ray", "local")  # fmt: skip
+    assert code == 2 and "--ray needs Ray: pip install 'augment[ray]'" in " ".join(err.split())
+    assert not (tmp_path / "out").exists()

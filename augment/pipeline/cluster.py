@@ -44,7 +44,7 @@ FORWARDED_ENV = ("AUGMENT_", "TORCH_HOME", "XDG_CACHE_HOME")
 CRASH_ONCE_ENV, STALL_ONCE_ENV = "AUGMENT_TEST_CRASH_ONCE", "AUGMENT_TEST_STALL_ONCE"
 
 
-def _ray() -> Any:
+def require_ray() -> Any:
     try:
         import ray
     except ImportError:
@@ -199,7 +199,7 @@ def run_on_ray(
     config: RunConfig, prepared: Prepared, out: Path, weights: NetWeights, progress: ProgressFn | None, started: float
 ) -> RunSummary:
     """Every unfinished shard as a Ray task, then the merge."""
-    ray = _ray()
+    ray = require_ray()
     _connect(ray, config.ray or "auto")
     count = config.shards or default_shards(ray.cluster_resources())
     clear_parts(out, keep={shard_name(k, count) for k in range(count)})  # an earlier split's parts

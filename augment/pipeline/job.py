@@ -25,7 +25,7 @@ from ..io.lock import OutLock, lock_name, mark_ours
 from ..outputs.merge import merge
 from ..outputs.parts import remove_temp_files, reusable_rows
 from ..outputs.runlog import RunLog
-from .cluster import run_on_ray
+from .cluster import require_ray, run_on_ray
 from .decode import order_by_shape
 from .devices import resolve_device
 from .keys import config_hash, digest_keys, plan_hash
@@ -91,6 +91,8 @@ def _signals_raise() -> Iterator[None]:
 
 
 def _run(config: RunConfig, progress: ProgressFn | None, deadline: float | None) -> RunSummary:
+    if config.ray is not None:
+        require_ray()  # before anything is planned or written
     # A shard or rank plans only its own sources' tasks (from the whole manifest: names and
     # class targets depend on every row).
     prepared = prepare(config, owner=_owner(config))
