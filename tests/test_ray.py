@@ -64,28 +64,25 @@ def test_eight_shards_on_ray_make_the_same_dataset_as_one_process(cluster: objec
     _same_dataset(one, tmp_path / "ray")
 
 
-def test_a_shard_whose_worker_dies_mid_shard_is_run_again(
-    cluster: object, job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.mark.parametrize(
+    ("hook", "extra", "reason"),
+    [
+        (CRASH_ONCE_ENV, {}, "WorkerCrashedError: "),  # its worker process exits: a lost worker or node
+        (STALL_ONCE_ENV, {"shard_timeout": 12}, "over --shard-timeout 12 s; running it again"),  # it hangs: a straggler
+    ],
+    ids=["worker dies mid-shard", "past its time limit"],
+)
+def test_a_shard_that_dies_or_stalls_is_run_again_and_the_dataset_is_complete(
+    cluster: object, job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    hook: str, extra: dict[str, float], reason: str,
+) -> None:  # fmt: skip
     options, one = job
-    monkeypatch.setenv(CRASH_ONCE_ENV, str(tmp_path / "crashed"))  # the first shard to write an image exits
+    monkeypatch.setenv(hook, str(tmp_path / "hooked"))  # the first shard to write an image, once
     with caplog.at_level(logging.INFO, logger="augment"):
-        summary = run(RunConfig(**options, out=str(tmp_path / "ray"), ray="auto", shards=4))
-    assert (tmp_path / "crashed").exists() and summary.exit_code == 0
+        summary = run(RunConfig(**options, out=str(tmp_path / "ray"), ray="auto", shards=4, **extra))
+    assert (tmp_path / "hooked").exists() and summary.exit_code == 0
     again = [r.message for r in caplog.records if "running it again" in r.message]
-    assert len(again) == 1 and "attempt 2" in again[0]
-    _same_dataset(one, tmp_path / "ray")
-
-
-def test_a_shard_past_its_time_limit_is_stopped_and_run_again(
-    cluster: object, job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    options, one = job
-    monkeypatch.setenv(STALL_ONCE_ENV, str(tmp_path / "stalled"))  # the first shard to write an image hangs
-    with caplog.at_level(logging.INFO, logger="augment"):
-        summary = run(RunConfig(**options, out=str(tmp_path / "ray"), ray="auto", shards=4, shard_timeout=12))
-    assert (tmp_path / "stalled").exists() and summary.exit_code == 0
-    assert any("over --shard-timeout 12 s; running it again" in r.message for r in caplog.records)
+    assert len(again) == 1 and "attempt 2" in again[0] and reason in again[0], again
     _same_dataset(one, tmp_path / "ray")
 
 

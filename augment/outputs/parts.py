@@ -209,6 +209,21 @@ JOURNAL = ".journal.jsonl"
 PART_NAME = re.compile(r"main|header|(worker|shard|rank)-\d+-of-\d+")
 
 
+def part_name(kind: str, index: int, count: int) -> str:
+    """A shard's, rank's or worker's part: ``shard-2-of-8``."""
+    return f"{kind}-{index}-of-{count}"
+
+
+def part_info(out: Path, name: str) -> dict[str, Any] | None:
+    """A part's status file (its .json), or None while it is not there, is being replaced or is
+    not a JSON object."""
+    try:
+        data = json.loads((out / PARTS / f"{name}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def part_names(out: Path) -> list[str]:
     """The parts in OUT/parts; a file of another name there is not augment's and is ignored."""
     names = (p.name[: -len(".json")] for p in (out / PARTS).glob("*.json"))

@@ -9,7 +9,6 @@ that are not finished. OUT must be a filesystem every node sees (docs/scaling.md
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import socket
@@ -25,7 +24,7 @@ from ..config import RunConfig
 from ..errors import ConfigError, OutputError, ShardsFailed
 from ..io.lock import lock_name
 from ..outputs.merge import merge
-from ..outputs.parts import PARTS, clear_parts
+from ..outputs.parts import clear_parts, part_info, part_name
 from .keys import config_hash, plan_hash
 from .networks import NetWeights
 from .prepare import Prepared
@@ -53,17 +52,13 @@ def require_ray() -> Any:
 
 
 def shard_name(index: int, count: int) -> str:
-    return f"shard-{index}-of-{count}"
+    return part_name("shard", index, count)
 
 
-def _finished(out: Path, index: int, count: int, config: RunConfig) -> bool:
-    """The shard's part says it finished this job (same pixel and plan settings)."""
-    try:
-        info = json.loads((out / PARTS / f"{shard_name(index, count)}.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    same = info.get("config_hash") == config_hash(config) and info.get("plan_hash") == plan_hash(config)
-    return isinstance(info, dict) and info.get("status") == "finished" and same
+def _finished(out: Path, name: str, hashes: tuple[str, str]) -> bool:
+    """The shard's part says it finished this job (the same config and plan hashes)."""
+    info = part_info(out, name) or {}
+    return info.get("status") == "finished" and (info.get("config_hash"), info.get("plan_hash")) == hashes
 
 
 def _connect(ray: Any, address: str) -> None:
@@ -128,10 +123,13 @@ class _Attempt:
 
 @dataclass
 class _Shards:
-    """The driver's view: the attempts running (by their Ray task), attempts per shard, what
-    failed for good, and the counts its log line shows."""
+    """The driver's view: the task to submit, the attempts running (by their Ray task),
+    attempts per shard, what failed for good, and the counts its log line shows."""
 
     count: int
+    remote: Any  # _shard_task as a Ray remote function
+    resources: dict[str, Any]  # its options: GPUs, CPUs, no retries of Ray's own, the environment
+    threads: int  # torch threads per task: 1 on a CPU, 0 (torch's choice) beside a GPU
     running: dict[Any, _Attempt] = field(default_factory=dict)
     attempts: dict[int, int] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
@@ -140,14 +138,18 @@ class _Shards:
     images: int = 0
 
 
-def _submit(ray: Any, config: RunConfig, shards: _Shards, index: int) -> None:
-    gpu = ray.cluster_resources().get("GPU", 0) > 0
+def _shards(ray: Any, config: RunConfig) -> _Shards:
+    """The shard count and the task, decided once from the cluster's resources."""
+    resources = ray.cluster_resources()
+    gpu = resources.get("GPU", 0) > 0
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-    remote = ray.remote(_shard_task).options(
-        num_gpus=1 if gpu else 0, num_cpus=1, max_retries=0, runtime_env={"env_vars": env},
-        name=shard_name(index, shards.count),
-    )  # fmt: skip
-    task = remote.remote(config, index, shards.count, 0 if gpu else 1)
+    options = dict(num_gpus=1 if gpu else 0, num_cpus=1, max_retries=0, runtime_env={"env_vars": env})
+    return _Shards(config.shards or default_shards(resources), ray.remote(_shard_task), options, 0 if gpu else 1)
+
+
+def _submit(ray: Any, config: RunConfig, shards: _Shards, index: int) -> None:
+    remote = shards.remote.options(**shards.resources, name=shard_name(index, shards.count))
+    task = remote.remote(config, index, shards.count, shards.threads)
     shards.running[task] = _Attempt(index)
     shards.attempts[index] = shards.attempts.get(index, 0) + 1
 
@@ -201,10 +203,11 @@ def run_on_ray(
     """Every unfinished shard as a Ray task, then the merge."""
     ray = require_ray()
     _connect(ray, config.ray or "auto")
-    count = config.shards or default_shards(ray.cluster_resources())
+    shards = _shards(ray, config)
+    count = shards.count
     clear_parts(out, keep={shard_name(k, count) for k in range(count)})  # an earlier split's parts
-    shards = _Shards(count)
-    todo = [k for k in range(count) if not _finished(out, k, count, config)]
+    hashes = config_hash(config), plan_hash(config)
+    todo = [k for k in range(count) if not _finished(out, shard_name(k, count), hashes)]
     log.info("ray: %d of %d shards to run (%d finished before)", len(todo), count, count - len(todo))
     for index in todo:
         _submit(ray, config, shards, index)
@@ -223,7 +226,7 @@ def run_on_ray(
         names = ", ".join(f"{shard_name(k, count)} ({why})" for k, why in sorted(shards.failed.items()))
         stopped = ShardsFailed(f"still failed after {config.shard_retries} retries: {names}")
         log.error("ray: %s; run the same command again to retry them", stopped)
-    result = merge([out], expected_hash=f"{config_hash(config)}/{plan_hash(config)}", interrupted=stopped)
+    result = merge([out], expected_hash="/".join(hashes), interrupted=stopped)
     written, failed_rows = result["counts"]["written"], result["counts"]["failed_rows"]
     return summarize(out, written, failed_rows, prepared.job_tasks, started, weights.identity, _device(), merged=result)
 

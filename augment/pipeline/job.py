@@ -23,7 +23,7 @@ from ..config import RunConfig
 from ..errors import EXIT_SIGHUP, EXIT_SIGINT, EXIT_SIGTERM, ConfigError, Interrupted, OutputError, Stopped
 from ..io.lock import OutLock, lock_name, mark_ours
 from ..outputs.merge import merge
-from ..outputs.parts import remove_temp_files, reusable_rows
+from ..outputs.parts import part_name, remove_temp_files, reusable_rows
 from ..outputs.runlog import RunLog
 from .cluster import require_ray, run_on_ray
 from .decode import order_by_shape
@@ -133,7 +133,7 @@ def _run_shard(
     """One shard of K: its own part, joined by `augment merge` once every shard has run."""
     shard = _owner(config)
     assert shard is not None
-    name = f"shard-{shard.index}-of-{shard.count}"
+    name = part_name("shard", shard.index, shard.count)
     tasks = [t for t in prepared.tasks if shard.owns(t)]
     keys = digest_keys(config, prepared, weights, out, name, tasks)
     done = reusable_rows(out, keys, names=[name])

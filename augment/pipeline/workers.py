@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
 import os
 import signal
@@ -23,7 +22,7 @@ from ..config import RunConfig
 from ..errors import BudgetExhausted, OutputError, TooManyFailures, WorkerFailed, too_many_failures
 from ..io.sources import InputRows
 from ..outputs.merge import merge
-from ..outputs.parts import PARTS, clear_parts, remove_temp_files, reusable_rows
+from ..outputs.parts import clear_parts, part_info, part_name, remove_temp_files, reusable_rows
 from ..outputs.runlog import RunLog
 from ..outputs.schema import Failure
 from .decode import order_by_shape
@@ -82,9 +81,9 @@ def _rank(
         dist.broadcast_object_list(token, src=0)  # every rank's part says which run made it
         shard = Shard(rank, world)
         tasks = [t for t in prepared.tasks if shard.owns(t)]
-        name = f"rank-{rank}-of-{world}"
+        name = part_name("rank", rank, world)
         if rank == 0:
-            clear_parts(out, keep={f"rank-{r}-of-{world}" for r in range(world)})
+            clear_parts(out, keep={part_name("rank", r, world) for r in range(world)})
         keys = digest_keys(config, prepared, weights, out, name, tasks)
         done = reusable_rows(out, keys, names=[name])
         previous = previous_rows(out, keys, done, names=[name])
@@ -118,11 +117,11 @@ def _wait_for_ranks(out: Path, world: int, token: str, deadline: float | None, m
     """Rank 0, its own part done: wait until every rank's part file says this run (``token``)
     finished it. A rank that stopped (--max-seconds, a signal) ends the wait with its reason;
     one that dies is torchrun's to restart or to stop the job (it stops rank 0 too)."""
-    waiting = {f"rank-{r}-of-{world}" for r in range(1, world)}
+    waiting = {part_name("rank", r, world) for r in range(1, world)}
     logged = time.monotonic()
     while waiting:
         for name in sorted(waiting):
-            info = _read_json(out / PARTS / f"{name}.json")
+            info = part_info(out, name)
             if not info or info.get("run") != token or info.get("status") == "running":
                 continue
             if info.get("status") != "finished":
@@ -138,14 +137,6 @@ def _wait_for_ranks(out: Path, world: int, token: str, deadline: float | None, m
             log.info("rank 0 waiting for %s to finish", ", ".join(sorted(waiting)))
             logged = time.monotonic()
         time.sleep(RANK_POLL_S)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # not there yet, or being replaced
-    return data if isinstance(data, dict) else None
 
 
 # -- local workers ----------------------------------------------------------------------------
